@@ -1,0 +1,243 @@
+"""Command line: argument parsing and exit codes. The only module that touches MPI.COMM_WORLD.
+
+Exit codes: 0 success; 2 wrong user input (one line `error: ...` on stderr, no traceback);
+1 internal error; 3 stopped early on request (SIGUSR1/SIGTERM) after writing a checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from .errors import UserError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_STOPPED = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse would print the usage block first)
+        print(f"error: {message} (see feddm-hpc {self.prog.split()[-1]} --help)", file=sys.stderr)
+        sys.exit(EXIT_USER)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="feddm-hpc", description="MPI simulator for federated training of diffusion models")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def add_set(sp):
+        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set federation.rounds=5 (repeatable)")
+
+    t = sub.add_parser("train", help="run a federated training job")
+    t.add_argument("config")
+    t.add_argument("--run-dir", default=None, help="output folder (default runs/<config name>)")
+    add_set(t)
+    r = sub.add_parser("resume", help="continue a run from its latest complete checkpoint")
+    r.add_argument("run_dir")
+    add_set(r)
+    s = sub.add_parser("sample", help="draw samples from a checkpoint's EMA model")
+    s.add_argument("checkpoint")
+    s.add_argument("--num", type=int, default=64)
+    s.add_argument("--out", required=True)
+    s.add_argument("--sampler", choices=("ddim", "ddpm"), default=None)
+    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--device", default="auto")
+    i = sub.add_parser("inspect", help="print what a checkpoint holds and verify its checksum")
+    i.add_argument("checkpoint")
+    v = sub.add_parser("validate", help="check a config (and its data) without training")
+    v.add_argument("config")
+    add_set(v)
+    return p
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def _root_decides(comm, fn: Callable):
+    """Run `fn` on the root only; its result or its UserError reaches every rank, so a mistake
+    seen only by the root (a missing checkpoint) ends all ranks cleanly instead of a hang."""
+    result, error = None, None
+    if comm.rank == 0:
+        try:
+            result = fn()
+        except UserError as exc:
+            error = str(exc)
+    result, error = comm.bcast_object((result, error))
+    if error is not None:
+        raise UserError(error)
+    return result
+
+
+class StopFlag:
+    """Set by SIGUSR1/SIGTERM (SLURM's preemption warning); the run stops at the next round end."""
+
+    def __init__(self):
+        self.requested = False
+        self.signal_name = None
+
+    def install(self):
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def _make_comm():
+    from .comm import make_communicator
+    return make_communicator()
+
+
+# ---------------------------------------------------------------------------- commands
+
+def _run_training(comm, config, run_dir: Path, checkpoint_path: Optional[str]) -> int:
+    from .checkpoint import load_checkpoint
+    from .config import dump_yaml
+    from .runlog import RunLog
+    from .simulation import Simulation
+    from .run_outputs import make_sample_fn, write_run_files
+
+    log = RunLog(comm.rank, run_dir, progress=config.system.progress)
+    stop = StopFlag().install()
+    sim = Simulation(config, comm, run_dir, log, stop_requested=stop)
+    if comm.rank == 0:
+        write_run_files(run_dir, dump_yaml(config), sim.setup)
+    if checkpoint_path is not None:
+        sim.restore(load_checkpoint(checkpoint_path))
+        log.info(f"resumed from {checkpoint_path} (round {sim.start_round - 1} complete)")
+    if sim.start_round >= config.federation.rounds:
+        log.info(f"nothing to do: all {config.federation.rounds} rounds are complete")
+        return EXIT_OK
+    t0 = time.perf_counter()
+    outcome = sim.run(sample_fn=make_sample_fn(run_dir))
+    log.close()
+    if outcome == "stopped":
+        log.info(f"stopped on {stop.signal_name or 'request'} after a checkpoint; "
+                 f"continue with: feddm-hpc resume {run_dir}")
+        return EXIT_STOPPED
+    log.info(f"done: {config.federation.rounds - sim.start_round} round(s) in {time.perf_counter() - t0:.1f}s; "
+             f"outputs in {run_dir}")
+    return EXIT_OK
+
+
+def cmd_train(args) -> int:
+    from .checkpoint import list_checkpoints
+    from .config import load_config
+
+    comm = _make_comm()
+    config = load_config(args.config, args.overrides)
+    run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+
+    def check_run_dir():
+        if list_checkpoints(run_dir / "checkpoints"):
+            raise UserError(f"{run_dir}: already holds checkpoints; continue it with "
+                            f"`feddm-hpc resume {run_dir}` or choose another --run-dir")
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.jsonl").write_text("")
+    _root_decides(comm, check_run_dir)
+    return _run_training(comm, config, run_dir, None)
+
+
+def cmd_resume(args) -> int:
+    from .checkpoint import latest_valid, load_checkpoint
+    from .config import config_from_yaml_text
+
+    comm = _make_comm()
+    run_dir = Path(args.run_dir)
+
+    def find():
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir}: run directory not found")
+        path = latest_valid(run_dir / "checkpoints", warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+        if path is None:
+            raise UserError(f"{run_dir}: no valid checkpoint to resume from")
+        return str(path)
+    path = _root_decides(comm, find)
+    config = config_from_yaml_text(load_checkpoint(path, verify=False).config_yaml, args.overrides)
+    return _run_training(comm, config, run_dir, path)
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .config import config_from_yaml_text
+    from .diffusion import make_schedule
+    from .federation_setup import build_model
+    from .imaging import save_image_grid
+    from .placement import select_device
+    from .sampling import draw_samples
+
+    if args.num < 1:
+        raise UserError("--num: must be >= 1")
+    data = load_checkpoint(args.checkpoint)
+    config = config_from_yaml_text(data.config_yaml)
+    device = select_device(args.device, 0)
+    model = build_model(config, data.image_shape, device)
+    d = config.diffusion
+    schedule = make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end).to(device)
+    sampler = args.sampler or config.sampling.sampler
+    steps = args.steps or config.sampling.steps
+    if not 1 <= steps <= d.timesteps:
+        raise UserError(f"--steps: must be between 1 and {d.timesteps}")
+    seed = config.seed if args.seed is None else args.seed
+    images = draw_samples(model, schedule, data.ema, data.image_shape, args.num, sampler, steps,
+                          seed, data.round, device)
+    save_image_grid(images, args.out)
+    print(f"wrote {args.num} samples ({sampler}, {steps if sampler == 'ddim' else d.timesteps} steps) "
+          f"from round {data.round} to {args.out}")
+    return EXIT_OK
+
+
+def cmd_inspect(args) -> int:
+    from .checkpoint import describe, load_checkpoint
+
+    load_checkpoint(args.checkpoint, verify=False)  # unreadable -> exit 2 before printing
+    print(describe(args.checkpoint))
+    return EXIT_OK
+
+
+def cmd_validate(args) -> int:
+    from .config import load_config
+    from .federation_setup import load_partitioned
+
+    config = load_config(args.config, args.overrides)
+    d = config.data
+    ds, parts = load_partitioned(config)
+    sizes = [p.size for p in parts]
+    print(f"ok: {args.config}: {len(ds)} {d.dataset} images, {config.federation.num_clients} clients "
+          f"({min(sizes)}-{max(sizes)} samples each), {config.federation.rounds} rounds, "
+          f"algorithm {config.federation.algorithm}, uplink {config.compression.uplink}")
+    return EXIT_OK
+
+
+COMMANDS = {"train": cmd_train, "resume": cmd_resume, "sample": cmd_sample,
+            "inspect": cmd_inspect, "validate": cmd_validate}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code = COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = EXIT_USER
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        code = 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

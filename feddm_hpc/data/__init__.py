@@ -1,0 +1,19 @@
+"""Datasets (MNIST-family IDX, npz, HDF5) and client partitioners (iid, dirichlet, shards)."""
+
+from feddm_hpc.data.datasets import (
+    DATASETS,
+    SPLITS,
+    Dataset,
+    load_dataset,
+    mnist_dir,
+    to_model_tensor,
+    to_uint8_images,
+)
+from feddm_hpc.data.idx import read_idx, read_idx_images, read_idx_labels, write_idx
+from feddm_hpc.data.partition import SCHEMES, label_histograms, partition, summarize_partition
+
+__all__ = [
+    "DATASETS", "SPLITS", "SCHEMES", "Dataset", "load_dataset", "mnist_dir", "to_model_tensor",
+    "to_uint8_images", "read_idx", "read_idx_images", "read_idx_labels", "write_idx",
+    "partition", "label_histograms", "summarize_partition",
+]

@@ -1,0 +1,92 @@
+"""Everything a run needs before round 0, built identically on every rank with no communication:
+threads and device, the dataset and its partition, client placement, the model and its schedule.
+All consistency checks happen here, before any training, so bad settings fail fast with exit 2.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from . import seeding
+from .data import label_histograms, load_dataset, partition, summarize_partition, to_model_tensor
+from .diffusion import NoiseSchedule, make_schedule
+from .errors import ConfigError
+from .models import build_unet
+from .params import ParamSpec, flatten
+from .placement import assign_clients, select_device, threads_per_rank
+
+
+@dataclass
+class RunSetup:
+    device: str
+    threads: int
+    dataset_name: str
+    dataset_checksum: str
+    image_shape: tuple              # (C, H, W)
+    images: torch.Tensor            # float32 [N, C, H, W] in [-1, 1] on `device`
+    parts: List[np.ndarray]         # client id -> indices into images
+    hosted: List[List[int]]         # rank -> client ids
+    histogram: Optional[np.ndarray]  # [clients, classes] or None (unlabelled data)
+    model: torch.nn.Module
+    schedule: NoiseSchedule
+    spec: ParamSpec
+    initial_params: np.ndarray
+
+
+def build_model(config, image_shape, device: str):
+    """The initial model, identical on every rank: built under a seed derived from config.seed."""
+    channels, size = image_shape[0], image_shape[1]
+    torch.manual_seed(seeding.seed_for(config.seed, seeding.INIT))
+    try:
+        model = build_unet(config.model, image_channels=channels, image_size=size)
+    except ValueError as exc:
+        raise ConfigError(f"model.channel_mults: {exc}") from None
+    return model.to(device)
+
+
+def load_partitioned(config):
+    """The training split and each client's indices; every client holds at least one batch."""
+    d = config.data
+    dataset = load_dataset(d.dataset, d.path, "train", subset=d.subset, seed=config.seed)
+    parts = partition(dataset.labels, config.federation.num_clients, d.partition,
+                      seed=seeding.seed_for(config.seed, seeding.PARTITION),
+                      alpha=d.dirichlet_alpha, classes_per_client=d.classes_per_client,
+                      min_samples=config.client.batch_size, num_examples=len(dataset))
+    return dataset, parts
+
+
+def build_setup(config, comm, log) -> RunSetup:
+    threads = threads_per_rank(config.system.threads, comm.local_size)
+    torch.set_num_threads(threads)
+    device = select_device(config.system.device, comm.local_rank)
+    if comm.size > 1 and device.startswith("cuda"):
+        log.rank_warn(f"device {device}, {threads} thread(s)")
+
+    fed, data_cfg = config.federation, config.data
+    if comm.size > fed.num_clients:
+        raise ConfigError(f"federation.num_clients: {fed.num_clients} clients cannot occupy {comm.size} "
+                          f"MPI ranks; launch at most {fed.num_clients} ranks")
+    dataset, parts = load_partitioned(config)
+    hosted = assign_clients([p.size for p in parts], comm.size)
+    histogram = None
+    if dataset.labels is not None:
+        histogram = label_histograms(dataset.labels, parts, dataset.num_classes)
+    h, w, c = dataset.image_shape
+    image_shape = (c, h, w)
+    model = build_model(config, image_shape, device)
+    spec = ParamSpec.from_model(model)
+    log.info(f"{dataset.name}: {len(dataset)} images {h}x{w}x{c}; {fed.num_clients} clients "
+             f"({data_cfg.partition}) on {comm.size} rank(s); model {spec.total:,} parameters; "
+             f"device {device}, {threads} thread(s) per rank")
+    if histogram is not None:
+        log.info(summarize_partition(histogram))
+    images = to_model_tensor(dataset.images).to(device)
+    schedule = make_schedule(config.diffusion.schedule, config.diffusion.timesteps,
+                             config.diffusion.beta_start, config.diffusion.beta_end).to(device)
+    return RunSetup(device=device, threads=threads, dataset_name=dataset.name,
+                    dataset_checksum=dataset.checksum, image_shape=image_shape, images=images,
+                    parts=parts, hosted=hosted, histogram=histogram, model=model, schedule=schedule,
+                    spec=spec, initial_params=flatten(model))

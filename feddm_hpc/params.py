@@ -1,0 +1,77 @@
+"""Flatten a model's parameters to one contiguous float32 vector and back.
+
+The wire format, the aggregation and the checkpoint all work on this one vector: a single `Bcast`
+buffer, a single HDF5 dataset. The ParamSpec records names, shapes and offsets so the vector is
+self-describing and a checkpoint can be checked against the model it is loaded into.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Tuple
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class ParamEntry:
+    name: str
+    shape: Tuple[int, ...]
+    offset: int
+    numel: int
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    entries: Tuple[ParamEntry, ...]
+    total: int
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module) -> "ParamSpec":
+        entries, offset = [], 0
+        for name, p in model.named_parameters():
+            n = p.numel()
+            entries.append(ParamEntry(name, tuple(p.shape), offset, n))
+            offset += n
+        return cls(tuple(entries), offset)
+
+    def fingerprint(self) -> str:
+        """A short digest of names and shapes: equal specs, equal fingerprints."""
+        text = ";".join(f"{e.name}:{'x'.join(map(str, e.shape))}" for e in self.entries)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def as_text(self) -> str:
+        return "\n".join(f"{e.name} {' '.join(map(str, e.shape))}" for e in self.entries)
+
+
+def flatten_into(model: torch.nn.Module, out: np.ndarray) -> np.ndarray:
+    """Copy the model's parameters into the float32 vector `out` (no allocation)."""
+    view = torch.from_numpy(out)
+    offset = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            n = p.numel()
+            view[offset:offset + n].copy_(p.detach().reshape(-1))
+            offset += n
+    if offset != out.size:
+        raise ValueError(f"model has {offset} parameters, vector has {out.size}")
+    return out
+
+
+def flatten(model: torch.nn.Module) -> np.ndarray:
+    total = sum(p.numel() for p in model.parameters())
+    return flatten_into(model, np.empty(total, dtype=np.float32))
+
+
+def unflatten_into(vector: np.ndarray, model: torch.nn.Module) -> None:
+    """Load the float32 vector into the model's parameters in place (any device)."""
+    source = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float32))
+    offset = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            n = p.numel()
+            p.copy_(source[offset:offset + n].view_as(p))
+            offset += n
+    if offset != source.numel():
+        raise ValueError(f"vector has {source.numel()} values, model has {offset} parameters")

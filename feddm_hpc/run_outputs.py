@@ -1,0 +1,37 @@
+"""Files of a run directory besides metrics and checkpoints: config.yaml, partition.json, samples/."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .imaging import save_image_grid
+from .sampling import draw_samples
+
+
+def write_run_files(run_dir: Path, config_yaml: str, setup) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_yaml)
+    info = {
+        "dataset": setup.dataset_name,
+        "dataset_checksum": setup.dataset_checksum,
+        "client_sizes": [int(p.size) for p in setup.parts],
+        "ranks": {str(r): clients for r, clients in enumerate(setup.hosted)},
+        "label_histogram": setup.histogram.tolist() if setup.histogram is not None else None,
+    }
+    (run_dir / "partition.json").write_text(json.dumps(info, indent=1))
+
+
+def make_sample_fn(run_dir: Path):
+    """A grid of EMA samples at `sampling.every` rounds and at the end; drawn on the root only."""
+
+    def sample_fn(sim, round_index: int) -> None:
+        if sim.comm.rank != 0:
+            return
+        cfg, s = sim.cfg, sim.setup
+        images = draw_samples(s.model, s.schedule, sim.ema, s.image_shape, cfg.sampling.num_samples,
+                              cfg.sampling.sampler, cfg.sampling.steps, cfg.seed, round_index, s.device)
+        path = run_dir / "samples" / f"round-{round_index:06d}.png"
+        save_image_grid(images, path)
+        sim.log.info(f"samples: {path}")
+
+    return sample_fn

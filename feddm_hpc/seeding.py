@@ -1,0 +1,30 @@
+"""Counter-based seeds: every random draw derives from (seed, purpose, round, client_id).
+
+Nothing derives from the MPI rank, so a client's training is the same whichever rank hosts it,
+and nothing carries hidden generator state across rounds, so a resume needs no RNG snapshot.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# Distinct streams for distinct purposes, so that e.g. the cohort draw never correlates with training.
+COHORT, TRAIN, DROPOUT, ENCODE, SAMPLE, PARTITION, INIT = range(7)
+
+
+def seed_for(seed: int, purpose: int, round_index: int = 0, client_id: int = 0) -> int:
+    """A 63-bit integer seed for torch.Generator.manual_seed or numpy."""
+    ss = np.random.SeedSequence([int(seed), int(purpose), int(round_index), int(client_id)])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def numpy_rng(seed: int, purpose: int, round_index: int = 0, client_id: int = 0) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(
+        np.random.SeedSequence([int(seed), int(purpose), int(round_index), int(client_id)])))
+
+
+def sample_cohort(seed: int, round_index: int, num_clients: int, per_round) -> np.ndarray:
+    """The clients of one round, sorted by id; identical on every rank without communication."""
+    if per_round is None or per_round >= num_clients:
+        return np.arange(num_clients, dtype=np.int64)
+    rng = numpy_rng(seed, COHORT, round_index)
+    return np.sort(rng.choice(num_clients, size=per_round, replace=False)).astype(np.int64)
