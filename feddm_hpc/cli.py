@@ -6,7 +6,7 @@ Exit codes: 0 success; 2 wrong user input (one line `error: ...` on stderr, no t
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import signal
 import sys
 import time
@@ -224,18 +224,64 @@ COMMANDS = {"train": cmd_train, "resume": cmd_resume, "sample": cmd_sample,
             "inspect": cmd_inspect, "validate": cmd_validate}
 
 
+def _mpi_world():
+    """(rank, size) when MPI is initialised in this process, else None."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return None
+    return mpi.COMM_WORLD.Get_rank(), mpi.COMM_WORLD.Get_size()
+
+
+def _report_user_error(message: str) -> None:
+    """One line on stderr, once per job, then exit 2 without MPI_Abort's noise.
+
+    Under MPI a user error is seen by every rank alike (same config, same files; root-only
+    checks are broadcast by _root_decides), so only the root prints it.
+    """
+    world = _mpi_world()
+    if world is None or world[1] == 1 or world[0] == 0:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    if world is None or world[1] == 1:
+        return
+    _leave_mpi(EXIT_USER, wait_s=10.0)
+
+
+def _leave_mpi(code: int, wait_s: float) -> None:
+    """Exit every rank with `code`, without MPI_Abort's banner per rank.
+
+    `python -m mpi4py` turns a non-zero exit into MPI_Abort while MPI is still initialised; so
+    the ranks meet in a non-blocking barrier (bounded wait: a rank that never arrives cannot hang
+    us), finalize, and then exit normally with the code (measured: mpiexec returns it cleanly).
+    If the barrier does not complete, this rank leaves at once and the launcher ends the job.
+    """
+    MPI = sys.modules["mpi4py.MPI"]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    request = MPI.COMM_WORLD.Ibarrier()
+    deadline = time.monotonic() + wait_s
+    while not request.Test():
+        if time.monotonic() > deadline:
+            os._exit(code)
+        time.sleep(0.01)
+    MPI.Finalize()
+    sys.exit(code)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code = COMMANDS[args.command](args)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _report_user_error(str(exc))
         code = EXIT_USER
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         code = 130
     sys.stdout.flush()
     sys.stderr.flush()
+    world = _mpi_world()
+    if code != EXIT_OK and world is not None and world[1] > 1:
+        _leave_mpi(code, wait_s=60.0)  # every rank reached this outcome (e.g. stopped on a signal)
     return code
 
 

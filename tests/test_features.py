@@ -64,7 +64,8 @@ def test_features_shape_and_input_layouts(extractor, mnist):
     assert f.shape == (7, 128) and f.dtype == np.float64
     as_float = imgs.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0
     np.testing.assert_allclose(extractor.features(as_float), f, rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(extractor.features(torch.from_numpy(as_float)), f, rtol=1e-6, atol=1e-6)
+    from_torch = extractor.features(torch.from_numpy(as_float))
+    np.testing.assert_allclose(from_torch, f, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(extractor.predict(imgs), extractor.predict(as_float))
     with pytest.raises(ValueError):
         extractor.features(np.zeros((2, 3, 28, 28), np.float32))  # wrong channel count
@@ -98,7 +99,7 @@ def test_evaluate_samples_report(extractor, mnist, splits):
     assert r["num_samples"] == N and r["feature_extractor"] == extractor.name
     assert len(r["class_histogram"]) == 10 and sum(r["class_histogram"][5:]) < 0.1
     assert 0.4 < r["class_histogram_distance"] < 0.6  # half the mass sits on missing classes
-    assert r["kid"] > 0 and r["fd"] > 0
+    assert r["kid"] > 0 and r["kid_std"] > 0 and r["fd"] > 0
     assert evaluate_samples(half, real, extractor, 10, seed=0)["fd"] == r["fd"]  # seeded
     with pytest.raises(ValueError):
         evaluate_samples(real[:10], real[:5], extractor, 10)
@@ -111,14 +112,15 @@ def test_reference_stats_is_seeded(extractor, mnist):
     assert r1["n"] == 200 and r1["features"].shape == (200, 128)
     np.testing.assert_array_equal(r1["indices"], r2["indices"])
     np.testing.assert_array_equal(r1["mu"], r2["mu"])
-    assert not np.array_equal(r1["indices"], reference_stats(extractor, test.images, 200, 4)["indices"])
+    other = reference_stats(extractor, test.images, 200, seed=4)
+    assert not np.array_equal(r1["indices"], other["indices"])
 
 
 def test_cache_is_reused(extractor, mnist, cache_dir):
     mtime = os.stat(extractor.path).st_mtime_ns
     t0 = time.perf_counter()
     again = _extract(mnist, cache_dir)
-    assert time.perf_counter() - t0 < 3.0  # training takes several seconds
+    assert time.perf_counter() - t0 < extractor.train_seconds / 2  # loading, not training
     assert again.train_seconds is None and again.path == extractor.path
     assert os.stat(extractor.path).st_mtime_ns == mtime
     assert again.test_accuracy == extractor.test_accuracy
@@ -136,8 +138,9 @@ def test_training_is_deterministic_and_keyed(mnist, tmp_path):
     e3 = _extract(mnist, tmp_path / "a", **tiny, lr=2e-3)
     assert e3.path != e1.path and e3.train_seconds is not None
     train, test = mnist
-    e4 = get_feature_extractor("mnist", train.images, train.labels, test.images[:500], test.labels[:500],
-                               "0" * 64, cache_dir=tmp_path / "a", epochs=1, max_train=1000)
+    e4 = get_feature_extractor("mnist", train.images, train.labels, test.images[:500],
+                               test.labels[:500], "0" * 64, cache_dir=tmp_path / "a", epochs=1,
+                               max_train=1000)
     assert e4.path != e1.path and e4.name == "lenet5-mnist-00000000"
 
 

@@ -97,7 +97,9 @@ def test_kid_same_distribution_near_zero_shifted_positive():
 def test_kid_is_seeded():
     rng = np.random.default_rng(4)
     a, b = rng.normal(size=(100, 4)), rng.normal(size=(100, 4))
-    assert kid(a, b, subsets=5, subset_size=50, seed=7) == kid(a, b, subsets=5, subset_size=50, seed=7)
+    kw = dict(subsets=5, subset_size=50, seed=7)
+    assert kid(a, b, **kw) == kid(a, b, **kw)
+    assert kid(a, b, **kw) != kid(a, b, **{**kw, "seed": 8})
 
 
 def test_prdc_hand_case_one():

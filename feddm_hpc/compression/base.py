@@ -4,7 +4,7 @@ A codec subclass implements three small hooks on plain arrays:
 
     _encode(x, rng) -> payload        header + raw body for one finite float32 vector
     body_size(header) -> int          bytes the raw body must have (classmethod)
-    decode_body(header, body) -> x    float32 vector (classmethod)
+    decode_body(header, body, out) -> x   float32 vector, into out if given (classmethod)
 
 and this class adds what every codec shares. Payloads describe themselves, so `decode_payload`
 decodes any payload by its codec id, whatever compressor made it.
@@ -42,8 +42,13 @@ def register_decoder(cls: type["Compressor"]) -> type["Compressor"]:
     return cls
 
 
-def decode_payload(payload, num_params: int) -> np.ndarray:
-    """Decode any payload made by this package into a new float32 vector of num_params values."""
+def decode_payload(payload, num_params: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Decode any payload made by this package into a float32 vector of num_params values:
+    a new array, or `out` (float32, num_params values) so a caller can reuse one buffer."""
+    if out is not None and (out.dtype != np.float32 or out.shape != (num_params,)
+                            or not out.flags.c_contiguous):
+        raise ValueError(f"decode: out must be a contiguous float32 array of shape "
+                         f"({num_params},)")
     payload = as_payload(payload)
     header = parse_header(payload, num_params)
     cls = _DECODERS.get(header.codec)
@@ -55,7 +60,7 @@ def decode_payload(payload, num_params: int) -> np.ndarray:
         raise ValueError(f"{CODEC_NAMES[header.codec]} payload body has {body.size} bytes, "
                          f"its header implies {expected} (truncated or corrupt)")
     body = lossless.decompress(body, header.lossless, expected)
-    return cls.decode_body(header, body)
+    return cls.decode_body(header, body, out)
 
 
 def finite_range(x: np.ndarray) -> tuple[float, float]:
@@ -81,6 +86,14 @@ class Compressor(ABC):
         self.error_feedback = bool(error_feedback) and self.lossy
         self.lossless = lossless_method
         self._residuals: dict[int, np.ndarray] = {}
+        self._scratch: dict[str, np.ndarray] = {}
+
+    def _buffer(self, name: str, n: int, dtype=np.float32) -> np.ndarray:
+        """A scratch array reused across encodes (fresh large arrays cost page faults)."""
+        buf = self._scratch.get(name)
+        if buf is None or buf.size < n or buf.dtype != dtype:
+            buf = self._scratch[name] = np.empty(n, dtype=dtype)
+        return buf[:n]
 
     # -- the codec hooks -------------------------------------------------------------------
     @abstractmethod
@@ -94,8 +107,9 @@ class Compressor(ABC):
 
     @classmethod
     @abstractmethod
-    def decode_body(cls, header: Header, body: np.ndarray) -> np.ndarray:
-        """Decode a body of exactly body_size(header) bytes to a new float32 vector."""
+    def decode_body(cls, header: Header, body: np.ndarray,
+                    out: np.ndarray | None = None) -> np.ndarray:
+        """Decode a body of exactly body_size(header) bytes to float32 (into out if given)."""
 
     # -- the interface the simulation uses -------------------------------------------------
     def encode(self, update: np.ndarray, client_id: int, rng: np.random.Generator) -> np.ndarray:
@@ -104,29 +118,31 @@ class Compressor(ABC):
         if x.ndim != 1:
             raise ValueError(f"encode expects a 1-D update vector, got shape {x.shape}")
         cid = int(client_id)
-        if self.error_feedback:
-            res = self._residuals.get(cid)
-            if res is not None:
-                if res.size != x.size:
-                    raise ValueError(f"client {cid}: residual has {res.size} values, "
-                                     f"update has {x.size}")
-                x = x + res
+        res = self._residuals.get(cid) if self.error_feedback else None
+        if res is not None:
+            if res.size != x.size:
+                raise ValueError(f"client {cid}: residual has {res.size} values, "
+                                 f"update has {x.size}")
+            x = np.add(x, res, out=self._buffer("ef_sum", x.size))
         payload = self._encode(x, rng)
         if self.error_feedback:
             header = parse_header(payload, x.size)
-            decoded = self.decode_body(header, payload[HEADER_SIZE:])
-            np.subtract(x, decoded, out=decoded)  # what the server did not receive
-            self._residuals[cid] = decoded
+            decoded = self.decode_body(header, payload[HEADER_SIZE:],
+                                       self._buffer("ef_decoded", x.size))
+            if res is None:
+                res = self._residuals[cid] = np.empty_like(x)
+            np.subtract(x, decoded, out=res)  # what the server did not receive
         return lossless.compress(payload, self.lossless)
 
-    def decode(self, payload: np.ndarray, num_params: int) -> np.ndarray:
-        return decode_payload(payload, num_params)
+    def decode(self, payload: np.ndarray, num_params: int,
+               out: np.ndarray | None = None) -> np.ndarray:
+        return decode_payload(payload, num_params, out)
 
     # -- per-client state ------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Residuals of the clients this instance holds, as {"residual/<id>": float32 array}.
-        The arrays are the live buffers: copy them if they must outlive the next encode."""
-        return {f"residual/{cid}": r for cid, r in sorted(self._residuals.items())}
+        """Copies of the residuals of the clients this instance holds, as
+        {"residual/<client_id>": float32 array}; merge the dicts of all ranks to checkpoint."""
+        return {f"residual/{cid}": r.copy() for cid, r in sorted(self._residuals.items())}
 
     def load_state_dict(self, state: dict[str, np.ndarray],
                         client_ids: Iterable[int] | None = None) -> None:
@@ -143,7 +159,7 @@ class Compressor(ABC):
         """One client's state ({} if it has none yet): for moving a client between ranks."""
         cid = int(client_id)
         res = self._residuals.get(cid)
-        return {} if res is None else {f"residual/{cid}": res}
+        return {} if res is None else {f"residual/{cid}": res.copy()}
 
     def set_client_state(self, client_id: int, state: dict[str, np.ndarray]) -> None:
         cid = int(client_id)

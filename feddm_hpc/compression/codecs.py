@@ -31,8 +31,11 @@ class IdentityCompressor(Compressor):
         return 4 * header.n
 
     @classmethod
-    def decode_body(cls, header, body):
-        return body.view("<f4").astype(np.float32)
+    def decode_body(cls, header, body, out=None):
+        if out is None:
+            return body.view("<f4").astype(np.float32)
+        out[:] = body.view("<f4")
+        return out
 
 
 @register_decoder
@@ -64,10 +67,10 @@ class Float16Compressor(Compressor):
         return 2 * header.n
 
     @classmethod
-    def decode_body(cls, header, body):
+    def decode_body(cls, header, body, out=None):
         if header.codec == CODEC_BF16:
-            return floatcast.from_bf16(body)
-        return floatcast.from_fp16(body, header.exp)
+            return floatcast.from_bf16(body, out)
+        return floatcast.from_fp16(body, header.exp, out)
 
     def __repr__(self) -> str:
         return f"Float16Compressor(fmt={self.fmt!r}, error_feedback={self.error_feedback})"
@@ -100,12 +103,15 @@ class QuantCompressor(Compressor):
 
     def _encode(self, x, rng):
         finite_range(x)
+        if self.stochastic and rng is None:
+            raise ValueError("stochastic rounding needs a numpy Generator (rng is None)")
         n, bits, chunk = x.size, self.bits, self.chunk
         header = Header(CODEC_QUANT, bits, FLAG_STOCHASTIC * self.stochastic, n=n, chunk=chunk)
         payload = new_payload(header, quant_body_size(n, bits, chunk))
         c = num_chunks(n, chunk)
         body = payload[32:]
-        codes_out = body[8 * c:] if bits == 8 else None  # 8-bit codes need no packing
+        # 8-bit codes go straight into the payload; narrower ones via a reused buffer.
+        codes_out = body[8 * c:] if bits == 8 else self._buffer("codes", n, np.uint8)
         mins, scales, codes = quantize(x, bits, chunk, rng if self.stochastic else None,
                                        out=codes_out)
         body[: 4 * c].view("<f4")[:] = mins
@@ -120,14 +126,14 @@ class QuantCompressor(Compressor):
         return quant_body_size(header.n, header.bits, header.chunk)
 
     @classmethod
-    def decode_body(cls, header, body):
+    def decode_body(cls, header, body, out=None):
         n, bits, chunk = header.n, header.bits, header.chunk
         c = num_chunks(n, chunk)
         mins = body[: 4 * c].view("<f4").astype(np.float32)
         scales = body[4 * c: 8 * c].view("<f4").astype(np.float32)
         packed = body[8 * c: 8 * c + packed_size(n, bits)]
         codes = packed if bits == 8 else unpack_bits(packed, bits, n)
-        return dequantize(codes, mins, scales, chunk)
+        return dequantize(codes, mins, scales, chunk, out)
 
     def __repr__(self) -> str:
         return (f"QuantCompressor(bits={self.bits}, chunk_size={self.chunk}, "

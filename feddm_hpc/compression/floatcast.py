@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+BLOCK = 1 << 14
 FP16_TOP_EXP = 14  # largest |x| * 2**exp lies in [2**14, 2**15): far from the 65504 limit
 
 
@@ -25,13 +26,19 @@ def fp16_exponent(maxabs: float) -> int:
 
 
 def to_fp16(x: np.ndarray, exp: int, out: np.ndarray) -> None:
-    """Write fp16 bit patterns (little-endian uint16) of x * 2**exp into out."""
-    scaled = x * np.float32(2.0 ** exp) if exp else x
-    out.view("<f2")[:] = scaled
+    """Write fp16 bit patterns (little-endian) of x * 2**exp into the byte buffer out."""
+    o = out.view("<f2")
+    scale = np.float32(2.0 ** exp)
+    tmp = np.empty(min(BLOCK, x.size), dtype=np.float32)
+    for i in range(0, x.size, BLOCK):  # cache-sized blocks: no full-size temporary
+        t = tmp[: min(BLOCK, x.size - i)]
+        np.multiply(x[i: i + BLOCK], scale, out=t)
+        o[i: i + BLOCK] = t
 
 
-def from_fp16(bits: np.ndarray, exp: int) -> np.ndarray:
-    res = bits.view("<f2").astype(np.float32)
+def from_fp16(bits: np.ndarray, exp: int, out: np.ndarray | None = None) -> np.ndarray:
+    res = np.empty(bits.size // 2, dtype=np.float32) if out is None else out
+    res[:] = bits.view("<f2")
     if exp:
         res *= np.float32(2.0 ** -exp)
     return res
@@ -43,15 +50,22 @@ def to_bf16(x: np.ndarray, out: np.ndarray) -> None:
     bf16 is the top half of the float32 bit pattern; adding 0x7FFF plus the lowest kept bit
     before the shift implements round-half-even on the dropped 16 bits."""
     u = x.view(np.uint32)
-    t = u >> 16
-    t &= 1
-    t += 0x7FFF
-    t += u
-    t >>= 16
-    np.copyto(out.view("<u2"), t, casting="unsafe")
+    o = out.view("<u2")
+    tmp = np.empty(min(BLOCK, x.size), dtype=np.uint32)
+    for i in range(0, x.size, BLOCK):
+        a = u[i: i + BLOCK]
+        t = tmp[: a.size]
+        np.right_shift(a, 16, out=t)
+        np.bitwise_and(t, 1, out=t)
+        np.add(t, 0x7FFF, out=t)
+        np.add(t, a, out=t)
+        np.right_shift(t, 16, out=t)
+        np.copyto(o[i: i + BLOCK], t, casting="unsafe")
 
 
-def from_bf16(bits: np.ndarray) -> np.ndarray:
-    res = bits.view("<u2").astype(np.uint32)
-    res <<= 16
-    return res.view(np.float32)
+def from_bf16(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    res = np.empty(bits.size // 2, dtype=np.float32) if out is None else out
+    r = res.view(np.uint32)
+    r[:] = bits.view("<u2")
+    r <<= 16
+    return res

@@ -126,44 +126,78 @@ def dequantize(codes: np.ndarray, mins: np.ndarray, scales: np.ndarray, chunk: i
     return res
 
 
+_WORD = {4: "<u2", 2: "<u4"}  # one word holds the codes of one packed byte
+
+
 def pack_bits(codes: np.ndarray, bits: int, out: np.ndarray | None = None) -> np.ndarray:
     """Pack uint8 codes (< 2**bits) densely, little-end first: with 4 bits byte j holds codes
-    2j (low nibble) and 2j+1 (high nibble); with 2 bits codes 4j..4j+3 from the low bits up."""
+    2j (low nibble) and 2j+1 (high nibble); with 2 bits codes 4j..4j+3 from the low bits up.
+
+    The codes of byte j are read as one little-endian word (b0 | b1 << 8 | ...); shifts and ors
+    gather them into its low byte, which the final cast keeps."""
     n = codes.size
-    size = packed_size(n, bits)
-    res = np.empty(size, dtype=np.uint8) if out is None else out
+    res = np.empty(packed_size(n, bits), dtype=np.uint8) if out is None else out
     if bits == 8:
         res[:] = codes
         return res
-    per = 8 // bits
-    if n % per:  # pad to whole bytes with zero codes
-        codes = np.concatenate([codes, np.zeros(per - n % per, dtype=np.uint8)])
-    if bits == 4:
-        w = codes.view("<u2")  # b0 | b1 << 8
-        np.copyto(res, w | (w >> 4), casting="unsafe")  # low byte: b0 | b1 << 4
-    elif bits == 2:
-        w = codes.view("<u4")  # b0 | b1 << 8 | b2 << 16 | b3 << 24
-        w = w | (w >> 6)  # low 16 bits: b0 | b1 << 2 | b1 << 8 | b2 << 10 (b2 << 10 drops below)
-        np.copyto(res, w | (w >> 12), casting="unsafe")  # low byte: b0|b1<<2|b2<<4|b3<<6
-    else:
+    if bits not in _WORD:
         raise ValueError(f"pack_bits: bits must be one of {VALID_BITS}, got {bits}")
+    per = 8 // bits
+    whole = n - n % per
+    t = np.empty(BLOCK // per, dtype=_WORD[bits])
+    t2 = np.empty_like(t)
+    for i in range(0, whole, BLOCK):
+        w = codes[i: min(whole, i + BLOCK)].view(_WORD[bits])
+        _pack_words(w, bits, t[: w.size], t2[: w.size], res[i // per: i // per + w.size])
+    if whole < n:  # the last byte, padded with zero codes
+        w = np.zeros(per, dtype=np.uint8)
+        w[: n - whole] = codes[whole:]
+        w = w.view(_WORD[bits])
+        _pack_words(w, bits, np.empty_like(w), np.empty_like(w), res[-1:])
     return res
 
 
-def unpack_bits(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
-    """Inverse of pack_bits: n uint8 codes."""
+def _pack_words(w, bits, t, t2, dst) -> None:
+    if bits == 4:  # w = b0 | b1 << 8  ->  b0 | b1 << 4
+        np.right_shift(w, 4, out=t)
+        np.bitwise_or(t, w, out=t)
+    else:  # w = b0 | b1 << 8 | b2 << 16 | b3 << 24  ->  b0 | b1 << 2 | b2 << 4 | b3 << 6
+        np.right_shift(w, 6, out=t)
+        np.bitwise_or(t, w, out=t)  # bits 0-7: b0 | b1 << 2; bits 16-23: b2 | b3 << 2
+        np.right_shift(t, 12, out=t2)
+        np.bitwise_or(t, t2, out=t)  # bits 4-7 gain b2 << 4 | b3 << 6
+    np.copyto(dst, t, casting="unsafe")
+
+
+def unpack_bits(packed: np.ndarray, bits: int, n: int, out: np.ndarray | None = None
+                ) -> np.ndarray:
+    """Inverse of pack_bits: n uint8 codes (out, if given, must hold whole packed bytes:
+    8 // bits * packed.size codes)."""
     if packed.size != packed_size(n, bits):
         raise ValueError(f"unpack_bits: {packed.size} bytes cannot hold {n} {bits}-bit codes")
     if bits == 8:
-        return np.array(packed, dtype=np.uint8)
-    if bits == 4:
-        w = packed.astype("<u2")
-        w |= w << 4
-        w &= 0x0F0F  # low byte: p & 15, high byte: p >> 4
-    elif bits == 2:
-        w = packed.astype("<u4")
-        w |= (w << 6) | (w << 12) | (w << 18)
-        w &= 0x03030303  # byte i: bits 2i..2i+1 of p
-    else:
+        if out is None:
+            return np.array(packed, dtype=np.uint8)
+        out[:n] = packed
+        return out[:n]
+    if bits not in _WORD:
         raise ValueError(f"unpack_bits: bits must be one of {VALID_BITS}, got {bits}")
-    return w.view(np.uint8)[:n]
+    per = 8 // bits
+    res = np.empty(packed.size * per, dtype=np.uint8) if out is None else out
+    words = res[: packed.size * per].view(_WORD[bits])
+    t = np.empty(BLOCK // per, dtype=_WORD[bits])
+    for i in range(0, packed.size, BLOCK // per):
+        p = packed[i: i + BLOCK // per]
+        w = words[i: i + p.size]
+        tt = t[: p.size]
+        w[:] = p
+        if bits == 4:  # byte 0: p & 15, byte 1: p >> 4
+            np.left_shift(w, 4, out=tt)
+            np.bitwise_or(w, tt, out=w)
+            np.bitwise_and(w, 0x0F0F, out=w)
+        else:  # byte i: bits 2i..2i+1 of p
+            for shift in (6, 12, 18):
+                np.left_shift(p, shift, out=tt, dtype=tt.dtype, casting="unsafe")
+                np.bitwise_or(w, tt, out=w)
+            np.bitwise_and(w, 0x03030303, out=w)
+    return res[:n]

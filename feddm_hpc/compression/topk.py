@@ -27,38 +27,51 @@ def topk_count(n: int, fraction: float) -> int:
 
 
 def _kth_largest(a: np.ndarray, k: int) -> float:
-    """The k-th largest value of a (1 <= k <= n), exactly.
+    """The k-th largest value of a (1 <= k < n), exactly.
 
-    A full partition of n values is slow (~0.3 GB/s). A strided sample gives a threshold that
-    w.h.p. leaves slightly more than k candidates; partitioning those is exact as long as at
-    least k values pass, and we fall back to the full partition when they do not."""
+    A full partition of n values is slow (~0.3 GB/s). A sorted strided sample brackets the
+    answer w.h.p. in [t_low, t_high): fewer than k values reach t_high and at least k reach
+    t_low, so the answer is found by partitioning only the values in the band. If the sample
+    misjudges (adversarial layouts), the bracket test fails and we fall back to the full
+    partition, so the result is always exact."""
     n = a.size
-    if n > 4 * _SAMPLE and k < n // 8:
-        s = a[:: n // _SAMPLE]
+    if n > 4 * _SAMPLE:
+        s = np.sort(a[:: n // _SAMPLE])
         m = s.size
         want = m * k / n
-        kk = min(m, math.ceil(want + 4 * math.sqrt(want) + 16))
-        t_low = np.partition(s, m - kk)[m - kk]
-        cand = a[a >= t_low]
-        if k <= cand.size <= n // 4:
-            return np.partition(cand, cand.size - k)[cand.size - k]
+        dev = 4.0 * math.sqrt(want) + 16.0
+        lo_rank, hi_rank = math.ceil(want + dev), math.floor(want - dev)
+        if lo_rank <= m:
+            t_low = s[m - lo_rank]
+            t_high = s[m - hi_rank] if hi_rank >= 1 else np.inf
+            above = int(np.count_nonzero(a >= t_high)) if hi_rank >= 1 else 0
+            need = k - above
+            if need >= 1:
+                band = a[(a >= t_low) & (a < t_high)]
+                if need <= band.size <= n // 4:
+                    return np.partition(band, band.size - need)[band.size - need]
     return np.partition(a, n - k)[n - k]
 
 
-def topk_indices(x: np.ndarray, k: int) -> np.ndarray:
-    """Sorted indices of the k largest |x|; ties at the threshold go to the lowest indices."""
-    n = x.size
-    if k >= n:
-        return np.arange(n, dtype=np.int64)
-    if k == 0:
-        return np.zeros(0, dtype=np.int64)
-    a = np.abs(x)
+def topk_mask(x: np.ndarray, k: int, scratch: np.ndarray | None = None) -> np.ndarray:
+    """Boolean mask of the k largest |x| (1 <= k < n); ties at the threshold go to the lowest
+    indices. `scratch` (float32, x.size) avoids allocating |x|."""
+    a = np.abs(x, out=scratch)
     thr = _kth_largest(a, k)
     mask = a > thr
     need = k - int(np.count_nonzero(mask))
     if need:
         mask[np.flatnonzero(a == thr)[:need]] = True
-    return np.flatnonzero(mask)
+    return mask
+
+
+def topk_indices(x: np.ndarray, k: int) -> np.ndarray:
+    """Sorted indices of the k largest |x| (see topk_mask)."""
+    if k >= x.size:
+        return np.arange(x.size, dtype=np.int64)
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(topk_mask(x, k))
 
 
 def _value_size(bits: int, k: int, chunk: int) -> int:
@@ -87,13 +100,26 @@ class TopKCompressor(Compressor):
     def _encode(self, x, rng):
         lo, hi = finite_range(x)
         n, bits = x.size, self.value_bits
+        if bits == 8 and self.stochastic and rng is None:
+            raise ValueError("stochastic rounding needs a numpy Generator (rng is None)")
         k = topk_count(n, self.fraction)
-        idx = topk_indices(x, k)
-        vals = x[idx]
-        deltas = np.diff(idx, prepend=0)
-        coding = IDX_DELTA16 if k == 0 or deltas.max() < (1 << 16) else IDX_DELTA32
-        if _index_size(IDX_BITMAP, n, k) <= _index_size(coding, n, k):
-            coding = IDX_BITMAP
+        if k == n:  # everything kept: a mask would mark all
+            mask, idx = None, np.arange(n, dtype=np.int64)
+        else:
+            mask, idx = topk_mask(x, k, self._buffer("abs", n)), None
+        # A bitmap beats even 16-bit deltas once more than 1 in 16 entries is kept, and 32-bit
+        # deltas (needed when a gap reaches 65536) once more than 1 in 32 is.
+        coding, deltas = IDX_BITMAP, None
+        if _index_size(IDX_BITMAP, n, k) > _index_size(IDX_DELTA16, n, k):
+            idx = np.flatnonzero(mask) if idx is None else idx
+            deltas = np.diff(idx, prepend=0)
+            coding = IDX_DELTA16 if k == 0 or deltas.max() < (1 << 16) else IDX_DELTA32
+            if _index_size(IDX_BITMAP, n, k) <= _index_size(coding, n, k):
+                coding = IDX_BITMAP
+        if coding == IDX_BITMAP:
+            vals = x if mask is None else x[mask]
+        else:
+            vals = x[idx]
         flags = coding | (FLAG_BF16 * (bits == 16 and self.fmt == "bf16")) \
             | (FLAG_STOCHASTIC * (bits == 8 and self.stochastic))
         exp = floatcast.fp16_exponent(max(-lo, hi)) if bits == 16 and self.fmt == "fp16" else 0
@@ -115,8 +141,8 @@ class TopKCompressor(Compressor):
             vbody[: 4 * c].view("<f4")[:] = mins
             vbody[4 * c: 8 * c].view("<f4")[:] = scales
         if coding == IDX_BITMAP:
-            mask = np.zeros(n, dtype=bool)
-            mask[idx] = True
+            if mask is None:
+                mask = np.ones(n, dtype=bool)
             ibody[:] = np.packbits(mask, bitorder="little")
         else:
             ibody.view("<u2" if coding == IDX_DELTA16 else "<u4")[:] = deltas
@@ -138,7 +164,7 @@ class TopKCompressor(Compressor):
             + _index_size(coding, header.n, header.k)
 
     @classmethod
-    def decode_body(cls, header, body):
+    def decode_body(cls, header, body, out=None):
         n, k, bits, coding = header.n, header.k, header.bits, header.flags & FLAG_IDX_MASK
         vsize = _value_size(bits, k, header.chunk)
         vbody, ibody = body[:vsize], body[vsize:]
@@ -152,7 +178,10 @@ class TopKCompressor(Compressor):
             c = num_chunks(k, header.chunk)
             vals = dequantize(vbody[8 * c:], vbody[: 4 * c].view("<f4"),
                               vbody[4 * c: 8 * c].view("<f4"), header.chunk)
-        out = np.zeros(n, dtype=np.float32)
+        if out is None:
+            out = np.zeros(n, dtype=np.float32)
+        else:
+            out[:] = 0
         if coding == IDX_BITMAP:
             bitsarr = np.unpackbits(ibody, bitorder="little")
             mask = bitsarr[:n].view(bool)

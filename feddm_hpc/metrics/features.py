@@ -137,7 +137,8 @@ def _train(settings: dict, train_images, train_labels) -> LeNet:
         for s in range(0, n, bs):
             idx = perm[s:s + bs].numpy()
             # Convert per batch: the whole float training set would be ~190 MB for MNIST.
-            loss = nn.functional.cross_entropy(model(_to_nchw_float(train_images[idx])), labels[idx])
+            logits = model(_to_nchw_float(train_images[idx]))
+            loss = nn.functional.cross_entropy(logits, labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

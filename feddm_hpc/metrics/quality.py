@@ -37,7 +37,8 @@ def frechet_distance(mu1, s1, mu2, s2) -> float:
     tr((s1 s2)^(1/2)) equals the sum of square roots of the eigenvalues of the symmetric PSD matrix
     sqrt(s1) s2 sqrt(s1) (it is similar to s1 s2), so no scipy and no complex sqrtm is needed.
     """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    mu1 = np.atleast_1d(np.asarray(mu1, np.float64))
+    mu2 = np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(s1, np.float64)), np.atleast_2d(np.asarray(s2, np.float64))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
         raise ValueError(f"shape mismatch: mu {mu1.shape} {mu2.shape}, sigma {s1.shape} {s2.shape}")
@@ -79,6 +80,9 @@ def kid(feats_a, feats_b, subsets: int = 100, subset_size: int = 1000, seed: int
     m = min(subset_size, a.shape[0], b.shape[0])
     if m < 2:
         raise ValueError("kid needs at least 2 samples per set")
+    if m == a.shape[0] == b.shape[0]:
+        # Every subset is then the whole of both sets: one evaluation gives all of them.
+        return _mmd2_unbiased(a, b), 0.0
     rng = np.random.default_rng(seed)
     vals = np.empty(subsets)
     for i in range(subsets):
