@@ -129,29 +129,43 @@ def _run_training(comm, config, run_dir: Path, checkpoint_path: Optional[str]) -
     return EXIT_OK
 
 
+def _requeued() -> bool:
+    """SLURM sets SLURM_RESTART_COUNT > 0 when a requeued job starts again."""
+    value = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return value.isdigit() and int(value) > 0
+
+
 def cmd_train(args) -> int:
     from .checkpoint import list_checkpoints
     from .config import load_config
 
     comm = _make_comm()
-    config = load_config(args.config, args.overrides)
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
 
     def check_run_dir():
         if list_checkpoints(run_dir / "checkpoints"):
+            if _requeued():
+                return "resume"
             raise UserError(f"{run_dir}: already holds checkpoints; continue it with "
                             f"`feddm-hpc resume {run_dir}` or choose another --run-dir")
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         (run_dir / "metrics.jsonl").write_text("")
-    _root_decides(comm, check_run_dir)
+        return "fresh"
+    config = load_config(args.config, args.overrides)
+    if _root_decides(comm, check_run_dir) == "resume":  # a requeued SLURM job picks up its run
+        args.run_dir = str(run_dir)
+        return _resume(comm, args)
     return _run_training(comm, config, run_dir, None)
 
 
 def cmd_resume(args) -> int:
+    return _resume(_make_comm(), args)
+
+
+def _resume(comm, args) -> int:
     from .checkpoint import latest_valid, load_checkpoint
     from .config import config_from_yaml_text
 
-    comm = _make_comm()
     run_dir = Path(args.run_dir)
 
     def find():
