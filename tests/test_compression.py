@@ -204,7 +204,10 @@ def test_topk_selection_matches_full_sort_with_ties_and_sampling_path():
     n = 5 * 65536 + 11  # large enough for the sampled threshold
     cases = [rng.standard_normal(n).astype(np.float32),
              np.round(rng.standard_normal(n) * 4).astype(np.float32),  # many ties
-             np.sort(rng.standard_normal(n)).astype(np.float32)]  # adversarial order
+             np.sort(rng.standard_normal(n)).astype(np.float32)]  # sorted
+    hidden = np.zeros(n, dtype=np.float32)  # the strided sample sees only zeros: fallback path
+    hidden[1:: n // 65536] = rng.standard_normal(hidden[1:: n // 65536].size)
+    cases.append(hidden)
     for x in cases:
         for k in (1, 37, n // 100, n // 10, n // 3):
             got = topk_indices(x, k)

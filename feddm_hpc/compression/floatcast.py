@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-BLOCK = 1 << 14
+BLOCK = 1 << 16
 FP16_TOP_EXP = 14  # largest |x| * 2**exp lies in [2**14, 2**15): far from the 65504 limit
 
 

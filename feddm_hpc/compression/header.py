@@ -51,7 +51,7 @@ class Header(NamedTuple):
 
 
 def new_payload(header: Header, body_size: int) -> np.ndarray:
-    """Allocate a payload of header + body_size bytes with the header written; body uninitialised."""
+    """A payload of header + body_size bytes: header written, body uninitialised."""
     out = np.empty(HEADER_SIZE + body_size, dtype=np.uint8)
     _STRUCT.pack_into(out, 0, MAGIC, VERSION, header.codec, header.bits, header.flags,
                       header.lossless, 0, header.n, header.k, header.chunk, header.exp)

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 VALID_BITS = (8, 4, 2)
-BLOCK = 1 << 14  # elements per block; 64 KiB of float32 per temporary
+BLOCK = 1 << 16  # elements per block; 256 KiB of float32 per temporary stays in L2
 
 
 def num_chunks(n: int, chunk: int) -> int:
@@ -83,7 +83,7 @@ def quant_params(mins: np.ndarray, maxs: np.ndarray, bits: int) -> tuple[np.ndar
 
 def quantize(x: np.ndarray, bits: int, chunk: int, rng: np.random.Generator | None = None,
              out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Quantize a finite float32 vector to uint8 codes (one code per byte, not yet packed).
+    """Quantize a float32 vector (ValueError if not finite) to unpacked uint8 codes.
 
     rng None gives round-to-nearest; a Generator gives stochastic rounding, drawing x.size
     float32 uniforms in element order (so the result depends only on the generator's state).
@@ -92,6 +92,8 @@ def quantize(x: np.ndarray, bits: int, chunk: int, rng: np.random.Generator | No
         raise ValueError(f"quantize: bits must be one of {VALID_BITS}, got {bits}")
     n = x.size
     mins, maxs = chunk_minmax(x, chunk)
+    if not (np.isfinite(mins).all() and np.isfinite(maxs).all()):  # NaN propagates to min/max
+        raise ValueError("update contains NaN or Inf values; a lossy codec cannot encode it")
     scales, inv = quant_params(mins, maxs, bits)
     codes = np.empty(n, dtype=np.uint8) if out is None else out
     tmp = np.empty(BLOCK, dtype=np.float32)

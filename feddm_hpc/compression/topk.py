@@ -94,7 +94,8 @@ class TopKCompressor(Compressor):
             raise ValueError(f"TopKCompressor: fraction must be in (0, 1], got {fraction}")
         if value_bits not in VALUE_BITS:
             raise ValueError(f"TopKCompressor: value_bits must be one of {VALUE_BITS}")
-        self.fraction, self.value_bits, self.chunk = float(fraction), int(value_bits), int(chunk_size)
+        self.fraction, self.value_bits = float(fraction), int(value_bits)
+        self.chunk = int(chunk_size)
         self.stochastic, self.fmt = bool(stochastic), fmt
 
     def _encode(self, x, rng):

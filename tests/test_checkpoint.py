@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+
+from feddm_hpc import checkpoint as ckpt
+from feddm_hpc.errors import CheckpointError
+
+
+def _data(round_index=3, n=1000):
+    rng = np.random.default_rng(round_index)
+    return ckpt.CheckpointData(
+        round=round_index, config_yaml="seed: 0\n", params=rng.standard_normal(n).astype(np.float32),
+        ema=rng.standard_normal(n).astype(np.float32), spec_text="w 1000", param_fingerprint="abc",
+        strategy={"m": np.ones(n, dtype=np.float32)}, clients={"residual/7": np.full(n, 2.0, np.float32)},
+        metrics_lines=['{"round": 0}', '{"round": 1}'], image_shape=(1, 28, 28))
+
+
+def test_round_trip(tmp_path):
+    data = _data()
+    path = ckpt.save_checkpoint(tmp_path / ckpt.checkpoint_name(3), data)
+    assert path.name == "round-000003.h5"
+    back = ckpt.load_checkpoint(path)
+    np.testing.assert_array_equal(back.params, data.params)
+    np.testing.assert_array_equal(back.ema, data.ema)
+    np.testing.assert_array_equal(back.strategy["m"], data.strategy["m"])
+    np.testing.assert_array_equal(back.clients["residual/7"], data.clients["residual/7"])
+    assert back.round == 3 and back.config_yaml == "seed: 0\n" and back.metrics_lines == data.metrics_lines
+    assert back.image_shape == (1, 28, 28)
+    assert not list(tmp_path.glob("*.tmp"))
+    assert "checksum: ok" in ckpt.describe(path)
+
+
+def test_truncated_file_is_reported_and_skipped(tmp_path):
+    good = ckpt.save_checkpoint(tmp_path / ckpt.checkpoint_name(1), _data(1))
+    bad = ckpt.save_checkpoint(tmp_path / ckpt.checkpoint_name(2), _data(2))
+    raw = bad.read_bytes()
+    bad.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="round-000002.h5"):
+        ckpt.load_checkpoint(bad)
+    warnings = []
+    assert ckpt.latest_valid(tmp_path, warn=warnings.append) == good
+    assert warnings and "round-000002.h5" in warnings[0]
+
+
+def test_flipped_byte_fails_checksum(tmp_path):
+    path = ckpt.save_checkpoint(tmp_path / ckpt.checkpoint_name(5), _data(5))
+    with_params = ckpt.load_checkpoint(path).params
+    raw = bytearray(path.read_bytes())
+    # Flip one byte inside the parameter data (find it by its float32 bytes).
+    needle = with_params[500:504].tobytes()
+    at = raw.find(needle)
+    assert at > 0
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="checksum"):
+        ckpt.load_checkpoint(path)
+    assert ckpt.latest_valid(tmp_path) is None
+    assert "MISMATCH" in ckpt.describe(path)
+
+
+def test_not_a_checkpoint(tmp_path):
+    p = tmp_path / "round-000001.h5"
+    p.write_text("hello")
+    with pytest.raises(CheckpointError, match="round-000001.h5"):
+        ckpt.load_checkpoint(p)
+    with pytest.raises(CheckpointError, match="not found"):
+        ckpt.load_checkpoint(tmp_path / "missing.h5")
+
+
+def test_prune_keeps_last_and_removes_temporaries(tmp_path):
+    for r in range(5):
+        ckpt.save_checkpoint(tmp_path / ckpt.checkpoint_name(r), _data(r, n=10))
+    (tmp_path / "round-000009.h5.tmp").write_bytes(b"partial")
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)][0] == "round-000004.h5"
+    ckpt.prune(tmp_path, keep_last=2)
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["round-000004.h5", "round-000003.h5"]
+    assert not list(tmp_path.glob("*.tmp"))

@@ -1,0 +1,58 @@
+import pytest
+
+from feddm_hpc.errors import ConfigError
+from feddm_hpc.placement import assign_clients, client_to_rank, select_device, threads_per_rank
+
+
+def test_every_client_on_exactly_one_rank_and_balanced():
+    sizes = [100, 90, 80, 70, 60, 50, 40, 30, 20, 10]
+    hosted = assign_clients(sizes, 3)
+    flat = sorted(c for h in hosted for c in h)
+    assert flat == list(range(10))
+    loads = [sum(sizes[c] for c in h) for h in hosted]
+    assert max(loads) - min(loads) <= max(sizes)
+    assert all(h == sorted(h) for h in hosted)
+    assert client_to_rank(hosted)[0] in range(3)
+
+
+def test_balanced_by_samples_not_by_count():
+    hosted = assign_clients([1000, 10, 10, 10, 10], 2)
+    assert hosted[0] == [0]
+    assert hosted[1] == [1, 2, 3, 4]
+
+
+def test_deterministic():
+    sizes = [5, 5, 5, 5, 5, 5, 5]
+    assert assign_clients(sizes, 3) == assign_clients(list(sizes), 3)
+
+
+def test_more_ranks_than_clients_is_an_error():
+    with pytest.raises(ConfigError, match="federation.num_clients"):
+        assign_clients([10, 10], 3)
+
+
+@pytest.mark.parametrize("setting, local_rank, cuda, count, expected", [
+    ("auto", 0, False, 0, "cpu"),
+    ("auto", 3, True, 2, "cuda:1"),
+    ("auto", 2, True, 2, "cuda:0"),
+    ("cuda", 1, True, 4, "cuda:1"),
+    ("cpu", 1, True, 4, "cpu"),
+    ("cuda:1", 0, True, 2, "cuda:1"),
+])
+def test_device_selection(setting, local_rank, cuda, count, expected):
+    assert select_device(setting, local_rank, cuda_available=cuda, device_count=count) == expected
+
+
+def test_device_errors():
+    with pytest.raises(ConfigError, match="system.device"):
+        select_device("cuda", 0, cuda_available=False, device_count=0)
+    with pytest.raises(ConfigError, match="system.device"):
+        select_device("cuda:2", 0, cuda_available=True, device_count=2)
+
+
+def test_threads_precedence():
+    assert threads_per_rank(3, 2, env={"OMP_NUM_THREADS": "5"}, cores=16) == 3
+    assert threads_per_rank(0, 2, env={"OMP_NUM_THREADS": "5", "SLURM_CPUS_PER_TASK": "4"}, cores=16) == 5
+    assert threads_per_rank(0, 2, env={"SLURM_CPUS_PER_TASK": "4"}, cores=16) == 4
+    assert threads_per_rank(0, 4, env={}, cores=16) == 4
+    assert threads_per_rank(0, 3, env={}, cores=2) == 1
