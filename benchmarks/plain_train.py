@@ -1,0 +1,61 @@
+"""The baseline of benchmarks/overhead.py: the same local training work with no federation.
+
+Each MPI rank runs `--steps` Adam steps of the config's U-Net on the config's data at the
+config's batch size: the work its clients do inside the simulator, minus everything the
+simulator adds (broadcast, gather, codecs, aggregation, checkpoints, logging).
+"""
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from feddm_hpc.client import make_optimizer
+from feddm_hpc.config import load_config
+from feddm_hpc.data import load_dataset, to_model_tensor
+from feddm_hpc.diffusion import make_schedule, training_loss
+from feddm_hpc.models import build_unet
+from feddm_hpc.placement import threads_per_rank
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--steps", required=True, help="comma-separated steps per rank")
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    cfg = load_config(args.config, args.overrides)
+    torch.set_num_threads(threads_per_rank(cfg.system.threads, local.Get_size()))
+    steps = int(args.steps.split(",")[comm.rank])
+    d = cfg.data
+    ds = load_dataset(d.dataset, d.path, "train", subset=d.subset, seed=cfg.seed)
+    images = to_model_tensor(ds.images)
+    h, w, c = ds.image_shape
+    torch.manual_seed(cfg.seed)
+    model = build_unet(cfg.model, image_channels=c, image_size=h)
+    schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps,
+                             cfg.diffusion.beta_start, cfg.diffusion.beta_end)
+    opt = make_optimizer(cfg.client, list(model.parameters()))
+    rng = np.random.default_rng(comm.rank)
+    gen = torch.Generator().manual_seed(comm.rank)
+    comm.Barrier()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        x0 = images.index_select(0, torch.from_numpy(rng.integers(0, len(ds), cfg.client.batch_size)))
+        loss = training_loss(model, x0, schedule, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.client.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.client.grad_clip)
+        opt.step()
+    comm.Barrier()
+    if comm.rank == 0:
+        print(f"plain loop: {steps} steps on rank 0 in {time.perf_counter() - t0:.2f}s")
+
+
+if __name__ == "__main__":
+    main()
