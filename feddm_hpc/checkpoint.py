@@ -5,7 +5,10 @@ Layout (format feddm_hpc.checkpoint/1):
   global/params, global/ema        1-D float32, the flattened global model and its EMA
   spec                             parameter names and shapes (text), for humans and validation
   strategy/<name>                  server strategy state
-  clients/<name>                   per-client state (codec residuals ...), keyed by client id
+  clients/<name>                   per-client state (codec residuals, SCAFFOLD controls), keyed
+                                   by client id ("residual/<id>", "control/<id>")
+  server/<name>                    other server state (the clients' reference model of a
+                                   compressed downlink)
   metrics                          metrics.jsonl lines so far (text)
 The checksum is a SHA-256 over every dataset and attribute, so a truncated or bit-flipped file is
 detected at load. Files are written under a temporary name, flushed, fsynced, then renamed: a
@@ -45,6 +48,7 @@ class CheckpointData:
     clients: Dict[str, np.ndarray] = field(default_factory=dict)
     metrics_lines: List[str] = field(default_factory=list)
     image_shape: tuple = ()         # (C, H, W) of the data the model was trained on
+    server: Dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def checkpoint_name(round_index: int) -> str:
@@ -90,6 +94,8 @@ def save_checkpoint(path: str | Path, data: CheckpointData) -> Path:
             f.create_dataset(f"strategy/{key}", data=value)
         for key, value in sorted(data.clients.items()):
             f.create_dataset(f"clients/{key}", data=value)
+        for key, value in sorted(data.server.items()):
+            f.create_dataset(f"server/{key}", data=value)
         f.create_dataset("metrics", data="\n".join(data.metrics_lines).encode())
         f.attrs["checksum"] = _digest(f)
         f.flush()
@@ -136,6 +142,7 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> CheckpointData:
                 clients=_group(f, "clients"),
                 metrics_lines=[line for line in metrics.split("\n") if line],
                 image_shape=tuple(int(v) for v in f.attrs["image_shape"]),
+                server=_group(f, "server"),
             )
     except CheckpointError:
         raise
@@ -190,6 +197,7 @@ def describe(path: str | Path) -> str:
         f"checksum: {status}",
         f"strategy state: {', '.join(f'{k} {v.shape}' for k, v in sorted(data.strategy.items())) or 'none'}",
         f"client state entries: {len(data.clients)}",
+        f"server state: {', '.join(f'{k} {v.shape}' for k, v in sorted(data.server.items())) or 'none'}",
         f"metrics rounds: {len(data.metrics_lines)}; last train_loss: {last.get('train_loss', 'n/a')}",
         f"file size: {path.stat().st_size} bytes",
         "config:",

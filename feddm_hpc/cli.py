@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", choices=("ddim", "ddpm"), default=None)
     s.add_argument("--steps", type=int, default=None)
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--eta", type=float, default=None, help="ddim noise in [0, 1] (default: the config's)")
     s.add_argument("--device", default="auto")
     i = sub.add_parser("inspect", help="print what a checkpoint holds and verify its checksum")
     i.add_argument("checkpoint")
@@ -92,6 +93,9 @@ class StopFlag:
         return self.requested
 
 
+STOP = StopFlag()
+
+
 def _make_comm():
     from .comm import make_communicator
     return make_communicator()
@@ -107,7 +111,7 @@ def _run_training(comm, config, run_dir: Path, checkpoint_path: Optional[str]) -
     from .run_outputs import make_sample_fn, write_run_files
 
     log = RunLog(comm.rank, run_dir, progress=config.system.progress)
-    stop = StopFlag().install()
+    stop = STOP
     sim = Simulation(config, comm, run_dir, log, stop_requested=stop)
     if comm.rank == 0:
         write_run_files(run_dir, dump_yaml(config), sim.setup)
@@ -204,8 +208,11 @@ def cmd_sample(args) -> int:
     if not 1 <= steps <= d.timesteps:
         raise UserError(f"--steps: must be between 1 and {d.timesteps}")
     seed = config.seed if args.seed is None else args.seed
+    eta = config.sampling.eta if args.eta is None else args.eta
+    if not 0.0 <= eta <= 1.0:
+        raise UserError("--eta: must be in [0, 1]")
     images = draw_samples(model, schedule, data.ema, data.image_shape, args.num, sampler, steps,
-                          seed, data.round, device)
+                          seed, data.round, device, eta=eta)
     save_image_grid(images, args.out)
     print(f"wrote {args.num} samples ({sampler}, {steps if sampler == 'ddim' else d.timesteps} steps) "
           f"from round {data.round} to {args.out}")
@@ -283,6 +290,10 @@ def _leave_mpi(code: int, wait_s: float) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "resume"):
+        # First thing: a preemption signal during start-up (imports, data loading) must not kill
+        # the run; it is honoured at the end of the first round instead.
+        STOP.install()
     try:
         code = COMMANDS[args.command](args)
     except UserError as exc:

@@ -59,6 +59,22 @@ class BatchStream:
         return batch
 
 
+def adjust_gradients(params, anchor, mu: float, correction) -> None:
+    """Add the terms that are not part of the diffusion loss to the gradients, in place.
+
+    FedProx: the gradient of mu/2 ||w - w_global||^2 is mu (w - w_global), added directly
+    (cheaper than a loss term and exact). SCAFFOLD: the control-variate correction (c - c_i).
+    Both come before gradient clipping, as if they were part of the objective.
+    """
+    with torch.no_grad():
+        if mu > 0:
+            for p, a in zip(params, anchor):
+                p.grad.add_(p - a, alpha=mu)
+        if correction is not None:
+            for p, c in zip(params, correction):
+                p.grad.add_(c)
+
+
 class LocalTrainer:
     """Owns the rank's single model instance and the dataset tensor on the rank's device."""
 
@@ -70,21 +86,41 @@ class LocalTrainer:
         self.local_vector = np.empty(sum(p.numel() for p in self.params), dtype=np.float32)
         self._anchor = None           # global params on device, for the proximal term
 
+    def _per_param(self, vector: np.ndarray):
+        """A flat float32 vector as tensors shaped like the parameters, on the model's device."""
+        flat = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float32)).to(self.images.device)
+        out, offset = [], 0
+        for p in self.params:
+            out.append(flat[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
+        return out
+
     def train(self, global_vector: np.ndarray, client_id: int, indices: np.ndarray,
-              round_index: int) -> tuple[np.ndarray, LocalResult]:
+              round_index: int, correction: np.ndarray | None = None, steps: int | None = None,
+              streams: tuple = (seeding.TRAIN, seeding.DROPOUT)) -> tuple[np.ndarray, LocalResult]:
+        """Local steps from `global_vector` on the client's `indices`.
+
+        correction: SCAFFOLD's (c - c_i) as a flat vector, added to every step's gradient.
+        steps: overrides the configured local steps (personalization fine-tuning).
+        streams: seeding purposes of (batches and noise, model dropout), so personalization
+            never replays a training round's draws.
+        """
         unflatten_into(global_vector, self.model)
         mu = self.cfg.prox_mu
         if mu > 0:
             self._anchor = [p.detach().clone() for p in self.params]
+        corr = None if correction is None else self._per_param(correction)
         optimizer = make_optimizer(self.cfg, self.params)
+        purpose, drop_purpose = streams
         batches = BatchStream(indices, self.cfg.batch_size,
-                              seeding.numpy_rng(self.seed, seeding.TRAIN, round_index, client_id))
+                              seeding.numpy_rng(self.seed, purpose, round_index, client_id))
         gen_device = "cuda" if str(self.device).startswith("cuda") else "cpu"
         noise_gen = torch.Generator(device=gen_device)
-        noise_gen.manual_seed(seeding.seed_for(self.seed, seeding.TRAIN, round_index, client_id))
+        noise_gen.manual_seed(seeding.seed_for(self.seed, purpose, round_index, client_id))
         # Dropout draws from torch's global generator: seed it per client as well.
-        torch.manual_seed(seeding.seed_for(self.seed, seeding.DROPOUT, round_index, client_id))
-        steps = local_steps_for(self.cfg, indices.size)
+        torch.manual_seed(seeding.seed_for(self.seed, drop_purpose, round_index, client_id))
+        if steps is None:
+            steps = local_steps_for(self.cfg, indices.size)
         self.model.train()
         total = torch.zeros((), device=self.device)
         for _ in range(steps):
@@ -93,10 +129,7 @@ class LocalTrainer:
             loss = training_loss(self.model, x0, self.schedule, noise_gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if mu > 0:  # grad of mu/2 ||w - w_global||^2, added directly: cheaper than a loss term
-                with torch.no_grad():
-                    for p, anchor in zip(self.params, self._anchor):
-                        p.grad.add_(p - anchor, alpha=mu)
+            adjust_gradients(self.params, self._anchor, mu, corr)
             if self.cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
             optimizer.step()

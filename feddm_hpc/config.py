@@ -50,6 +50,13 @@ class FederationConfig:
     clients_per_round: Optional[int] = None   # None: every client, every round
     rounds: int = 10
     algorithm: str = "fedavg"
+    # Realism (participation.py). Every draw comes from (seed, round, client_id), never the rank.
+    dropout_prob: float = 0.0           # each cohort client independently fails to report
+    straggler: str = "none"             # none | lognormal: a fixed slowness factor per client
+    straggler_sigma: float = 0.5        # lognormal sigma of the slowness factor (median 1)
+    step_time_s: float = 1.0            # modelled seconds per local step at slowness 1
+    round_deadline_s: Optional[float] = None  # simulated seconds; slower clients are dropped
+    inject_nan_clients: Tuple[int, ...] = ()  # testing aid: these clients report NaN weights
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,9 @@ class CompressionConfig:
     topk_value_bits: int = 32
     lossless: str = "none"
     fp16_format: str = "fp16"
+    target: str = "update"              # update: encode local - global | weights: encode local
+    downlink: str = "none"              # none: float32 model | quant: encoded (global - reference)
+    downlink_bits: int = 8              # 16 | 8 | 4 | 2 (quant codec, chunk_size, no feedback)
 
 
 @dataclass(frozen=True)
@@ -89,9 +99,16 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class PersonalizationConfig:
+    steps: int = 0                      # local fine-tuning steps after the last round; 0: off
+    eval_size: int = 64                 # held-out examples per client (at most half its shard)
+
+
+@dataclass(frozen=True)
 class SamplingConfig:
     sampler: str = "ddim"               # ddim | ddpm
     steps: int = 50                     # ddim steps (ddpm always uses all timesteps)
+    eta: float = 0.0                    # ddim noise: 0 deterministic, 1 ancestral-like (cleaner when undertrained)
     num_samples: int = 64
     every: int = 0                      # rounds between sample grids; 0: only at the end
 
@@ -119,6 +136,7 @@ class Config:
     client: ClientConfig = field(default_factory=ClientConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
@@ -296,6 +314,14 @@ def validate(c: Config) -> None:
              f"federation.clients_per_round: must be between 1 and federation.num_clients ({f.num_clients})")
     from .strategies import STRATEGIES  # late import: strategies import config types
     _one_of(f.algorithm, tuple(sorted(STRATEGIES)), "federation.algorithm")
+    _require(0.0 <= f.dropout_prob <= 1.0, "federation.dropout_prob: must be in [0, 1]")
+    _one_of(f.straggler, ("none", "lognormal"), "federation.straggler")
+    _require(f.straggler_sigma > 0, "federation.straggler_sigma: must be > 0")
+    _require(f.step_time_s > 0, "federation.step_time_s: must be > 0")
+    _require(f.round_deadline_s is None or f.round_deadline_s > 0,
+             "federation.round_deadline_s: must be > 0 or null")
+    _require(all(0 <= i < f.num_clients for i in f.inject_nan_clients),
+             f"federation.inject_nan_clients: client ids must be in [0, {f.num_clients})")
 
     cl = c.client
     _require((cl.local_steps is None) != (cl.local_epochs is None),
@@ -308,6 +334,14 @@ def validate(c: Config) -> None:
     _require(cl.grad_clip is None or cl.grad_clip > 0, "client.grad_clip: must be > 0 or null")
     _require(cl.prox_mu >= 0, "client.prox_mu: must be >= 0")
 
+    cp = c.compression
+    _one_of(cp.target, ("update", "weights"), "compression.target")
+    _one_of(cp.downlink, ("none", "quant"), "compression.downlink")
+    _require(cp.downlink_bits in (16, 8, 4, 2), "compression.downlink_bits: must be one of 16, 8, 4, 2")
+
+    _require(c.personalization.steps >= 0, "personalization.steps: must be >= 0 (0: off)")
+    _require(c.personalization.eval_size >= 1, "personalization.eval_size: must be >= 1")
+
     _require(0.0 <= c.server.ema_decay < 1.0, "server.ema_decay: must be in [0, 1)")
     _require(c.server.lr > 0, "server.lr: must be > 0")
 
@@ -316,6 +350,7 @@ def validate(c: Config) -> None:
              "sampling.steps: must be between 1 and diffusion.timesteps")
     _require(c.sampling.num_samples >= 0, "sampling.num_samples: must be >= 0 (0: no sample grids)")
     _require(c.sampling.every >= 0, "sampling.every: must be >= 0")
+    _require(0.0 <= c.sampling.eta <= 1.0, "sampling.eta: must be in [0, 1]")
 
     _require(c.checkpoint.every >= 1, "checkpoint.every: must be >= 1")
     _require(c.checkpoint.keep_last >= 1, "checkpoint.keep_last: must be >= 1")

@@ -173,22 +173,23 @@ def ddim_sample(model, schedule: NoiseSchedule, shape, steps: int, generator: to
     return x.clamp(-1.0, 1.0)
 
 
-def _ddpm(model, schedule, shape, steps, generator, device):
+def _ddpm(model, schedule, shape, steps, generator, device, eta):
     return ddpm_sample(model, schedule, shape, generator, device)  # always all T steps
 
 
-def _ddim(model, schedule, shape, steps, generator, device):
-    return ddim_sample(model, schedule, shape, steps, generator, device)
+def _ddim(model, schedule, shape, steps, generator, device, eta):
+    return ddim_sample(model, schedule, shape, steps, generator, device, eta=eta)
 
 
 SAMPLERS = {"ddpm": _ddpm, "ddim": _ddim}
 
 
 def sample(model, schedule: NoiseSchedule, shape, sampler: str, steps: int,
-           generator: torch.Generator, device) -> torch.Tensor:
-    """Draw samples by sampler name. `steps` is used by "ddim"; "ddpm" always runs all T steps."""
+           generator: torch.Generator, device, eta: float = 0.0) -> torch.Tensor:
+    """Draw samples by sampler name. `steps` and `eta` are used by "ddim"; "ddpm" always runs
+    all T steps."""
     try:
         fn = SAMPLERS[sampler]
     except KeyError:
         raise ValueError(f"unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}") from None
-    return fn(model, schedule, shape, steps, generator, device)
+    return fn(model, schedule, shape, steps, generator, device, eta)

@@ -64,8 +64,9 @@ class RunLog:
         eta = elapsed / done * (total_rounds - record["round"] - 1)
         width = 20
         filled = int(width * (record["round"] + 1) / total_rounds)
+        loss = record["train_loss"]  # None: no client update was aggregated this round
         text = (f"[{'#' * filled}{'.' * (width - filled)}] round {record['round'] + 1}/{total_rounds} "
-                f"loss {record['train_loss']:.4f} up {_human_bytes(record['uplink_bytes'])} "
+                f"loss {'n/a' if loss is None else f'{loss:.4f}'} up {_human_bytes(record['uplink_bytes'])} "
                 f"down {_human_bytes(record['downlink_bytes'])} {record['wall_s']:.1f}s/round "
                 f"eta {_human_time(eta)}")
         if self._tty:

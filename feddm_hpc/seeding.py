@@ -8,7 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 # Distinct streams for distinct purposes, so that e.g. the cohort draw never correlates with training.
+# DROPOUT is the model's dropout layers; PARTICIPATION is client dropout (failing to report).
+# New purposes are appended: renumbering would change every existing run's random draws.
 COHORT, TRAIN, DROPOUT, ENCODE, SAMPLE, PARTITION, INIT = range(7)
+PARTICIPATION, SPEED, CONTROL_ENCODE = range(7, 10)
+PERSONAL_SPLIT, PERSONAL_TRAIN, PERSONAL_DROPOUT, PERSONAL_EVAL = range(10, 14)
 
 
 def seed_for(seed: int, purpose: int, round_index: int = 0, client_id: int = 0) -> int:

@@ -1,12 +1,15 @@
 """One federated run: the only module that knows the order of things in a round.
 
-Per round (DESIGN.md section 2): cohort from (seed, round) on every rank; Bcast of the global
-vector; local training of the rank's cohort clients in id order; encode; sizes + Gatherv of the
-payloads and a metadata array; the root decodes and accumulates in client-id order, applies the
-strategy, updates the EMA, logs one metrics line and checkpoints by policy.
+Per round (DESIGN.md section 2): cohort from (seed, round) and who of it reports (dropout,
+stragglers: participation.py) on every rank; the downlink (downlink.py) and, for SCAFFOLD, the
+server control c; local training of the rank's arriving clients in id order; encode; sizes +
+Gatherv of the payloads and a metadata array; the root decodes, checks and accumulates in
+client-id order (server.py), applies the strategy, updates the EMA, logs one metrics line and
+checkpoints by policy. After the last round, optional personalization (personalization.py).
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
@@ -14,20 +17,22 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
-import torch
 
 from . import checkpoint as ckpt
-from . import seeding
-from .client import LocalTrainer
+from . import seeding, server
+from .client import LocalTrainer, local_steps_for
 from .compression import make_compressor
 from .config import Config, dump_yaml
+from .downlink import Downlink
 from .errors import ConfigError
 from .federation_setup import RunSetup, build_setup
+from .participation import plan_round
+from .personalization import personalize
 from .runlog import RunLog
-from .strategies import WeightedSum, make_strategy
+from .strategies import ClientControls, make_strategy
+from .strategies.scaffold import control_delta
 
-# Metadata row per client update: id, samples, loss, payload bytes, train seconds, encode seconds.
-META_WIDTH = 6
+META_WIDTH = server.META_WIDTH
 
 
 def _pack_state(state: Dict[str, np.ndarray]) -> np.ndarray:
@@ -44,10 +49,6 @@ def _unpack_state(blob: np.ndarray) -> Dict[str, np.ndarray]:
         return {k.replace("|", "/"): npz[k] for k in npz.files}
 
 
-def _client_of(key: str) -> int:
-    return int(key.rsplit("/", 1)[1])
-
-
 class Simulation:
     def __init__(self, config: Config, comm, run_dir: Optional[Path], log: RunLog,
                  stop_requested: Callable[[], bool] = lambda: False):
@@ -60,6 +61,12 @@ class Simulation:
         self.ema = self.global_params.copy()
         self.strategy = make_strategy(config.federation.algorithm, config.server, self.num_params)
         self.compressor = make_compressor(config.compression)
+        # SCAFFOLD's control deltas use the uplink codec without error feedback (scaffold.py).
+        self.control_codec = make_compressor(
+            {**dataclasses.asdict(config.compression), "error_feedback": False}) \
+            if self.strategy.uses_controls else None
+        self.controls = ClientControls(self.num_params)
+        self.downlink = Downlink(config.compression, self.global_params)
         self.trainer = LocalTrainer(s.model, s.schedule, config.client, s.images, s.device, config.seed)
         self.start_round = 0
 
@@ -72,40 +79,36 @@ class Simulation:
         self.global_params[:] = data.params
         self.ema[:] = data.ema
         self.strategy.load_state_dict(data.strategy)
-        mine = set(self.setup.hosted[self.comm.rank])
-        self.compressor.load_state_dict({k: v for k, v in data.clients.items() if _client_of(k) in mine})
+        self.downlink.load_state_dict(data.server, data.params)
+        # Every rank takes the state of the clients it hosts now, whatever rank count wrote it.
+        mine = self.setup.hosted[self.comm.rank]
+        by_kind: Dict[str, Dict[str, np.ndarray]] = {"residual": {}, "control": {}}
+        for key, value in data.clients.items():
+            by_kind.setdefault(key.split("/", 1)[0], {})[key] = value
+        self.compressor.load_state_dict(by_kind["residual"], client_ids=mine)
+        self.controls.load_state_dict(by_kind["control"], client_ids=mine)
         self.start_round = data.round + 1
         self.log.reset_metrics(data.metrics_lines)
 
     # ------------------------------------------------------------------ one round
 
+    def _steps_of(self, cid: int) -> int:
+        return local_steps_for(self.cfg.client, self.setup.parts[cid].size)
+
     def run_round(self, r: int) -> dict:
-        cfg, comm, s = self.cfg, self.comm, self.setup
+        cfg, comm = self.cfg, self.comm
         t_round = time.perf_counter()
         phases: Dict[str, float] = {}
         cohort = seeding.sample_cohort(cfg.seed, r, cfg.federation.num_clients,
                                        cfg.federation.clients_per_round)
+        plan = plan_round(cfg.seed, r, cohort, cfg.federation, self._steps_of)
         t = time.perf_counter()
-        comm.bcast_array(self.global_params)
+        start, down_bytes = self.downlink.send(comm, self.global_params)
+        if self.strategy.uses_controls:
+            comm.bcast_array(self.strategy.control)
         phases["broadcast"] = time.perf_counter() - t
 
-        hosted = set(s.hosted[comm.rank])
-        payloads: List[np.ndarray] = []
-        rows: List[List[float]] = []
-        train_s = encode_s = 0.0
-        for cid in (int(c) for c in cohort if int(c) in hosted):
-            t = time.perf_counter()
-            local, result = self.trainer.train(self.global_params, cid, s.parts[cid], r)
-            update = local - self.global_params
-            t_enc = time.perf_counter()
-            payload = self.compressor.encode(update, cid, seeding.numpy_rng(cfg.seed, seeding.ENCODE, r, cid))
-            t_end = time.perf_counter()
-            train_s += t_enc - t
-            encode_s += t_end - t_enc
-            payloads.append(payload)
-            rows.append([cid, result.num_samples, result.loss, payload.size, t_enc - t, t_end - t_enc])
-        phases["train"], phases["encode"] = train_s, encode_s
-
+        payloads, rows = self._train_clients(r, plan, start, phases)
         t = time.perf_counter()
         blob = np.concatenate(payloads) if payloads else np.empty(0, dtype=np.uint8)
         parts = comm.gather_bytes(blob)
@@ -113,8 +116,7 @@ class Simulation:
         phases["gather"] = time.perf_counter() - t
         record = None
         if comm.rank == 0:
-            record = self._aggregate(r, cohort, parts, meta, phases)
-        if comm.rank == 0:
+            record = self._aggregate(r, plan, start, down_bytes, parts, meta, phases)
             record["wall_s"] = round(time.perf_counter() - t_round, 4)
         # The checkpoint of round r holds round r's metrics line (without its own write time).
         phases_ckpt = self._maybe_checkpoint(r, record)
@@ -123,57 +125,90 @@ class Simulation:
             record["wall_s"] = round(time.perf_counter() - t_round, 4)
         return record
 
-    def _aggregate(self, r, cohort, parts, meta, phases) -> dict:
-        """Root: decode each payload and accumulate in client-id order, then the server step."""
-        # Rank r's payloads are concatenated in its clients' id order; split them by byte counts.
-        per_client: Dict[int, tuple] = {}
-        row = 0
-        for rank_blob in parts:
-            offset = 0
-            while offset < rank_blob.size:
-                m = meta[row]
-                n = int(m[3])
-                per_client[int(m[0])] = (rank_blob[offset:offset + n], m)
-                offset += n
-                row += 1
-        if sorted(per_client) != [int(c) for c in cohort]:
-            raise RuntimeError(f"round {r}: expected updates from clients {list(cohort)}, got {sorted(per_client)}")
-        t = time.perf_counter()
-        acc = WeightedSum(self.num_params)
-        decode_s = 0.0
-        for cid in sorted(per_client):
-            payload, m = per_client[cid]
-            t_dec = time.perf_counter()
-            update = self.compressor.decode(payload, self.num_params)
-            decode_s += time.perf_counter() - t_dec
-            acc.add(update, float(m[1]))
-        mean_update = acc.mean()
-        self.global_params[:] = self.strategy.apply(self.global_params, mean_update)
-        d = np.float32(self.cfg.server.ema_decay)
-        self.ema *= d
-        self.ema += (np.float32(1) - d) * self.global_params
-        phases["decode"] = decode_s
-        phases["aggregate"] = time.perf_counter() - t - decode_s
+    def _train_clients(self, r, plan, start, phases):
+        """Local training, encoding and (SCAFFOLD) control updates of this rank's arrivals."""
+        cfg = self.cfg
+        hosted = set(self.setup.hosted[self.comm.rank])
+        inject = set(cfg.federation.inject_nan_clients)
+        scaffold = self.strategy.uses_controls
+        payloads: List[np.ndarray] = []
+        rows: List[List[float]] = []
+        train_s = encode_s = 0.0
+        for cid in (c for c in plan.arrived if c in hosted):
+            t = time.perf_counter()
+            corr = self.controls.correction(self.strategy.control, cid) if scaffold else None
+            local, result = self.trainer.train(start, cid, self.setup.parts[cid], r, correction=corr)
+            if cid in inject:  # testing aid: one NaN and one Inf, as a diverged client would send
+                local[local.size // 2], local[-1] = np.nan, np.inf
+            t_enc = time.perf_counter()
+            vec = local if cfg.compression.target == "weights" else local - start
+            upd, ctrl, status = self._encode(vec, cid, r), None, server.STATUS_OK
+            if upd is None:
+                upd, status = np.empty(0, dtype=np.uint8), server.STATUS_NONFINITE
+            elif scaffold:
+                ctrl = self._encode_control(start, local, result.steps, cid, r)
+            t_end = time.perf_counter()
+            train_s += t_enc - t
+            encode_s += t_end - t_enc
+            ctrl = np.empty(0, dtype=np.uint8) if ctrl is None else ctrl
+            payloads += [upd, ctrl]
+            rows.append([cid, result.num_samples, result.loss, upd.size, ctrl.size, t_enc - t,
+                         t_end - t_enc, status])
+        phases["train"], phases["encode"] = train_s, encode_s
+        return payloads, rows
 
-        rows = np.array([per_client[c][1] for c in sorted(per_client)])
-        weights = rows[:, 1]
-        uplink = int(rows[:, 3].sum())
-        downlink = 4 * self.num_params * len(cohort)  # the float32 model to every cohort client
-        prev = json.loads(self.log.metrics_lines[-1]) if self.log.metrics_lines else {}
-        return {
-            "round": r,
-            "train_loss": float(np.dot(rows[:, 2], weights) / weights.sum()),
-            "clients": [int(c) for c in cohort] if len(cohort) <= 64 else len(cohort),
-            "client_loss": {str(int(c)): round(float(l), 6) for c, l in zip(rows[:, 0], rows[:, 2])}
-            if len(cohort) <= 64 else None,
-            "uplink_bytes": uplink,
-            "downlink_bytes": downlink,
-            "uplink_float32_bytes": 4 * self.num_params * len(cohort),
-            "cum_uplink_bytes": prev.get("cum_uplink_bytes", 0) + uplink,
-            "cum_downlink_bytes": prev.get("cum_downlink_bytes", 0) + downlink,
-            "client_train_s_max": float(rows[:, 4].max()),
-            "phases": {k: round(v, 5) for k, v in phases.items()},
-        }
+    def _encode(self, vec, cid, r) -> Optional[np.ndarray]:
+        """The payload, or None for a non-finite vector that a lossy codec refuses."""
+        try:
+            return self.compressor.encode(vec, cid, seeding.numpy_rng(self.cfg.seed, seeding.ENCODE, r, cid))
+        except ValueError:
+            if server.is_finite(vec):
+                raise
+            return None
+
+    def _encode_control(self, start, local, steps, cid, r) -> np.ndarray:
+        """delta c_i, encoded; the client keeps exactly what the server decodes (scaffold.py).
+        A diverged client keeps its old c_i, as the root rejects its report."""
+        delta = control_delta(self.strategy.control, start, local, steps, self.cfg.client.lr)
+        try:
+            payload = self.control_codec.encode(
+                delta, cid, seeding.numpy_rng(self.cfg.seed, seeding.CONTROL_ENCODE, r, cid))
+        except ValueError:
+            if server.is_finite(delta):
+                raise
+            return self.control_codec.encode(np.zeros_like(delta), cid, None)  # root rejects anyway
+        decoded = self.control_codec.decode(payload, self.num_params)
+        if server.is_finite(decoded) and server.is_finite(local):
+            self.controls.commit(cid, decoded)
+        return payload
+
+    def _aggregate(self, r, plan, start, down_bytes, parts, meta, phases) -> dict:
+        """Root: decode and check in client-id order, then the server step."""
+        reports = server.split_reports(parts, meta)
+        if sorted(reports) != sorted(plan.arrived):
+            raise RuntimeError(f"round {r}: expected updates from clients {list(plan.arrived)}, "
+                               f"got {sorted(reports)}")
+        t = time.perf_counter()
+        agg = server.aggregate(reports, self.num_params, start, self.cfg.compression.target,
+                               self.strategy.uses_controls)
+        if agg.mean_update is None:
+            self.log.info(f"round {r}: no client update to aggregate ({len(plan.dropped)} dropped, "
+                          f"{len(plan.stragglers)} late, {len(agg.rejected)} rejected); "
+                          f"the model is unchanged")
+        else:
+            self.global_params[:] = self.strategy.apply(self.global_params, agg.mean_update)
+            if self.strategy.uses_controls:
+                self.strategy.update_control(agg.control_sum, self.cfg.federation.num_clients)
+            d = np.float32(self.cfg.server.ema_decay)
+            self.ema *= d
+            self.ema += (np.float32(1) - d) * self.global_params
+        phases["decode"] = agg.decode_s
+        phases["aggregate"] = time.perf_counter() - t - agg.decode_s
+        prev = self.log.metrics_lines[-1] if self.log.metrics_lines else None
+        record = server.round_record(r, plan, reports, agg, self.num_params, down_bytes,
+                                     self.strategy.uses_controls, prev)
+        record["phases"] = {k: round(v, 5) for k, v in phases.items()}
+        return record
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -186,7 +221,8 @@ class Simulation:
     def write_checkpoint(self, r: int, pending_record: Optional[dict] = None) -> float:
         """Collective: per-client state is gathered to the root, which writes the file."""
         t = time.perf_counter()
-        blobs = self.comm.gather_bytes(_pack_state(self.compressor.state_dict()))
+        state = {**self.compressor.state_dict(), **self.controls.state_dict()}
+        blobs = self.comm.gather_bytes(_pack_state(state))
         if self.comm.rank == 0:
             clients: Dict[str, np.ndarray] = {}
             for blob in blobs:
@@ -197,7 +233,7 @@ class Simulation:
                 spec_text=self.setup.spec.as_text(), param_fingerprint=self.setup.spec.fingerprint(),
                 strategy=self.strategy.state_dict(), clients=clients,
                 metrics_lines=lines + ([json.dumps(pending_record)] if pending_record else []),
-                image_shape=self.setup.image_shape)
+                image_shape=self.setup.image_shape, server=self.downlink.state_dict())
             ckpt_dir = self.run_dir / "checkpoints"
             ckpt.save_checkpoint(ckpt_dir / ckpt.checkpoint_name(r), data)
             ckpt.prune(ckpt_dir, self.cfg.checkpoint.keep_last)
@@ -222,6 +258,7 @@ class Simulation:
                 if (r + 1) % cfg.checkpoint.every != 0 and self.run_dir is not None:
                     self.write_checkpoint(r)
                 return "stopped"
+        personalize(self)
         if sample_fn is not None:
             sample_fn(self, cfg.federation.rounds - 1)
         return "done"

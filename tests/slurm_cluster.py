@@ -22,6 +22,8 @@ from typing import Dict, List, Optional
 PACKAGES = ["slurmctld", "slurmd", "slurm-client"]
 COMMANDS = ["slurmctld", "slurmd", "sbatch", "srun", "scontrol", "squeue", "sinfo", "scancel"]
 SBIN_DIRS = ["/usr/sbin", "/sbin", "/usr/local/sbin"]
+DONE_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+               "PREEMPTED", "BOOT_FAIL", "DEADLINE"}
 
 
 class SlurmUnavailable(Exception):
@@ -33,14 +35,18 @@ def _which(cmd: str) -> Optional[str]:
 
 
 def ensure_installed(timeout: float = 600) -> None:
-    """Installs the Debian packages when a command is missing. Raises SlurmUnavailable where that
-    is impossible (not root or no apt-get) and RuntimeError where it should have worked but failed."""
+    """Installs the Debian packages when a command is missing. Raises SlurmUnavailable where the
+    cluster cannot run (not root, or Slurm missing and no apt-get) and RuntimeError where the
+    install should have worked but failed."""
+    if os.geteuid() != 0:  # slurmd launches jobs as root; so does apt-get
+        raise SlurmUnavailable("the one-node test cluster needs root (slurmd runs as root, "
+                               f"apt-get installs {' '.join(PACKAGES)})")
     missing = [c for c in COMMANDS if _which(c) is None]
     if not missing:
         return
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise SlurmUnavailable(f"Slurm commands {missing} are missing and cannot be installed here "
-                               f"(needs root and apt-get: apt-get install {' '.join(PACKAGES)})")
+    if shutil.which("apt-get") is None:
+        raise SlurmUnavailable(f"Slurm commands {missing} are missing and there is no apt-get to "
+                               f"install {' '.join(PACKAGES)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     cmd = ["apt-get", "install", "-y", "-q", *PACKAGES]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
@@ -109,6 +115,7 @@ class SlurmCluster:
         self.host = socket.gethostname().split(".")[0]  # == `hostname -s`; slurmd checks it
         self.conf = self.root / "slurm.conf"
         self.procs: Dict[str, subprocess.Popen] = {}
+        self._outs: list = []
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
         for key in [k for k in self.env if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))]:
             if key != "SLURM_CONF":  # a surrounding job's settings must not leak into ours
@@ -124,6 +131,7 @@ class SlurmCluster:
             ctld_port=_free_port(), slurmd_port=_free_port()))
         for daemon, extra in (("slurmctld", ["-c", "-i"]), ("slurmd", [])):
             out = open(self.root / f"{daemon}.stdout", "wb")
+            self._outs.append(out)
             self.procs[daemon] = subprocess.Popen(
                 [_which(daemon), "-D", "-f", str(self.conf), *extra], stdout=out, stderr=subprocess.STDOUT,
                 env=self.env, start_new_session=True)
@@ -161,6 +169,8 @@ class SlurmCluster:
                 proc.kill()
                 proc.wait(timeout=10)
         self._kill_leftover_steps()
+        for out in self._outs:
+            out.close()
 
     def _kill_leftover_steps(self) -> None:
         """slurmstepd detaches from slurmd; ours hold sockets in our spool folder (and their tasks
@@ -215,6 +225,10 @@ class SlurmCluster:
             return {}
         line = proc.stdout.strip().splitlines()[0]
         return dict(m.groups() for m in re.finditer(r"(\w+)=(\S*)", line))
+
+    def wait_done(self, job_id: str, timeout: float) -> Dict[str, str]:
+        """Waits for the end of a job (polling scontrol: `sbatch --wait` polls far more slowly)."""
+        return self.wait_state(job_id, DONE_STATES, timeout)
 
     def wait_state(self, job_id: str, states, timeout: float, poll: float = 0.3) -> Dict[str, str]:
         """Waits until the job's JobState is one of `states`; returns the job record."""

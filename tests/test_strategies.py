@@ -62,6 +62,73 @@ def test_adaptive_first_step_by_hand(name):
 
 
 def test_registry_lists_names():
-    assert {"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"} <= set(STRATEGIES)
+    assert {"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad",
+            "scaffold"} <= set(STRATEGIES)
     with pytest.raises(ConfigError, match="federation.algorithm.*fedavg"):
         make_strategy("nope", ServerConfig(), 1)
+
+
+# -- SCAFFOLD (option II) -----------------------------------------------------------------------
+
+def test_scaffold_client_control_delta_by_hand():
+    from feddm_hpc.strategies.scaffold import control_delta
+    c = np.array([0.1, -0.2], dtype=np.float32)
+    x = np.array([1.0, 2.0], dtype=np.float32)      # the model the client started from
+    y = np.array([0.8, 2.3], dtype=np.float32)      # its model after K steps
+    # K = 4 steps, eta = 0.05: (x - y) / (K eta) = [0.2, -0.3] / 0.2 = [1.0, -1.5]
+    np.testing.assert_allclose(control_delta(c, x, y, 4, 0.05), [1.0 - 0.1, -1.5 + 0.2], rtol=1e-6)
+
+
+def test_scaffold_server_steps_by_hand():
+    """N = 4 clients, 2 report: x += lr * weighted mean(delta y); c += sum(delta c_i) / N."""
+    s = make_strategy("scaffold", ServerConfig(lr=0.5), 2)
+    assert s.uses_controls and not make_strategy("fedavg", ServerConfig(), 2).uses_controls
+    x = np.array([1.0, 1.0], dtype=np.float32)
+    d1, d2 = np.array([0.4, 0.0], np.float32), np.array([0.0, 0.8], np.float32)
+    mean = weighted_mean([(d1, 1.0), (d2, 3.0)])            # [0.1, 0.6]
+    np.testing.assert_allclose(s.apply(x, mean), [1.05, 1.3], rtol=1e-6)
+    dc1, dc2 = np.array([1.0, -2.0]), np.array([3.0, 2.0])
+    s.update_control(dc1 + dc2, 4)                          # |S|/N * mean = 2/4 * [2, 0]
+    np.testing.assert_allclose(s.control, [1.0, 0.0])
+    s.update_control(np.array([0.4, 0.4]), 4)
+    np.testing.assert_allclose(s.control, [1.1, 0.1], rtol=1e-6)
+    restored = make_strategy("scaffold", ServerConfig(), 2)
+    restored.load_state_dict(s.state_dict())
+    np.testing.assert_array_equal(restored.control, s.control)
+
+
+def test_scaffold_keeps_c_the_mean_of_client_controls():
+    """Clients commit the delta they send, the server adds sum/N: c == mean_i c_i (c_i = 0
+    for clients that never reported), whichever clients arrive."""
+    from feddm_hpc.strategies import ClientControls
+    rng = np.random.default_rng(0)
+    n, N = 5, 4
+    s, controls = make_strategy("scaffold", ServerConfig(), n), ClientControls(n)
+    for arrived in ([0, 2], [1], [0, 1, 3]):
+        total = np.zeros(n)
+        for cid in arrived:
+            delta = rng.standard_normal(n).astype(np.float32)
+            controls.commit(cid, delta)
+            total += delta
+        s.update_control(total, N)
+    stack = [controls.get(i) if controls.get(i) is not None else np.zeros(n) for i in range(N)]
+    np.testing.assert_allclose(s.control, np.mean(stack, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(controls.correction(s.control, 2), s.control - controls.get(2))
+    np.testing.assert_array_equal(controls.correction(s.control, 9), s.control)  # never reported
+
+
+def test_client_controls_redistribute_over_ranks():
+    from feddm_hpc.strategies import ClientControls
+    a = ClientControls(3)
+    for cid in (0, 3, 5):
+        a.commit(cid, np.full(3, cid, dtype=np.float32))
+    state = a.state_dict()
+    assert sorted(state) == ["control/0", "control/3", "control/5"]
+    ranks = [ClientControls(3), ClientControls(3)]
+    ranks[0].load_state_dict(state, client_ids=[0, 1, 5])
+    ranks[1].load_state_dict(state, client_ids=[2, 3])
+    assert ranks[0].get(3) is None and ranks[1].get(0) is None
+    np.testing.assert_array_equal(ranks[0].get(5), [5, 5, 5])
+    np.testing.assert_array_equal(ranks[1].get(3), [3, 3, 3])
+    with pytest.raises(ValueError, match="control"):
+        ranks[0].load_state_dict({"residual/0": np.zeros(3)})

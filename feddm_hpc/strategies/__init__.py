@@ -1,9 +1,11 @@
 """Server strategies chosen by `federation.algorithm` from a registry (never eval)."""
 from ..errors import ConfigError
 from .aggregate import WeightedSum, weighted_mean
+from .scaffold import ClientControls, Scaffold
 from .server_opt import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi, Strategy
 
-STRATEGIES = {cls.name: cls for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad)}
+STRATEGIES = {cls.name: cls for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad,
+                                        Scaffold)}
 
 
 def make_strategy(algorithm: str, server_cfg, num_params: int) -> Strategy:
@@ -15,4 +17,4 @@ def make_strategy(algorithm: str, server_cfg, num_params: int) -> Strategy:
     return cls(server_cfg, num_params)
 
 
-__all__ = ["STRATEGIES", "Strategy", "WeightedSum", "make_strategy", "weighted_mean"]
+__all__ = ["STRATEGIES", "ClientControls", "Scaffold", "Strategy", "WeightedSum", "make_strategy", "weighted_mean"]

@@ -13,6 +13,7 @@ import numpy as np
 
 class Strategy:
     name = "base"
+    uses_controls = False   # SCAFFOLD: clients also send control deltas, the server broadcasts c
 
     def __init__(self, server_cfg, num_params: int):
         self.cfg = server_cfg
