@@ -75,10 +75,15 @@ def _digest(f: h5py.File) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | Path, data: CheckpointData) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+def _reason(exc: OSError) -> str:
+    """One line: HDF5 wraps the system error in a multi-line message; dig out its errno."""
+    found = re.search(r"errno = (\d+)", str(exc))
+    if found:
+        return os.strerror(int(found.group(1)))
+    return (exc.strerror or str(exc)).splitlines()[0]
+
+
+def _write(tmp: Path, data: CheckpointData) -> None:
     with h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["version"] = __version__
@@ -99,8 +104,21 @@ def save_checkpoint(path: str | Path, data: CheckpointData) -> Path:
         f.create_dataset("metrics", data="\n".join(data.metrics_lines).encode())
         f.attrs["checksum"] = _digest(f)
         f.flush()
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
+
+
+def save_checkpoint(path: str | Path, data: CheckpointData) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        _write(tmp, data)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        # A full disk or a failing device: drop the partial file, keep every earlier checkpoint.
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{path}: cannot write checkpoint ({_reason(exc)}); "
+                              f"the previous checkpoints are intact") from None
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

@@ -1,7 +1,8 @@
 """Command line: argument parsing and exit codes. The only module that touches MPI.COMM_WORLD.
 
 Exit codes: 0 success; 2 wrong user input (one line `error: ...` on stderr, no traceback);
-1 internal error; 3 stopped early on request (SIGUSR1/SIGTERM) after writing a checkpoint.
+1 internal error; 3 stopped early on request (SIGUSR1/SIGTERM) after writing a checkpoint;
+4 a collective exceeded system.collective_timeout_s (a rank hung or died): the job is aborted.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Callable, List, Optional
 
 from .errors import UserError
 
-EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_STOPPED = 0, 1, 2, 3
+EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_STOPPED, EXIT_COLLECTIVE_TIMEOUT = 0, 1, 2, 3, 4
 
 
 class _Parser(argparse.ArgumentParser):
@@ -110,6 +111,7 @@ def _run_training(comm, config, run_dir: Path, checkpoint_path: Optional[str]) -
     from .simulation import Simulation
     from .run_outputs import make_sample_fn, write_run_files
 
+    comm.timeout_s = config.system.collective_timeout_s
     log = RunLog(comm.rank, run_dir, progress=config.system.progress)
     stop = STOP
     sim = Simulation(config, comm, run_dir, log, stop_requested=stop)
@@ -302,6 +304,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         code = 130
+    except RuntimeError as exc:
+        from .comm import CollectiveTimeout
+
+        if not isinstance(exc, CollectiveTimeout):
+            raise
+        # Other ranks may be stuck inside the collective: only an abort can end them.
+        print(f"error: {exc}; aborting the job", file=sys.stderr, flush=True)
+        mpi = sys.modules.get("mpi4py.MPI")
+        if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+            mpi.COMM_WORLD.Abort(EXIT_COLLECTIVE_TIMEOUT)
+        return EXIT_COLLECTIVE_TIMEOUT
     sys.stdout.flush()
     sys.stderr.flush()
     world = _mpi_world()

@@ -98,6 +98,11 @@ def aggregate(reports: Dict[int, Report], num_params: int, start: np.ndarray, ta
     return out
 
 
+def _finite_or_none(x: float) -> Optional[float]:
+    """metrics.jsonl stays strict JSON: a diverged client's NaN loss is written as null."""
+    return x if np.isfinite(x) else None
+
+
 def round_record(r: int, plan, reports: Dict[int, Report], agg: Aggregate, num_params: int,
                  down_bytes_per_client: int, uses_controls: bool, prev_line: Optional[str]) -> dict:
     """The metrics.jsonl line of one round (phases and wall_s are added by the caller)."""
@@ -118,7 +123,7 @@ def round_record(r: int, plan, reports: Dict[int, Report], agg: Aggregate, num_p
         return [int(c) for c in xs] if small else len(xs)
     rec = {
         "round": r,
-        "train_loss": float(np.dot(losses, weights) / weights.sum()) if rows else None,
+        "train_loss": _finite_or_none(float(np.dot(losses, weights) / weights.sum())) if rows else None,
         "clients": ids(cohort),
         "arrived": ids(plan.arrived),
         "dropped": ids(plan.dropped),
@@ -126,8 +131,8 @@ def round_record(r: int, plan, reports: Dict[int, Report], agg: Aggregate, num_p
         "rejected": ids(agg.rejected),
         "rejected_updates": len(agg.rejected),
         "aggregated_clients": len(agg.accepted),
-        "client_loss": {str(c): round(float(reports[c].row[2]), 6) for c in sorted(reports)}
-        if small else None,
+        "client_loss": {str(c): _finite_or_none(round(float(reports[c].row[2]), 6))
+                        for c in sorted(reports)} if small else None,
         "client_uplink_bytes": {str(c): b for c, b in up_per_client.items()} if small else None,
         "uplink_bytes": uplink,
         "downlink_bytes": downlink,
@@ -138,7 +143,6 @@ def round_record(r: int, plan, reports: Dict[int, Report], agg: Aggregate, num_p
         "cum_uplink_float32_bytes": prev.get("cum_uplink_float32_bytes", 0) + base_up,
         "cum_downlink_float32_bytes": prev.get("cum_downlink_float32_bytes", 0) + base_down,
         "sim_round_s": round(plan.sim_round_s, 6),
-        "client_train_s_max": float(max((row[5] for row in (reports[c].row for c in reports)),
-                                        default=0.0)),
+        "client_train_s_max": float(max((rep.row[5] for rep in reports.values()), default=0.0)),
     }
     return rec

@@ -74,3 +74,25 @@ def test_prune_keeps_last_and_removes_temporaries(tmp_path):
     ckpt.prune(tmp_path, keep_last=2)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["round-000004.h5", "round-000003.h5"]
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_full_disk_is_a_clear_error_and_keeps_earlier_checkpoints(tmp_path):
+    """A real 1 MB tmpfs (root) fills up mid-write: CheckpointError, no partial file, nothing lost."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        small = _data(1, n=1000)
+        first = ckpt.save_checkpoint(mnt / ckpt.checkpoint_name(1), small)
+        with pytest.raises(CheckpointError, match=r"round-000002.h5: cannot write checkpoint.*intact"):
+            ckpt.save_checkpoint(mnt / ckpt.checkpoint_name(2), _data(2, n=400_000))  # 3.2 MB
+        assert not list(mnt.glob("*.tmp"))
+        assert ckpt.latest_valid(mnt) == first
+        np.testing.assert_array_equal(ckpt.load_checkpoint(first).params, small.params)
+    finally:
+        subprocess.run(["umount", str(mnt)])

@@ -117,3 +117,21 @@ def test_killed_rank_ends_the_job_and_checkpoint_stays_valid(tmp_path):
     latest = latest_valid(ckpt_dir)
     assert latest is not None
     assert load_checkpoint(latest).round >= 0
+
+
+def test_hung_collective_aborts_with_a_message_naming_round_and_phase():
+    script = ROOT / "tests" / "mpi_programs" / "check_timeout.py"
+    t0 = time.time()
+    out = subprocess.run([mpiexec_path(), "-n", "2", sys.executable, "-m", "mpi4py", str(script), "2"],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert time.time() - t0 < 30
+    assert out.returncode == 4, out.stderr
+    assert "round 3, gather" in out.stderr and "collective_timeout_s" in out.stderr
+
+
+def test_gather_of_more_than_2_gib():
+    script = ROOT / "tests" / "mpi_programs" / "check_large.py"
+    out = subprocess.run([mpiexec_path(), "-n", "3", sys.executable, "-m", "mpi4py", str(script)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ok ")

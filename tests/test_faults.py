@@ -1,0 +1,45 @@
+"""Faults around checkpoints: a writer killed mid-write never corrupts what a resume will use."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import DETERMINISTIC, ROOT, TINY, run_cli
+from feddm_hpc.checkpoint import latest_valid, list_checkpoints, load_checkpoint
+
+WRITER = """
+import sys, numpy as np
+from feddm_hpc import checkpoint as ckpt
+data = ckpt.load_checkpoint(sys.argv[1])
+big = np.random.default_rng(0).standard_normal(150_000_000).astype(np.float32)  # 600 MB: a slow write
+data.params, data.ema, data.round = big, big, 2
+ckpt.save_checkpoint(sys.argv[2], data)
+"""
+
+
+def test_writer_killed_mid_write_keeps_previous_checkpoint_and_resume_uses_it(tmp_path):
+    run_dir = tmp_path / "run"
+    out = run_cli(["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC])
+    assert out.returncode == 0, out.stderr
+    ckpt_dir = run_dir / "checkpoints"
+    previous = latest_valid(ckpt_dir)
+    target = ckpt_dir / "round-000002.h5"
+    tmp = ckpt_dir / "round-000002.h5.tmp"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(previous), str(target)], cwd=ROOT)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (tmp.exists() and tmp.stat().st_size > 1_000_000):
+        time.sleep(0.01)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=30)
+    assert tmp.exists() and not target.exists(), "the kill should land mid-write"
+    assert [p.name for p in list_checkpoints(ckpt_dir)][0] == "round-000001.h5"
+    assert latest_valid(ckpt_dir) == previous
+
+    resumed = run_cli(["resume", str(run_dir), "--set", "federation.rounds=3"])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "round-000001.h5 (round 1 complete)" in resumed.stderr
+    assert load_checkpoint(latest_valid(ckpt_dir)).round == 2
+    assert not tmp.exists()  # the leftover is cleaned up by the next checkpoint's pruning
+    rounds = [json.loads(l)["round"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [0, 1, 2]
