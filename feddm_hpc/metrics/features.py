@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 import warnings
 from contextlib import contextmanager
@@ -192,7 +193,9 @@ def get_feature_extractor(dataset_name: str, train_images, train_labels, test_im
     ext.test_accuracy = float((ext.predict(test_images) == np.asarray(test_labels)).mean())
     ext.train_seconds = train_s
     if verbose:
-        print(f"trained {name}: test accuracy {ext.test_accuracy:.4f} in {train_s:.1f} s -> {path}")
+        # stderr: callers such as `feddm-hpc evaluate` keep stdout for their JSON result.
+        print(f"trained {name}: test accuracy {ext.test_accuracy:.4f} in {train_s:.1f} s -> {path}",
+              file=sys.stderr, flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Temporary name then rename: a concurrent reader (another rank) never sees half a file.
     tmp = path.with_suffix(f".tmp{os.getpid()}")
