@@ -103,6 +103,7 @@ class Simulation:
                                        cfg.federation.clients_per_round)
         plan = plan_round(cfg.seed, r, cohort, cfg.federation, self._steps_of)
         t = time.perf_counter()
+        comm.context = f"round {r}, broadcast"  # named in a collective-timeout message
         start, down_bytes = self.downlink.send(comm, self.global_params)
         if self.strategy.uses_controls:
             comm.bcast_array(self.strategy.control)
@@ -110,6 +111,7 @@ class Simulation:
 
         payloads, rows = self._train_clients(r, plan, start, phases)
         t = time.perf_counter()
+        comm.context = f"round {r}, gather"
         blob = np.concatenate(payloads) if payloads else np.empty(0, dtype=np.uint8)
         parts = comm.gather_bytes(blob)
         meta = comm.gather_rows(np.asarray(rows, dtype=np.float64).reshape(-1, META_WIDTH))
@@ -173,10 +175,11 @@ class Simulation:
         try:
             payload = self.control_codec.encode(
                 delta, cid, seeding.numpy_rng(self.cfg.seed, seeding.CONTROL_ENCODE, r, cid))
-        except ValueError:
+        except ValueError:  # a lossy codec refused it; the update itself was finite (it encoded)
             if server.is_finite(delta):
                 raise
-            return self.control_codec.encode(np.zeros_like(delta), cid, None)  # root rejects anyway
+            # Send a zero delta and keep c_i: server and client agree that nothing changed.
+            return self.control_codec.encode(np.zeros_like(delta), cid, None)
         decoded = self.control_codec.decode(payload, self.num_params)
         if server.is_finite(decoded) and server.is_finite(local):
             self.controls.commit(cid, decoded)
@@ -221,8 +224,10 @@ class Simulation:
     def write_checkpoint(self, r: int, pending_record: Optional[dict] = None) -> float:
         """Collective: per-client state is gathered to the root, which writes the file."""
         t = time.perf_counter()
+        self.comm.context = f"round {r}, checkpoint"
         state = {**self.compressor.state_dict(), **self.controls.state_dict()}
         blobs = self.comm.gather_bytes(_pack_state(state))
+        error = None
         if self.comm.rank == 0:
             clients: Dict[str, np.ndarray] = {}
             for blob in blobs:
@@ -235,9 +240,15 @@ class Simulation:
                 metrics_lines=lines + ([json.dumps(pending_record)] if pending_record else []),
                 image_shape=self.setup.image_shape, server=self.downlink.state_dict())
             ckpt_dir = self.run_dir / "checkpoints"
-            ckpt.save_checkpoint(ckpt_dir / ckpt.checkpoint_name(r), data)
-            ckpt.prune(ckpt_dir, self.cfg.checkpoint.keep_last)
-        self.comm.barrier()
+            try:
+                ckpt.save_checkpoint(ckpt_dir / ckpt.checkpoint_name(r), data)
+                ckpt.prune(ckpt_dir, self.cfg.checkpoint.keep_last)
+            except ckpt.CheckpointError as exc:  # e.g. a full disk: every rank must stop, not hang
+                error = str(exc)
+        # The root's outcome reaches every rank, so all end together with the same clear error.
+        error = self.comm.bcast_object(error if self.comm.rank == 0 else None)
+        if error is not None:
+            raise ckpt.CheckpointError(error)
         return time.perf_counter() - t
 
     # ------------------------------------------------------------------ the run
@@ -254,6 +265,7 @@ class Simulation:
                     and r != cfg.federation.rounds - 1:
                 sample_fn(self, r)
             # Every rank must agree on stopping: the root decides, all follow.
+            self.comm.context = f"round {r}, stop decision"
             if r < cfg.federation.rounds - 1 and self.comm.bcast_object(self.stop_requested()):
                 if (r + 1) % cfg.checkpoint.every != 0 and self.run_dir is not None:
                     self.write_checkpoint(r)

@@ -43,3 +43,27 @@ def test_writer_killed_mid_write_keeps_previous_checkpoint_and_resume_uses_it(tm
     assert not tmp.exists()  # the leftover is cleaned up by the next checkpoint's pruning
     rounds = [json.loads(l)["round"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rounds == [0, 1, 2]
+
+
+def test_full_disk_during_a_run_ends_all_ranks_with_one_clear_error(tmp_path):
+    """Run directory on a real 900 kB tmpfs: a tiny checkpoint is ~350 kB, so the third write fails."""
+    import pytest
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=900k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        run_dir = mnt / "run"
+        out = run_cli(["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC,
+                       "--set", "federation.rounds=8", "--set", "checkpoint.keep_last=3",
+                       "--set", "sampling.num_samples=0"], nprocs=2, timeout=120)
+        assert out.returncode == 2, out.stderr
+        errors = [l for l in out.stderr.splitlines() if l.startswith("error")]
+        assert len(errors) == 1 and "cannot write checkpoint (No space left on device)" in errors[0]
+        latest = latest_valid(run_dir / "checkpoints")
+        assert latest is not None and load_checkpoint(latest).round >= 1
+        assert not list((run_dir / "checkpoints").glob("*.tmp"))
+    finally:
+        subprocess.run(["umount", str(mnt)])

@@ -1,7 +1,6 @@
 """Dropout and stragglers: deterministic per (seed, round, client), rank-free, hand-checked."""
 from dataclasses import replace
 
-import numpy as np
 import pytest
 
 from feddm_hpc import seeding
