@@ -125,6 +125,8 @@ class SystemConfig:
     threads: int = 0                    # torch threads per rank; 0: from the cores this rank owns
     progress: bool = True
     collective_timeout_s: float = 0.0   # > 0: a collective that waits longer aborts the job (exit 4)
+    transport: str = "gather"           # gather: root decodes every payload in client-id order (rank-invariant)
+                                        # hierarchical: ranks pre-sum their clients, then Allreduce
 
 
 @dataclass(frozen=True)
@@ -360,6 +362,7 @@ def validate(c: Config) -> None:
     _require(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
              f"system.device: {dev!r} is not one of auto, cpu, cuda, cuda:N")
     _require(c.system.threads >= 0, "system.threads: must be >= 0")
+    _one_of(c.system.transport, ("gather", "hierarchical"), "system.transport")
     _require(c.system.collective_timeout_s >= 0, "system.collective_timeout_s: must be >= 0 (0: no timeout)")
     from .compression import make_compressor  # late import; raises ConfigError naming the field
     make_compressor(c.compression)

@@ -39,6 +39,7 @@ class Aggregate:
     accepted: List[int] = field(default_factory=list)
     rejected: List[int] = field(default_factory=list)
     decode_s: float = 0.0
+    weighted_sum: Optional[WeightedSum] = None   # the raw sum, for the hierarchical transport
 
 
 def split_reports(parts: List[np.ndarray], meta: np.ndarray) -> Dict[int, Report]:
@@ -72,7 +73,7 @@ def aggregate(reports: Dict[int, Report], num_params: int, start: np.ndarray, ta
     ctrl_sum = np.zeros(num_params, dtype=np.float64) if uses_controls else None
     buf = np.empty(num_params, dtype=np.float32)
     cbuf = np.empty(num_params, dtype=np.float32) if uses_controls else None
-    out = Aggregate(None, None)
+    out = Aggregate(None, None, weighted_sum=acc)
     for cid in sorted(reports):
         rep = reports[cid]
         ok = int(rep.row[7]) == STATUS_OK

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import seeding, server
+from . import hierarchical, seeding, server
 from .client import LocalTrainer, local_steps_for
 from .compression import make_compressor
 from .config import Config, dump_yaml
@@ -112,13 +112,26 @@ class Simulation:
         payloads, rows = self._train_clients(r, plan, start, phases)
         t = time.perf_counter()
         comm.context = f"round {r}, gather"
-        blob = np.concatenate(payloads) if payloads else np.empty(0, dtype=np.uint8)
-        parts = comm.gather_bytes(blob)
-        meta = comm.gather_rows(np.asarray(rows, dtype=np.float64).reshape(-1, META_WIDTH))
-        phases["gather"] = time.perf_counter() - t
+        if cfg.system.transport == "hierarchical":
+            agg, rows = hierarchical.reduce_clients(comm, payloads, rows, self.num_params, start,
+                                                    cfg.compression.target, self.strategy.uses_controls)
+            meta = comm.gather_rows(np.asarray(rows, dtype=np.float64).reshape(-1, META_WIDTH))
+            phases["gather"] = time.perf_counter() - t - agg.decode_s
+            phases["decode"] = agg.decode_s   # this rank's own clients; the others decode in parallel
+        else:
+            blob = np.concatenate(payloads) if payloads else np.empty(0, dtype=np.uint8)
+            parts = comm.gather_bytes(blob)
+            meta = comm.gather_rows(np.asarray(rows, dtype=np.float64).reshape(-1, META_WIDTH))
+            phases["gather"] = time.perf_counter() - t
         record = None
         if comm.rank == 0:
-            record = self._aggregate(r, plan, start, down_bytes, parts, meta, phases)
+            if cfg.system.transport == "hierarchical":
+                reports = {int(m[0]): server.Report(np.empty(0, np.uint8), np.empty(0, np.uint8), m) for m in meta}
+                agg.accepted = sorted(c for c, rep in reports.items() if int(rep.row[7]) == server.STATUS_OK)
+                agg.rejected = sorted(c for c, rep in reports.items() if int(rep.row[7]) != server.STATUS_OK)
+                record = self._apply(r, plan, down_bytes, reports, agg, phases)
+            else:
+                record = self._aggregate(r, plan, start, down_bytes, parts, meta, phases)
             record["wall_s"] = round(time.perf_counter() - t_round, 4)
         # The checkpoint of round r holds round r's metrics line (without its own write time).
         phases_ckpt = self._maybe_checkpoint(r, record)
@@ -194,6 +207,13 @@ class Simulation:
         t = time.perf_counter()
         agg = server.aggregate(reports, self.num_params, start, self.cfg.compression.target,
                                self.strategy.uses_controls)
+        phases["decode"] = agg.decode_s
+        phases["aggregate"] = time.perf_counter() - t - agg.decode_s
+        return self._apply(r, plan, down_bytes, reports, agg, phases)
+
+    def _apply(self, r, plan, down_bytes, reports, agg, phases) -> dict:
+        """Root: the server step on the aggregate, the EMA, and the round's metrics record."""
+        t = time.perf_counter()
         if agg.mean_update is None:
             self.log.info(f"round {r}: no client update to aggregate ({len(plan.dropped)} dropped, "
                           f"{len(plan.stragglers)} late, {len(agg.rejected)} rejected); "
@@ -205,8 +225,7 @@ class Simulation:
             d = np.float32(self.cfg.server.ema_decay)
             self.ema *= d
             self.ema += (np.float32(1) - d) * self.global_params
-        phases["decode"] = agg.decode_s
-        phases["aggregate"] = time.perf_counter() - t - agg.decode_s
+        phases["aggregate"] = phases.get("aggregate", 0.0) + time.perf_counter() - t
         prev = self.log.metrics_lines[-1] if self.log.metrics_lines else None
         record = server.round_record(r, plan, reports, agg, self.num_params, down_bytes,
                                      self.strategy.uses_controls, prev)
