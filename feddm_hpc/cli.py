@@ -54,6 +54,39 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a config (and its data) without training")
     v.add_argument("config")
     add_set(v)
+    e = sub.add_parser("evaluate", help="score a checkpoint's EMA samples (FD/KID/PRDC) as JSON")
+    e.add_argument("checkpoint")
+    e.add_argument("--num-samples", type=int, default=1000,
+                   help="generated and real images each (default 1000); compare runs at equal N")
+    e.add_argument("--sampler", choices=("ddim", "ddpm"), default=None)
+    e.add_argument("--steps", type=int, default=None)
+    e.add_argument("--eta", type=float, default=None, help="ddim noise in [0, 1] (default: the config's)")
+    e.add_argument("--seed", type=int, default=None, help="sampling seed (default: the config's)")
+    e.add_argument("--inception-weights", default=None, metavar="FILE",
+                   help="Inception-v3 state dict (pytorch-fid or torchvision) for the standard FID")
+    e.add_argument("--out", default=None, metavar="FILE.json",
+                   help="default RUN_DIR/eval/round-NNNNNN.json")
+    e.add_argument("--save-samples", default=None, metavar="FILE.npz",
+                   help="also write the generated images (uint8, key `images`)")
+    e.add_argument("--device", default=None, help="default: the config's system.device")
+    e.add_argument("--extractor-epochs", type=int, default=2,
+                   help="LeNet feature-extractor training epochs (default 2)")
+    e.add_argument("--extractor-train-subset", type=int, default=None, metavar="M",
+                   help="train the extractor on the first M training images only (quick checks)")
+    add_set(e)
+    rp = sub.add_parser("report", help="plots and a Markdown table comparing run directories")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    rp.add_argument("--out", default=None, metavar="DIR",
+                    help="default ./report, or RUN_DIR/report for a single run")
+    sc = sub.add_parser("scaling", help="run a scaling study: a grid of runs, scaling.csv and plots")
+    sc.add_argument("spec", metavar="SPEC.yaml", help="the study (format: feddm_hpc/scaling/spec.py)")
+    sc.add_argument("--out", default=None, metavar="DIR", help="default runs/scaling-<spec name>")
+    sc.add_argument("--dry-run", action="store_true",
+                    help="print the commands (with --slurm: write the sweep files) without running")
+    sc.add_argument("--slurm", action="store_true",
+                    help="submit one SLURM job array per rank count (jobs/slurm/sweep.sbatch)")
+    sc.add_argument("--collect", action="store_true",
+                    help="only read finished points: write scaling.csv and the plots")
     return p
 
 
@@ -243,8 +276,28 @@ def cmd_validate(args) -> int:
     return EXIT_OK
 
 
+def cmd_evaluate(args) -> int:
+    from .eval_checkpoint import run
+
+    return run(_make_comm(), args)
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    return write_report(args.run_dirs, args.out)
+
+
+def cmd_scaling(args) -> int:
+    from .scaling.study import run_study
+
+    return run_study(args.spec, args.out, dry_run=args.dry_run, slurm=args.slurm,
+                     collect_only=args.collect)
+
+
 COMMANDS = {"train": cmd_train, "resume": cmd_resume, "sample": cmd_sample,
-            "inspect": cmd_inspect, "validate": cmd_validate}
+            "inspect": cmd_inspect, "validate": cmd_validate, "evaluate": cmd_evaluate,
+            "report": cmd_report, "scaling": cmd_scaling}
 
 
 def _mpi_world():
