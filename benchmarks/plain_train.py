@@ -12,7 +12,7 @@ import torch
 
 from feddm_hpc.client import make_optimizer
 from feddm_hpc.config import load_config
-from feddm_hpc.data import load_dataset, to_model_tensor
+from feddm_hpc.data import load_dataset, select_batch, to_device_uint8
 from feddm_hpc.diffusion import make_schedule, training_loss
 from feddm_hpc.models import build_unet
 from feddm_hpc.placement import threads_per_rank
@@ -33,7 +33,7 @@ def main():
     steps = int(args.steps.split(",")[comm.rank])
     d = cfg.data
     ds = load_dataset(d.dataset, d.path, "train", subset=d.subset, seed=cfg.seed)
-    images = to_model_tensor(ds.images)
+    images = to_device_uint8(ds.images)
     h, w, c = ds.image_shape
     torch.manual_seed(cfg.seed)
     model = build_unet(cfg.model, image_channels=c, image_size=h)
@@ -45,7 +45,7 @@ def main():
     comm.Barrier()
     t0 = time.perf_counter()
     for _ in range(steps):
-        x0 = images.index_select(0, torch.from_numpy(rng.integers(0, len(ds), cfg.client.batch_size)))
+        x0 = select_batch(images, torch.from_numpy(rng.integers(0, len(ds), cfg.client.batch_size)))
         loss = training_loss(model, x0, schedule, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()

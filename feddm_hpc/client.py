@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from . import seeding
+from .data import select_batch
 from .diffusion import training_loss
 from .params import flatten_into, unflatten_into
 
@@ -80,7 +81,7 @@ class LocalTrainer:
 
     def __init__(self, model, schedule, client_cfg, images: torch.Tensor, device: str, seed: int):
         self.model, self.schedule, self.cfg = model, schedule, client_cfg
-        self.images = images          # float32 [N,C,H,W] in [-1,1], on `device`
+        self.images = images          # uint8 [N,C,H,W] on `device`; batches converted by select_batch
         self.device, self.seed = device, seed
         self.params = [p for p in model.parameters()]
         self.local_vector = np.empty(sum(p.numel() for p in self.params), dtype=np.float32)
@@ -125,7 +126,7 @@ class LocalTrainer:
         total = torch.zeros((), device=self.device)
         for _ in range(steps):
             batch = torch.from_numpy(batches.next()).to(self.images.device)
-            x0 = self.images.index_select(0, batch)
+            x0 = select_batch(self.images, batch)
             loss = training_loss(self.model, x0, self.schedule, noise_gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import seeding
-from .data import label_histograms, load_dataset, partition, summarize_partition, to_model_tensor
+from .data import label_histograms, load_dataset, partition, summarize_partition, to_device_uint8
 from .diffusion import NoiseSchedule, make_schedule
 from .errors import ConfigError
 from .models import build_unet
@@ -26,7 +26,7 @@ class RunSetup:
     dataset_name: str
     dataset_checksum: str
     image_shape: tuple              # (C, H, W)
-    images: torch.Tensor            # float32 [N, C, H, W] in [-1, 1] on `device`
+    images: torch.Tensor            # uint8 [N, C, H, W] on `device` (data.select_batch -> [-1, 1])
     parts: List[np.ndarray]         # client id -> indices into images
     hosted: List[List[int]]         # rank -> client ids
     histogram: Optional[np.ndarray]  # [clients, classes] or None (unlabelled data)
@@ -83,7 +83,7 @@ def build_setup(config, comm, log) -> RunSetup:
              f"device {device}, {threads} thread(s) per rank")
     if histogram is not None:
         log.info(summarize_partition(histogram))
-    images = to_model_tensor(dataset.images).to(device)
+    images = to_device_uint8(dataset.images, device)
     schedule = make_schedule(config.diffusion.schedule, config.diffusion.timesteps,
                              config.diffusion.beta_start, config.diffusion.beta_end).to(device)
     return RunSetup(device=device, threads=threads, dataset_name=dataset.name,

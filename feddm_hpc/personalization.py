@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import seeding
+from .data import select_batch
 from .diffusion import training_loss
 from .params import unflatten_into
 
@@ -43,7 +44,7 @@ def eval_loss(model, schedule, images: torch.Tensor, vector: np.ndarray, idx: np
     model.eval()
     try:
         with torch.no_grad():
-            x0 = images.index_select(0, torch.from_numpy(idx).to(images.device))
+            x0 = select_batch(images, torch.from_numpy(idx).to(images.device))
             return float(training_loss(model, x0, schedule, gen).item())
     finally:
         model.train(was_training)

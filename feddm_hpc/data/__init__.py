@@ -6,6 +6,8 @@ from feddm_hpc.data.datasets import (
     Dataset,
     load_dataset,
     mnist_dir,
+    select_batch,
+    to_device_uint8,
     to_model_tensor,
     to_uint8_images,
 )
@@ -13,7 +15,7 @@ from feddm_hpc.data.idx import read_idx, read_idx_images, read_idx_labels, write
 from feddm_hpc.data.partition import SCHEMES, label_histograms, partition, summarize_partition
 
 __all__ = [
-    "DATASETS", "SPLITS", "SCHEMES", "Dataset", "load_dataset", "mnist_dir", "to_model_tensor",
+    "DATASETS", "SPLITS", "SCHEMES", "Dataset", "load_dataset", "mnist_dir", "select_batch", "to_device_uint8", "to_model_tensor",
     "to_uint8_images", "read_idx", "read_idx_images", "read_idx_labels", "write_idx",
     "partition", "label_histograms", "summarize_partition",
 ]

@@ -248,6 +248,20 @@ def load_dataset(name: str, path: Optional[str] = None, split: str = "train", *,
     return _make(name, images, labels, num_classes)
 
 
+def to_device_uint8(images: np.ndarray, device="cpu"):
+    """uint8 [n,H,W,C] -> torch uint8 [n,C,H,W] on `device`: the training store, a quarter of
+    the float32 size (MNIST: 47 MB per rank instead of 188 MB)."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(images).transpose(0, 3, 1, 2))).to(device)
+
+
+def select_batch(store, index):
+    """Rows `index` of a uint8 store as model input: float32 [b,C,H,W] in [-1, 1], bit-identical
+    to to_model_tensor (the same float32 operations, applied to the batch only)."""
+    return store.index_select(0, index).float().div_(127.5).sub_(1.0)
+
+
 def to_model_tensor(images: np.ndarray):
     """uint8 [n,H,W,C] -> torch float32 [n,C,H,W] in [-1, 1] (the DDPM data range)."""
     import torch  # lazy: loading and partitioning data should not pay torch's import time
