@@ -110,6 +110,11 @@ class Simulation:
         phases["broadcast"] = time.perf_counter() - t
 
         payloads, rows = self._train_clients(r, plan, start, phases)
+        # Waiting for the busiest rank is load imbalance, not communication: time it apart.
+        t = time.perf_counter()
+        comm.context = f"round {r}, wait for the slowest rank"
+        comm.barrier()
+        phases["wait"] = time.perf_counter() - t
         t = time.perf_counter()
         comm.context = f"round {r}, gather"
         if cfg.system.transport == "hierarchical":

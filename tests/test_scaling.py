@@ -242,7 +242,7 @@ def test_grid_writes_the_csv_and_the_plots(tiny_study):
         assert r["codec"] == "q8" and int(r["model_params"]) > 0 and r["rounds_measured"] == "2"
         assert float(r["wall_s"]) > 0 and float(r["train_s"]) > 0 and float(r["client_updates_per_s"]) > 0
         assert float(r["peak_rss_mb"]) > 50
-        phases = sum(float(r[f"{p}_s"]) for p in ("broadcast", "train", "encode", "gather", "decode",
+        phases = sum(float(r[f"{p}_s"]) for p in ("broadcast", "train", "encode", "wait", "gather", "decode",
                                                   "aggregate", "checkpoint", "other"))
         assert phases == pytest.approx(float(r["wall_s"]), rel=1e-3)
     # bytes and the network model's round time do not depend on the rank count

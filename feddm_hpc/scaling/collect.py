@@ -17,7 +17,7 @@ from .network import NetworkConfig, RunModel, simulate_record
 from .rss import read_ranks
 from .spec import Point
 
-PHASES = ("broadcast", "train", "encode", "gather", "decode", "aggregate", "checkpoint")
+PHASES = ("broadcast", "train", "encode", "wait", "gather", "decode", "aggregate", "checkpoint")
 COLUMNS = ["point", "status", "ranks", "num_clients", "clients_per_round", "codec", "model",
            "model_params", "rounds_measured", *[f"{p}_s" for p in PHASES], "other_s", "wall_s",
            "client_updates_per_s", "uplink_bytes", "downlink_bytes", "net_round_s",
