@@ -253,7 +253,8 @@ def to_device_uint8(images: np.ndarray, device="cpu"):
     the float32 size (MNIST: 47 MB per rank instead of 188 MB)."""
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(images).transpose(0, 3, 1, 2))).to(device)
+    # np.array copies: the dataset's arrays are read-only and torch wants writable memory.
+    return torch.from_numpy(np.array(np.asarray(images).transpose(0, 3, 1, 2), order="C")).to(device)
 
 
 def select_batch(store, index):
