@@ -9,7 +9,8 @@ every rank count, so with equal threads per rank the images are bit-identical. N
 drawn on the CPU, so a GPU run starts from the same x_T as a CPU run. Sample i of an N-sample
 run equals sample i of any larger run whenever i lies in a full block.
 
-Collective functions (`generate_samples`, `evaluate_params`) must be called by every rank.
+Collective functions (`generate_samples`, `evaluate_params`, `evaluate_simulation`) must be
+called by every rank.
 """
 from __future__ import annotations
 
@@ -46,12 +47,15 @@ def _blocks(num: int, block_size: int):
 def generate_samples(comm, model, schedule, params: np.ndarray, image_shape, num: int,
                      sampler: str, steps: int, eta: float, seed: int, round_index: int,
                      device: str, block_size: int = BLOCK) -> Optional[np.ndarray]:
-    """Collective. Draws `num` samples of the model with weights `params` (loaded into `model`:
-    callers that keep their own weights in it reload them afterwards).
+    """Collective. Draws `num` samples of the model with the root's weights `params` (broadcast
+    first: in a running simulation only the root holds the current EMA); they are loaded into
+    `model`, so callers that keep their own weights in it reload them afterwards.
 
     Returns float32 [num, C, H, W] in [-1, 1] on the root, None on the other ranks.
     """
-    unflatten_into(params, model)
+    weights = np.array(params, dtype=np.float32)   # a copy: the caller's array stays as it was
+    comm.bcast_array(weights)
+    unflatten_into(weights, model)
     blocks = _blocks(num, block_size)
     mine = []
     for b, start, n in blocks[comm.rank::comm.size]:
@@ -83,7 +87,9 @@ def to_uint8_nhwc(images: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- root-side scoring
 
-def _root_decides(comm, fn):
+def root_decides(comm, fn):
+    """Run `fn` on the root only; its result or its UserError reaches every rank (as in cli.py),
+    so a problem only the root sees ends all ranks cleanly instead of a hang."""
     result, error = None, None
     if comm.rank == 0:
         try:
@@ -156,14 +162,16 @@ def evaluate_params(comm, config, params: np.ndarray, image_shape, round_index: 
                     sampler: Optional[str] = None, steps: Optional[int] = None,
                     eta: Optional[float] = None, seed: Optional[int] = None,
                     inception=None, cache_dir=None, extractor_epochs: int = 2,
-                    extractor_max_train: Optional[int] = None, verbose: bool = False
-                    ) -> Optional[dict]:
+                    extractor_max_train: Optional[int] = None, verbose: bool = False,
+                    return_samples: bool = False) -> Optional[dict]:
     """Collective: sample `num_samples` images from `params` on all ranks, score them on the root.
 
     `model`/`schedule` default to fresh ones built from `config` (pass the simulation's own to
     save memory; `params` is loaded into `model`). sampler/steps/eta/seed default to the config's
-    sampling section and seed. Returns the metrics dict on the root (None elsewhere); a dataset
-    without labels and no `inception` is a UserError on every rank, raised before any sampling.
+    sampling section and seed. Returns the metrics dict on the root (None elsewhere), with the
+    float32 images under "_samples" when `return_samples` (`write_result` leaves "_" keys out).
+    A dataset without labels and no `inception` is a UserError on every rank, raised before any
+    sampling; so is a missing dataset.
     """
     from .diffusion import make_schedule
     from .federation_setup import build_model
@@ -183,9 +191,9 @@ def evaluate_params(comm, config, params: np.ndarray, image_shape, round_index: 
     def check():
         ref = reference()
         if num_samples > len(ref.images):
-            raise UserError(f"--num-samples: {num_samples} exceeds the {len(ref.images)} real "
-                            f"training images of {ref.dataset}")
-    _root_decides(comm, check)   # a missing dataset or unlabelled data fails before sampling
+            raise UserError(f"--num-samples/evaluation.num_samples: {num_samples} exceeds the "
+                            f"{len(ref.images)} real training images of {ref.dataset}")
+    root_decides(comm, check)   # a missing dataset or unlabelled data fails before sampling
     if model is None:
         model = build_model(config, image_shape, device)
     if schedule is None:
@@ -201,7 +209,29 @@ def evaluate_params(comm, config, params: np.ndarray, image_shape, round_index: 
                   steps=int(steps if sampler == "ddim" else d.timesteps), eta=float(eta),
                   seed=int(seed), ranks=comm.size, sample_s=round(t1 - t0, 3),
                   score_s=round(time.perf_counter() - t1, 3))
-    result["_samples"] = fake   # popped by callers that want the images (not JSON)
+    if return_samples:
+        result["_samples"] = fake
+    return result
+
+
+def evaluate_simulation(sim, round_index: int, num_samples: int, **kwargs) -> Optional[dict]:
+    """Collective, for evaluation during training: score the EMA model of a running
+    `Simulation` with its own model instance, write RUN_DIR/eval/round-NNNNNN.json and log one
+    line on the root. kwargs go to `evaluate_params` (sampler, steps, eta, seed, cache_dir ...).
+    The simulation's model holds the EMA weights afterwards; local training reloads the global
+    vector into it before every client, so nothing else needs restoring.
+    """
+    s = sim.setup
+    kwargs.setdefault("verbose", True)   # say so when the first call trains the extractor
+    result = evaluate_params(sim.comm, sim.cfg, sim.ema, s.image_shape, round_index, num_samples,
+                             model=s.model, schedule=s.schedule, device=s.device, **kwargs)
+    if sim.comm.rank == 0:
+        where = ""
+        if sim.run_dir is not None:
+            where = f" -> {write_result(run_eval_path(sim.run_dir, round_index), result)}"
+        fd = result.get("fd")
+        sim.log.info(f"eval round {round_index}: FD {'n/a' if fd is None else f'{fd:.2f}'} "
+                     f"(N={num_samples}, {result['sample_s'] + result['score_s']:.1f}s){where}")
     return result
 
 

@@ -185,6 +185,10 @@ def get_feature_extractor(dataset_name: str, train_images, train_labels, test_im
         except Exception as exc:  # a truncated or foreign file: retrain and overwrite it
             warnings.warn(f"ignoring unreadable feature-extractor cache {path}: {exc}")
 
+    if verbose:
+        print(f"training the {ARCH} feature extractor for {dataset_name} on "
+              f"{settings['num_train']} images, {epochs} epoch(s) (first use; cached in {path.parent})",
+              file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     with _deterministic_one_thread():
         model = _train(settings, train_images, train_labels)
