@@ -114,6 +114,14 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    every: int = 0                      # rounds between evaluations during training; 0: off
+    num_samples: int = 1000             # generated and real images each (FD depends on N)
+    extractor_epochs: int = 2           # LeNet feature extractor, trained once and cached
+    extractor_max_train: Optional[int] = None  # train it on the first M images only (quick runs)
+
+
+@dataclass(frozen=True)
 class CheckpointConfig:
     every: int = 1                      # rounds between checkpoints (the last round always)
     keep_last: int = 3
@@ -141,6 +149,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
 
@@ -355,6 +364,11 @@ def validate(c: Config) -> None:
     _require(c.sampling.every >= 0, "sampling.every: must be >= 0")
     _require(0.0 <= c.sampling.eta <= 1.0, "sampling.eta: must be in [0, 1]")
 
+    _require(c.evaluation.every >= 0, "evaluation.every: must be >= 0 (0: off)")
+    _require(c.evaluation.num_samples >= 2, "evaluation.num_samples: must be >= 2")
+    _require(c.evaluation.extractor_epochs >= 1, "evaluation.extractor_epochs: must be >= 1")
+    _require(c.evaluation.extractor_max_train is None or c.evaluation.extractor_max_train >= 100,
+             "evaluation.extractor_max_train: must be >= 100 or null")
     _require(c.checkpoint.every >= 1, "checkpoint.every: must be >= 1")
     _require(c.checkpoint.keep_last >= 1, "checkpoint.keep_last: must be >= 1")
 

@@ -277,6 +277,15 @@ class Simulation:
 
     # ------------------------------------------------------------------ the run
 
+    def evaluate(self, r: int) -> None:
+        """Collective: FD/KID/PRDC of the EMA model, sampled on all ranks (evaluation.py)."""
+        from .evaluation import evaluate_simulation
+
+        e = self.cfg.evaluation
+        self.comm.context = f"round {r}, evaluation"
+        evaluate_simulation(self, r, e.num_samples, extractor_epochs=e.extractor_epochs,
+                            extractor_max_train=e.extractor_max_train)
+
     def run(self, sample_fn=None) -> str:
         """Runs the remaining rounds. Returns "done" or "stopped" (a stop was requested)."""
         cfg = self.cfg
@@ -288,6 +297,8 @@ class Simulation:
             if sample_fn is not None and cfg.sampling.every and (r + 1) % cfg.sampling.every == 0 \
                     and r != cfg.federation.rounds - 1:
                 sample_fn(self, r)
+            if cfg.evaluation.every and (r + 1) % cfg.evaluation.every == 0:
+                self.evaluate(r)
             # Every rank must agree on stopping: the root decides, all follow.
             self.comm.context = f"round {r}, stop decision"
             if r < cfg.federation.rounds - 1 and self.comm.bcast_object(self.stop_requested()):

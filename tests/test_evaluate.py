@@ -272,3 +272,22 @@ def test_evaluate_simulation_writes_round_json(tmp_path, cache):
     written = json.loads((run_dir / "eval" / "round-000000.json").read_text())
     assert written["num_samples"] == 16 and written["round"] == 0
     assert written["fd"] == result["fd"] and "_samples" not in written
+
+
+def test_evaluation_during_training_leaves_training_untouched(tmp_path, cache):
+    """evaluation.every=1 under 2 ranks writes eval/round-*.json and the same parameters."""
+    from conftest import final_params
+
+    evaluated, plain = tmp_path / "eval", tmp_path / "plain"
+    sets = ["--set", "evaluation.every=1", "--set", "evaluation.num_samples=16",
+            "--set", "evaluation.extractor_epochs=1", "--set", "evaluation.extractor_max_train=2000"]
+    out = run_cli(["train", str(TINY), "--run-dir", str(evaluated), *DETERMINISTIC, *sets], nprocs=2,
+                  env_extra=cache)
+    assert out.returncode == 0, out.stderr
+    assert "eval round 1: FD" in out.stderr
+    for r in (0, 1):
+        result = json.loads((evaluated / "eval" / f"round-{r:06d}.json").read_text())
+        assert result["num_samples"] == 16 and result["round"] == r and result["fd"] > 0
+    out = run_cli(["train", str(TINY), "--run-dir", str(plain), *DETERMINISTIC], nprocs=2)
+    assert out.returncode == 0, out.stderr
+    assert np.array_equal(final_params(evaluated), final_params(plain))
