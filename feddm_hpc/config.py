@@ -133,6 +133,7 @@ class SystemConfig:
     threads: int = 0                    # torch threads per rank; 0: from the cores this rank owns
     progress: bool = True
     collective_timeout_s: float = 0.0   # > 0: a collective that waits longer aborts the job (exit 4)
+    placement: str = "auto"             # auto | static | per_round: who trains a cohort client (README)
     transport: str = "gather"           # gather: root decodes every payload in client-id order (rank-invariant)
                                         # hierarchical: ranks pre-sum their clients, then Allreduce
 
@@ -298,6 +299,12 @@ def _one_of(value: str, valid: tuple, name: str) -> None:
     _require(value in valid, f"{name}: {value!r} is not one of {', '.join(valid)}")
 
 
+def clients_have_state(c: Config) -> bool:
+    """Per-client state that lives on a hosting rank between rounds (so clients cannot move)."""
+    return (c.compression.error_feedback and c.compression.uplink != "none") \
+        or c.federation.algorithm == "scaffold"
+
+
 def validate(c: Config) -> None:
     """Checks that need no data and no MPI; data- and rank-dependent checks happen at start-up."""
     _one_of(c.data.dataset, ("mnist", "fashion_mnist", "npz", "hdf5"), "data.dataset")
@@ -377,6 +384,10 @@ def validate(c: Config) -> None:
              f"system.device: {dev!r} is not one of auto, cpu, cuda, cuda:N")
     _require(c.system.threads >= 0, "system.threads: must be >= 0")
     _one_of(c.system.transport, ("gather", "hierarchical"), "system.transport")
+    _one_of(c.system.placement, ("auto", "static", "per_round"), "system.placement")
+    _require(not (c.system.placement == "per_round" and clients_have_state(c)),
+             "system.placement: per_round needs stateless clients (no compression.error_feedback "
+             "with a lossy uplink, no scaffold); use auto or static")
     _require(c.system.collective_timeout_s >= 0, "system.collective_timeout_s: must be >= 0 (0: no timeout)")
     from .compression import make_compressor  # late import; raises ConfigError naming the field
     make_compressor(c.compression)

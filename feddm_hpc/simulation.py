@@ -22,12 +22,13 @@ from . import checkpoint as ckpt
 from . import hierarchical, seeding, server
 from .client import LocalTrainer, local_steps_for
 from .compression import make_compressor
-from .config import Config, dump_yaml
+from .config import Config, clients_have_state, dump_yaml
 from .downlink import Downlink
 from .errors import ConfigError
 from .federation_setup import RunSetup, build_setup
 from .participation import plan_round
 from .personalization import personalize
+from .placement import round_placement
 from .runlog import RunLog
 from .strategies import ClientControls, make_strategy
 from .strategies.scaffold import control_delta
@@ -92,6 +93,14 @@ class Simulation:
 
     # ------------------------------------------------------------------ one round
 
+    def _trainers_of_round(self, plan) -> List[List[int]]:
+        """rank -> clients it trains this round: dealt afresh when clients carry no state
+        (system.placement auto/per_round), else the static, checkpointed placement."""
+        if self.cfg.system.placement == "static" or clients_have_state(self.cfg):
+            return self.setup.hosted
+        arrived = list(plan.arrived)
+        return round_placement(arrived, [self._steps_of(c) for c in arrived], self.comm.size)
+
     def _steps_of(self, cid: int) -> int:
         return local_steps_for(self.cfg.client, self.setup.parts[cid].size)
 
@@ -148,7 +157,7 @@ class Simulation:
     def _train_clients(self, r, plan, start, phases):
         """Local training, encoding and (SCAFFOLD) control updates of this rank's arrivals."""
         cfg = self.cfg
-        hosted = set(self.setup.hosted[self.comm.rank])
+        hosted = set(self._trainers_of_round(plan)[self.comm.rank])
         inject = set(cfg.federation.inject_nan_clients)
         scaffold = self.strategy.uses_controls
         payloads: List[np.ndarray] = []

@@ -135,3 +135,24 @@ def test_gather_of_more_than_2_gib():
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok ")
+
+
+COHORT = ["--set", "federation.num_clients=6", "--set", "federation.clients_per_round=3",
+          "--set", "federation.rounds=3"]
+
+
+@pytest.fixture(scope="module")
+def cohort_reference(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cohort") / "run"
+    out = run_cli(["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC, *COHORT])
+    assert out.returncode == 0, out.stderr
+    return run_dir
+
+
+@pytest.mark.parametrize("nprocs, placement", [(2, "auto"), (3, "per_round"), (2, "static")])
+def test_sampled_cohorts_are_rank_invariant_with_either_placement(cohort_reference, tmp_path, nprocs, placement):
+    run_dir = tmp_path / "p"
+    out = run_cli(["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC, *COHORT,
+                   "--set", f"system.placement={placement}"], nprocs=nprocs)
+    assert out.returncode == 0, out.stderr
+    assert np.array_equal(final_params(run_dir), final_params(cohort_reference))

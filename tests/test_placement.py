@@ -56,3 +56,24 @@ def test_threads_precedence():
     assert threads_per_rank(0, 2, env={"SLURM_CPUS_PER_TASK": "4"}, cores=16) == 4
     assert threads_per_rank(0, 4, env={}, cores=16) == 4
     assert threads_per_rank(0, 3, env={}, cores=2) == 1
+
+
+def test_round_placement_balances_steps_and_allows_idle_ranks():
+    from feddm_hpc.placement import round_placement
+
+    # equal steps: arrivals dealt alternately in their given order, then sorted per rank
+    assert round_placement([7, 3, 9, 1], [10, 10, 10, 10], 2) == [[7, 9], [1, 3]]
+    assert round_placement([5], [10], 3) == [[5], [], []]
+    groups = round_placement([0, 1, 2], [30, 10, 10], 2)
+    assert groups == [[0], [1, 2]]
+
+
+def test_per_round_placement_needs_stateless_clients():
+    from feddm_hpc.config import config_from_tree
+
+    with pytest.raises(ConfigError, match="system.placement"):
+        config_from_tree({"system": {"placement": "per_round"}, "federation": {"algorithm": "scaffold"}})
+    with pytest.raises(ConfigError, match="system.placement"):
+        config_from_tree({"system": {"placement": "per_round"},
+                          "compression": {"uplink": "quant", "bits": 4, "error_feedback": True}})
+    assert config_from_tree({"system": {"placement": "per_round"}}).system.placement == "per_round"
