@@ -19,22 +19,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from feddm_hpc.client import local_steps_for  # noqa: E402
-from feddm_hpc.config import load_config  # noqa: E402
+from feddm_hpc.config import clients_have_state, load_config  # noqa: E402
+from feddm_hpc.participation import plan_round  # noqa: E402
 from feddm_hpc.federation_setup import load_partitioned  # noqa: E402
-from feddm_hpc.placement import assign_clients  # noqa: E402
+from feddm_hpc.placement import assign_clients, round_placement  # noqa: E402
 from feddm_hpc.seeding import sample_cohort  # noqa: E402
 
 
 def steps_per_rank(cfg, nprocs):
-    """The training steps each rank runs in the simulator: its cohort clients' local steps."""
+    """The training steps each rank runs in the simulator: its share of each round's clients,
+    placed as the simulator places them (static, or dealt per round when clients are stateless)."""
     _, parts = load_partitioned(cfg)
     hosted = assign_clients([p.size for p in parts], nprocs)
-    owner = {c: r for r, cs in enumerate(hosted) for c in cs}
     steps = [0] * nprocs
     f = cfg.federation
     for r in range(f.rounds):
-        for c in sample_cohort(cfg.seed, r, f.num_clients, f.clients_per_round):
-            steps[owner[int(c)]] += local_steps_for(cfg.client, parts[int(c)].size)
+        cohort = sample_cohort(cfg.seed, r, f.num_clients, f.clients_per_round)
+        steps_of = lambda c: local_steps_for(cfg.client, parts[int(c)].size)  # noqa: E731
+        arrived = list(plan_round(cfg.seed, r, cohort, f, steps_of).arrived)
+        if cfg.system.placement != "static" and not clients_have_state(cfg):
+            groups = round_placement(arrived, [steps_of(c) for c in arrived], nprocs)
+        else:
+            groups = [[c for c in arrived if c in set(h)] for h in hosted]
+        for rank, clients in enumerate(groups):
+            steps[rank] += sum(steps_of(c) for c in clients)
     return steps
 
 
