@@ -222,8 +222,6 @@ def _resume(comm, args) -> int:
 
 
 def cmd_sample(args) -> int:
-    import torch
-
     from .checkpoint import load_checkpoint
     from .config import config_from_yaml_text
     from .diffusion import make_schedule
