@@ -156,3 +156,36 @@ def test_sampled_cohorts_are_rank_invariant_with_either_placement(cohort_referen
                    "--set", f"system.placement={placement}"], nprocs=nprocs)
     assert out.returncode == 0, out.stderr
     assert np.array_equal(final_params(run_dir), final_params(cohort_reference))
+
+
+def test_a_hung_rank_aborts_the_run_with_exit_4_naming_round_and_phase(tmp_path):
+    """A real hang: rank processes frozen with SIGSTOP mid-run; the root's collective times out."""
+    run_dir = tmp_path / "hung"
+    args = ["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC, "--set", "federation.rounds=500",
+            "--set", "system.collective_timeout_s=3"]
+    cmd = [mpiexec_path(), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "feddm_hpc", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 90
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.1)
+    pids = subprocess.run(["pgrep", "-f", f"feddm_hpc train .*{run_dir}"], capture_output=True, text=True).stdout.split()
+    ranks = sorted(int(p) for p in pids
+                   if "mpiexec" not in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="ignore"))
+    assert len(ranks) == 2, pids
+    frozen = ranks[-1]  # the later-started process: rank 1 (the root is the one that must notice)
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        _, err = proc.communicate(timeout=45)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the job did not abort after a rank hung")
+    finally:
+        try:
+            os.kill(frozen, signal.SIGCONT)
+            os.kill(frozen, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 4, err
+    assert "collective_timeout_s" in err and "round " in err
+    assert latest_valid(run_dir / "checkpoints") is not None
