@@ -12,8 +12,9 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
+from .comm import root_decides
 from .errors import UserError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_STOPPED, EXIT_COLLECTIVE_TIMEOUT = 0, 1, 2, 3, 4
@@ -93,21 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-def _root_decides(comm, fn: Callable):
-    """Run `fn` on the root only; its result or its UserError reaches every rank, so a mistake
-    seen only by the root (a missing checkpoint) ends all ranks cleanly instead of a hang."""
-    result, error = None, None
-    if comm.rank == 0:
-        try:
-            result = fn()
-        except UserError as exc:
-            error = str(exc)
-    result, error = comm.bcast_object((result, error))
-    if error is not None:
-        raise UserError(error)
-    return result
-
 
 class StopFlag:
     """Set by SIGUSR1/SIGTERM (SLURM's preemption warning); the run stops at the next round end."""
@@ -193,7 +179,7 @@ def cmd_train(args) -> int:
         (run_dir / "metrics.jsonl").write_text("")
         return "fresh"
     config = load_config(args.config, args.overrides)
-    if _root_decides(comm, check_run_dir) == "resume":  # a requeued SLURM job picks up its run
+    if root_decides(comm, check_run_dir) == "resume":  # a requeued SLURM job picks up its run
         args.run_dir = str(run_dir)
         return _resume(comm, args)
     return _run_training(comm, config, run_dir, None)
@@ -216,7 +202,7 @@ def _resume(comm, args) -> int:
         if path is None:
             raise UserError(f"{run_dir}: no valid checkpoint to resume from")
         return str(path)
-    path = _root_decides(comm, find)
+    path = root_decides(comm, find)
     config = config_from_yaml_text(load_checkpoint(path, verify=False).config_yaml, args.overrides)
     return _run_training(comm, config, run_dir, path)
 
@@ -312,7 +298,7 @@ def _report_user_error(message: str) -> None:
     """One line on stderr, once per job, then exit 2 without MPI_Abort's noise.
 
     Under MPI a user error is seen by every rank alike (same config, same files; root-only
-    checks are broadcast by _root_decides), so only the root prints it.
+    checks are broadcast by comm.root_decides), so only the root prints it.
     """
     world = _mpi_world()
     if world is None or world[1] == 1 or world[0] == 0:

@@ -167,6 +167,24 @@ class MPICommunicator:
         self.comm.Abort(code)
 
 
+def root_decides(comm, fn):
+    """Run `fn` on the root only; its result or its UserError reaches every rank, so a mistake
+    only the root sees (a missing checkpoint) ends all ranks cleanly instead of a hang.
+    The result must be JSON-serialisable (bcast_object)."""
+    from .errors import UserError
+
+    result, error = None, None
+    if comm.rank == 0:
+        try:
+            result = fn()
+        except UserError as exc:
+            error = str(exc)
+    result, error = comm.bcast_object((result, error))
+    if error is not None:
+        raise UserError(error)
+    return result
+
+
 def make_communicator(timeout_s: float = 0.0) -> "Communicator":
     """MPI when launched with more than one rank, else the serial communicator (no MPI init cost)."""
     import os

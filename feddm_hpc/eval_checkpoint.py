@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, UserError
-from .evaluation import (FID_UNAVAILABLE, root_decides, client_histogram_distances,
+from .comm import root_decides
+from .evaluation import (FID_UNAVAILABLE, client_histogram_distances,
                          eval_json_path, evaluate_params, read_label_histogram, to_uint8_nhwc,
                          write_result)
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import seeding
+from .comm import root_decides
 from .diffusion import sample
 from .errors import UserError
 from .params import unflatten_into
@@ -86,21 +87,6 @@ def to_uint8_nhwc(images: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- root-side scoring
-
-def root_decides(comm, fn):
-    """Run `fn` on the root only; its result or its UserError reaches every rank (as in cli.py),
-    so a problem only the root sees ends all ranks cleanly instead of a hang."""
-    result, error = None, None
-    if comm.rank == 0:
-        try:
-            result = fn()
-        except UserError as exc:
-            error = exc
-    result, error = comm.bcast_object((result, None if error is None else str(error)))
-    if error is not None:
-        raise UserError(error)
-    return result
-
 
 def _inception_fid(inception, real_u8: np.ndarray, fake_u8: np.ndarray, dataset_checksum: str,
                    cache_dir) -> float:
