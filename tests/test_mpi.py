@@ -14,6 +14,15 @@ from conftest import DETERMINISTIC, ROOT, TINY, final_params, mpiexec_path, run_
 from feddm_hpc.checkpoint import latest_valid, load_checkpoint
 
 
+def _rank_pids(run_dir, expected=2):
+    """The rank processes of a running job (python children, not the launcher), oldest first."""
+    pids = subprocess.run(["pgrep", "-f", f"feddm_hpc train .*{run_dir}"], capture_output=True, text=True).stdout.split()
+    ranks = sorted(int(p) for p in pids
+                   if "mpiexec" not in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="ignore"))
+    assert len(ranks) == expected, pids
+    return ranks
+
+
 @pytest.mark.parametrize("nprocs", [2, 3])
 def test_mpi_collectives(nprocs):
     script = ROOT / "tests" / "mpi_programs" / "check_comm.py"
@@ -101,10 +110,7 @@ def test_killed_rank_ends_the_job_and_checkpoint_stays_valid(tmp_path):
     while time.time() < deadline and len(list(ckpt_dir.glob("round-*.h5"))) < 2:
         time.sleep(0.2)
     # Find a rank process: a python child running feddm_hpc with our run dir, not the launcher.
-    pids = subprocess.run(["pgrep", "-f", f"feddm_hpc train .*{run_dir}"], capture_output=True, text=True).stdout.split()
-    ranks = [int(p) for p in pids if "mpiexec" not in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="ignore")]
-    assert len(ranks) == 2, pids
-    victim = max(ranks)  # the later-started rank, usually rank 1
+    victim = _rank_pids(run_dir)[-1]  # the later-started rank, usually rank 1
     t0 = time.time()
     os.kill(victim, signal.SIGKILL)
     try:
@@ -169,11 +175,7 @@ def test_a_hung_rank_aborts_the_run_with_exit_4_naming_round_and_phase(tmp_path)
     deadline = time.time() + 90
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
         time.sleep(0.1)
-    pids = subprocess.run(["pgrep", "-f", f"feddm_hpc train .*{run_dir}"], capture_output=True, text=True).stdout.split()
-    ranks = sorted(int(p) for p in pids
-                   if "mpiexec" not in Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="ignore"))
-    assert len(ranks) == 2, pids
-    frozen = ranks[-1]  # the later-started process: rank 1 (the root is the one that must notice)
+    frozen = _rank_pids(run_dir)[-1]  # the later-started process: rank 1 (the root is the one that must notice)
     os.kill(frozen, signal.SIGSTOP)
     try:
         _, err = proc.communicate(timeout=45)
