@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -41,6 +42,27 @@ def final_params(run_dir: Path) -> np.ndarray:
     assert ckpts, f"no checkpoint in {run_dir}"
     with h5py.File(ckpts[-1], "r") as f:
         return f["global/params"][()]
+
+
+def train_tiny(run_dir: Path, *extra, nprocs: int = 1) -> Path:
+    """Trains configs/tiny.yaml deterministically into run_dir; fails the test if it fails."""
+    out = run_cli(["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC, *extra], nprocs=nprocs)
+    assert out.returncode == 0, out.stderr
+    return run_dir
+
+
+def start_long_run(run_dir: Path, rounds: int, *extra, wait_rounds: int = 2) -> subprocess.Popen:
+    """Starts a long 2-rank tiny run in the background and returns once `wait_rounds` rounds
+    are logged (so a signal or fault lands mid-run, after checkpoints exist)."""
+    args = ["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC,
+            "--set", f"federation.rounds={rounds}", *extra]
+    cmd = [mpiexec_path(), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "feddm_hpc", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = Path(run_dir) / "metrics.jsonl"
+    deadline = time.time() + 90
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < wait_rounds):
+        time.sleep(0.1)
+    return proc
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import DETERMINISTIC, TINY, run_cli
+from conftest import TINY, run_cli, train_tiny
 from feddm_hpc.cli import main
 
 
@@ -62,10 +62,7 @@ def test_more_ranks_than_clients_fails_fast_under_mpi(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("cli") / "run"
-    out = run_cli(["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC])
-    assert out.returncode == 0, out.stderr
-    return run_dir
+    return train_tiny(tmp_path_factory.mktemp("cli") / "run")
 
 
 def test_train_refuses_a_used_run_dir(trained, capsys):

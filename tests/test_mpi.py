@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DETERMINISTIC, ROOT, TINY, final_params, mpiexec_path, run_cli
+from conftest import DETERMINISTIC, ROOT, TINY, final_params, mpiexec_path, run_cli, start_long_run, train_tiny
 from feddm_hpc.checkpoint import latest_valid, load_checkpoint
 
 
@@ -34,10 +34,7 @@ def test_mpi_collectives(nprocs):
 
 @pytest.fixture(scope="module")
 def serial_reference(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("serial") / "run"
-    out = run_cli(["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC])
-    assert out.returncode == 0, out.stderr
-    return run_dir
+    return train_tiny(tmp_path_factory.mktemp("serial") / "run")
 
 
 def test_serial_run_writes_the_run_directory(serial_reference):
@@ -83,13 +80,8 @@ def test_resume_is_exact_even_with_another_rank_count(serial_reference, tmp_path
 
 def test_signal_stops_at_round_end_with_exit_3_and_resumes(tmp_path):
     run_dir = tmp_path / "stopped"
-    args = ["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC, "--set", "federation.rounds=200"]
-    cmd = [mpiexec_path(), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "feddm_hpc", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 90
-    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
-        time.sleep(0.2)
+    proc = start_long_run(run_dir, 200)
     proc.send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 3, err
@@ -102,13 +94,8 @@ def test_signal_stops_at_round_end_with_exit_3_and_resumes(tmp_path):
 
 def test_killed_rank_ends_the_job_and_checkpoint_stays_valid(tmp_path):
     run_dir = tmp_path / "killed"
-    args = ["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC, "--set", "federation.rounds=500"]
-    cmd = [mpiexec_path(), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "feddm_hpc", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ckpt_dir = run_dir / "checkpoints"
-    deadline = time.time() + 90
-    while time.time() < deadline and len(list(ckpt_dir.glob("round-*.h5"))) < 2:
-        time.sleep(0.2)
+    proc = start_long_run(run_dir, 500)   # two rounds logged: two checkpoints exist (every=1)
     # Find a rank process: a python child running feddm_hpc with our run dir, not the launcher.
     victim = _rank_pids(run_dir)[-1]  # the later-started rank, usually rank 1
     t0 = time.time()
@@ -167,14 +154,7 @@ def test_sampled_cohorts_are_rank_invariant_with_either_placement(cohort_referen
 def test_a_hung_rank_aborts_the_run_with_exit_4_naming_round_and_phase(tmp_path):
     """A real hang: rank processes frozen with SIGSTOP mid-run; the root's collective times out."""
     run_dir = tmp_path / "hung"
-    args = ["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC, "--set", "federation.rounds=500",
-            "--set", "system.collective_timeout_s=3"]
-    cmd = [mpiexec_path(), "-n", "2", sys.executable, "-m", "mpi4py", "-m", "feddm_hpc", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 90
-    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
-        time.sleep(0.1)
+    proc = start_long_run(run_dir, 500, "--set", "system.collective_timeout_s=3")
     frozen = _rank_pids(run_dir)[-1]  # the later-started process: rank 1 (the root is the one that must notice)
     os.kill(frozen, signal.SIGSTOP)
     try:
