@@ -233,7 +233,7 @@ def cmd_sample(args) -> int:
     if not 0.0 <= eta <= 1.0:
         raise UserError("--eta: must be in [0, 1]")
     images = draw_samples(model, schedule, data.ema, data.image_shape, args.num, sampler, steps,
-                          seed, data.round, device, eta=eta)
+                          seed, data.round, device, eta=eta, prediction=d.prediction)
     save_image_grid(images, args.out)
     print(f"wrote {args.num} samples ({sampler}, {steps if sampler == 'ddim' else d.timesteps} steps) "
           f"from round {data.round} to {args.out}")

@@ -31,14 +31,33 @@ def local_steps_for(client_cfg, num_samples: int) -> int:
     return max(1, math.ceil(client_cfg.local_epochs * num_samples / client_cfg.batch_size))
 
 
-def make_optimizer(client_cfg, params):
+def round_lr(client_cfg, round_index: int, total_rounds: int) -> float:
+    """The clients' learning rate in round `round_index` (0-based) of `total_rounds`.
+
+    A linear warm-up over `lr_warmup_rounds` (round r uses lr (r + 1) / W), then either constant
+    or a cosine decay to lr * lr_min_ratio at the last round. A pure function of the round, so a
+    resumed run and any rank count use the same rate.
+    """
+    lr, warm = client_cfg.lr, client_cfg.lr_warmup_rounds
+    if round_index < warm:
+        return lr * (round_index + 1) / warm
+    if client_cfg.lr_schedule == "constant":
+        return lr
+    span = max(1, total_rounds - 1 - warm)
+    progress = min(1.0, (round_index - warm) / span)
+    floor = lr * client_cfg.lr_min_ratio
+    return floor + (lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(client_cfg, params, lr: float | None = None):
     name = client_cfg.optimizer
+    lr = client_cfg.lr if lr is None else lr
     if name == "adam":
-        return torch.optim.Adam(params, lr=client_cfg.lr, weight_decay=client_cfg.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=client_cfg.weight_decay)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=client_cfg.lr, weight_decay=client_cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=client_cfg.weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=client_cfg.lr, momentum=client_cfg.momentum,
+        return torch.optim.SGD(params, lr=lr, momentum=client_cfg.momentum,
                                weight_decay=client_cfg.weight_decay)
     raise ValueError(f"client.optimizer: unknown {name!r}")
 
@@ -79,8 +98,11 @@ def adjust_gradients(params, anchor, mu: float, correction) -> None:
 class LocalTrainer:
     """Owns the rank's single model instance and the dataset tensor on the rank's device."""
 
-    def __init__(self, model, schedule, client_cfg, images: torch.Tensor, device: str, seed: int):
+    def __init__(self, model, schedule, client_cfg, images: torch.Tensor, device: str, seed: int,
+                 loss_fn=training_loss, total_rounds: int = 1):
         self.model, self.schedule, self.cfg = model, schedule, client_cfg
+        self.loss_fn = loss_fn        # (model, x0, schedule, generator) -> loss: the diffusion recipe
+        self.total_rounds = total_rounds
         self.images = images          # uint8 [N,C,H,W] on `device`; batches converted by select_batch
         self.device, self.seed = device, seed
         self.params = [p for p in model.parameters()]
@@ -98,20 +120,24 @@ class LocalTrainer:
 
     def train(self, global_vector: np.ndarray, client_id: int, indices: np.ndarray,
               round_index: int, correction: np.ndarray | None = None, steps: int | None = None,
-              streams: tuple = (seeding.TRAIN, seeding.DROPOUT)) -> tuple[np.ndarray, LocalResult]:
+              streams: tuple = (seeding.TRAIN, seeding.DROPOUT),
+              lr: float | None = None) -> tuple[np.ndarray, LocalResult]:
         """Local steps from `global_vector` on the client's `indices`.
 
         correction: SCAFFOLD's (c - c_i) as a flat vector, added to every step's gradient.
         steps: overrides the configured local steps (personalization fine-tuning).
         streams: seeding purposes of (batches and noise, model dropout), so personalization
             never replays a training round's draws.
+        lr: overrides the round's scheduled learning rate (`round_lr`).
         """
         unflatten_into(global_vector, self.model)
         mu = self.cfg.prox_mu
         if mu > 0:
             self._anchor = [p.detach().clone() for p in self.params]
         corr = None if correction is None else self._per_param(correction)
-        optimizer = make_optimizer(self.cfg, self.params)
+        if lr is None:
+            lr = round_lr(self.cfg, round_index, self.total_rounds)
+        optimizer = make_optimizer(self.cfg, self.params, lr)
         purpose, drop_purpose = streams
         batches = BatchStream(indices, self.cfg.batch_size,
                               seeding.numpy_rng(self.seed, purpose, round_index, client_id))
@@ -127,7 +153,7 @@ class LocalTrainer:
         for _ in range(steps):
             batch = torch.from_numpy(batches.next()).to(self.images.device)
             x0 = select_batch(self.images, batch)
-            loss = training_loss(self.model, x0, self.schedule, noise_gen)
+            loss = self.loss_fn(self.model, x0, self.schedule, noise_gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             adjust_gradients(self.params, self._anchor, mu, corr)

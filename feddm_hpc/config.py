@@ -42,6 +42,9 @@ class DiffusionConfig:
     schedule: str = "linear"        # linear | cosine
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    prediction: str = "eps"         # eps | v: what the U-Net regresses (samplers convert v to eps)
+    loss_weighting: str = "none"    # none | min_snr: per-timestep weight min(SNR, gamma)/SNR (eps)
+    min_snr_gamma: float = 5.0      # Hang et al. 2023's gamma
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,9 @@ class ClientConfig:
     batch_size: int = 64
     optimizer: str = "adam"             # adam | adamw | sgd
     lr: float = 2e-4
+    lr_schedule: str = "constant"       # constant | cosine: the round's lr, the same for every client
+    lr_warmup_rounds: int = 0           # linear warm-up over the first rounds (both schedules)
+    lr_min_ratio: float = 0.1           # cosine: the last round's lr is lr * lr_min_ratio
     weight_decay: float = 0.0
     momentum: float = 0.9               # sgd only
     grad_clip: Optional[float] = 1.0
@@ -96,6 +102,7 @@ class ServerConfig:
     beta2: float = 0.99
     tau: float = 1e-3                   # adaptive optimizers' epsilon (Reddi et al.)
     ema_decay: float = 0.9              # EMA of the global model, per round; used for sampling
+    ema_warmup: bool = True             # round r decays by min(ema_decay, (1 + r) / (10 + r))
 
 
 @dataclass(frozen=True)
@@ -325,6 +332,10 @@ def validate(c: Config) -> None:
     _one_of(c.diffusion.schedule, ("linear", "cosine"), "diffusion.schedule")
     _require(0 < c.diffusion.beta_start < c.diffusion.beta_end < 1,
              "diffusion.beta_start/beta_end: need 0 < beta_start < beta_end < 1")
+    from .diffusion import LOSS_WEIGHTINGS, PREDICTIONS
+    _one_of(c.diffusion.prediction, PREDICTIONS, "diffusion.prediction")
+    _one_of(c.diffusion.loss_weighting, LOSS_WEIGHTINGS, "diffusion.loss_weighting")
+    _require(c.diffusion.min_snr_gamma > 0, "diffusion.min_snr_gamma: must be > 0")
 
     f = c.federation
     _require(f.num_clients >= 1, "federation.num_clients: must be >= 1")
@@ -333,6 +344,9 @@ def validate(c: Config) -> None:
              f"federation.clients_per_round: must be between 1 and federation.num_clients ({f.num_clients})")
     from .strategies import STRATEGIES  # late import: strategies import config types
     _one_of(f.algorithm, tuple(sorted(STRATEGIES)), "federation.algorithm")
+    if f.algorithm == "scaffold":  # option II's control update needs plain SGD clients
+        from .strategies.scaffold import check_client_config
+        check_client_config(c.client)
     _require(0.0 <= f.dropout_prob <= 1.0, "federation.dropout_prob: must be in [0, 1]")
     _one_of(f.straggler, ("none", "lognormal"), "federation.straggler")
     _require(f.straggler_sigma > 0, "federation.straggler_sigma: must be > 0")
@@ -350,6 +364,9 @@ def validate(c: Config) -> None:
     _require(cl.batch_size >= 1, "client.batch_size: must be >= 1")
     _one_of(cl.optimizer, ("adam", "adamw", "sgd"), "client.optimizer")
     _require(cl.lr > 0, "client.lr: must be > 0")
+    _one_of(cl.lr_schedule, ("constant", "cosine"), "client.lr_schedule")
+    _require(cl.lr_warmup_rounds >= 0, "client.lr_warmup_rounds: must be >= 0")
+    _require(0.0 <= cl.lr_min_ratio <= 1.0, "client.lr_min_ratio: must be in [0, 1]")
     _require(cl.grad_clip is None or cl.grad_clip > 0, "client.grad_clip: must be > 0 or null")
     _require(cl.prox_mu >= 0, "client.prox_mu: must be >= 0")
 

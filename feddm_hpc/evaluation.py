@@ -47,7 +47,8 @@ def _blocks(num: int, block_size: int):
 
 def generate_samples(comm, model, schedule, params: np.ndarray, image_shape, num: int,
                      sampler: str, steps: int, eta: float, seed: int, round_index: int,
-                     device: str, block_size: int = BLOCK) -> Optional[np.ndarray]:
+                     device: str, block_size: int = BLOCK,
+                     prediction: str = "eps") -> Optional[np.ndarray]:
     """Collective. Draws `num` samples of the model with the root's weights `params` (broadcast
     first: in a running simulation only the root holds the current EMA); they are loaded into
     `model`, so callers that keep their own weights in it reload them afterwards.
@@ -61,7 +62,8 @@ def generate_samples(comm, model, schedule, params: np.ndarray, image_shape, num
     mine = []
     for b, start, n in blocks[comm.rank::comm.size]:
         gen = torch.Generator(device="cpu").manual_seed(block_seed(seed, round_index, b))
-        x = sample(model, schedule, (n, *image_shape), sampler, steps, gen, device, eta)
+        x = sample(model, schedule, (n, *image_shape), sampler, steps, gen, device, eta,
+                   prediction=prediction)
         mine.append(x.detach().to("cpu", torch.float32).numpy().reshape(-1))
     local = np.concatenate(mine) if mine else np.empty(0, dtype=np.float32)
     parts = comm.gather_bytes(local.view(np.uint8))
@@ -186,7 +188,7 @@ def evaluate_params(comm, config, params: np.ndarray, image_shape, round_index: 
         schedule = make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end).to(device)
     t0 = time.perf_counter()
     fake = generate_samples(comm, model, schedule, params, image_shape, num_samples, sampler,
-                            steps, eta, seed, round_index, device)
+                            steps, eta, seed, round_index, device, prediction=d.prediction)
     if comm.rank != 0:
         return None
     t1 = time.perf_counter()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import seeding
+from .client import round_lr
 from .data import select_batch
 from .diffusion import training_loss
 from .params import unflatten_into
@@ -35,7 +36,7 @@ def split_holdout(seed: int, client_id: int, indices: np.ndarray, eval_size: int
 
 
 def eval_loss(model, schedule, images: torch.Tensor, vector: np.ndarray, idx: np.ndarray,
-              seed: int, client_id: int, device: str) -> float:
+              seed: int, client_id: int, device: str, loss_fn=training_loss) -> float:
     """Diffusion loss of `vector` on images[idx], with timesteps and noise fixed per client."""
     unflatten_into(vector, model)
     gen = torch.Generator(device="cuda" if str(device).startswith("cuda") else "cpu")
@@ -45,7 +46,7 @@ def eval_loss(model, schedule, images: torch.Tensor, vector: np.ndarray, idx: np
     try:
         with torch.no_grad():
             x0 = select_batch(images, torch.from_numpy(idx).to(images.device))
-            return float(training_loss(model, x0, schedule, gen).item())
+            return float(loss_fn(model, x0, schedule, gen).item())
     finally:
         model.train(was_training)
 
@@ -60,13 +61,18 @@ def personalize(sim) -> Optional[dict]:
     # than the root hold only the clients' reference copy).
     comm.bcast_array(sim.global_params)
     rows = []
+    final_lr = round_lr(cfg.client, cfg.federation.rounds - 1, cfg.federation.rounds)
     for cid in s.hosted[comm.rank]:
         train_idx, eval_idx = split_holdout(cfg.seed, cid, s.parts[cid], p.eval_size)
+        loss_fn = sim.trainer.loss_fn
         before = eval_loss(s.model, s.schedule, s.images, sim.global_params, eval_idx, cfg.seed,
-                           cid, s.device)
+                           cid, s.device, loss_fn)
+        # Fine-tuning continues at the last round's learning rate (client.lr_schedule).
         local, _ = sim.trainer.train(sim.global_params, cid, train_idx, 0, steps=p.steps,
-                                     streams=(seeding.PERSONAL_TRAIN, seeding.PERSONAL_DROPOUT))
-        after = eval_loss(s.model, s.schedule, s.images, local, eval_idx, cfg.seed, cid, s.device)
+                                     streams=(seeding.PERSONAL_TRAIN, seeding.PERSONAL_DROPOUT),
+                                     lr=final_lr)
+        after = eval_loss(s.model, s.schedule, s.images, local, eval_idx, cfg.seed, cid, s.device,
+                          loss_fn)
         rows.append([cid, before, after, eval_idx.size])
     table = comm.gather_rows(np.asarray(rows, dtype=np.float64).reshape(-1, 4))
     if comm.rank != 0:

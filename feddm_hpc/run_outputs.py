@@ -30,7 +30,7 @@ def make_sample_fn(run_dir: Path):
         cfg, s = sim.cfg, sim.setup
         images = draw_samples(s.model, s.schedule, sim.ema, s.image_shape, cfg.sampling.num_samples,
                               cfg.sampling.sampler, cfg.sampling.steps, cfg.seed, round_index, s.device,
-                              eta=cfg.sampling.eta)
+                              eta=cfg.sampling.eta, prediction=cfg.diffusion.prediction)
         path = run_dir / "samples" / f"round-{round_index:06d}.png"
         save_image_grid(images, path)
         sim.log.info(f"samples: {path}")

@@ -11,7 +11,7 @@ from .params import unflatten_into
 
 def draw_samples(model, schedule, params: np.ndarray, image_shape, num: int, sampler: str,
                  steps: int, seed: int, round_index: int, device: str, batch: int = 256,
-                 eta: float = 0.0) -> torch.Tensor:
+                 eta: float = 0.0, prediction: str = "eps") -> torch.Tensor:
     """Loads `params` into `model` (the caller reloads its own weights afterwards) and samples."""
     unflatten_into(params, model)
     gen_device = "cuda" if str(device).startswith("cuda") else "cpu"
@@ -20,6 +20,7 @@ def draw_samples(model, schedule, params: np.ndarray, image_shape, num: int, sam
     out = []
     for start in range(0, num, batch):
         n = min(batch, num - start)
-        out.append(sample(model, schedule, (n, *image_shape), sampler, steps, generator, device, eta).cpu())
+        out.append(sample(model, schedule, (n, *image_shape), sampler, steps, generator, device, eta,
+                          prediction=prediction).cpu())
     return torch.cat(out)
 

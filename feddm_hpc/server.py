@@ -62,6 +62,19 @@ def split_reports(parts: List[np.ndarray], meta: np.ndarray) -> Dict[int, Report
     return reports
 
 
+def ema_decay_at(server_cfg, round_index: int) -> float:
+    """The EMA decay applied after round `round_index` (0-based).
+
+    With `ema_warmup` the decay grows as min(d, (1 + r) / (10 + r)) (the num_updates warm-up of
+    TensorFlow's ExponentialMovingAverage): the first rounds replace most of the EMA, so it never
+    holds a large share of the random initial weights, whatever the number of rounds.
+    """
+    d = server_cfg.ema_decay
+    if not server_cfg.ema_warmup:
+        return d
+    return min(d, (1.0 + round_index) / (10.0 + round_index))
+
+
 def is_finite(x: np.ndarray) -> bool:
     """One float64 sum: NaN/Inf propagate, and a sum of finite float32 values cannot overflow."""
     return bool(np.isfinite(x.sum(dtype=np.float64)))

@@ -20,9 +20,10 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import hierarchical, seeding, server
-from .client import LocalTrainer, local_steps_for
+from .client import LocalTrainer, local_steps_for, round_lr
 from .compression import make_compressor
 from .config import Config, clients_have_state, dump_yaml
+from .diffusion import make_loss
 from .downlink import Downlink
 from .errors import ConfigError
 from .federation_setup import RunSetup, build_setup
@@ -30,6 +31,7 @@ from .participation import plan_round
 from .personalization import personalize
 from .placement import round_placement
 from .runlog import RunLog
+from .server import ema_decay_at
 from .strategies import ClientControls, make_strategy
 from .strategies.scaffold import control_delta
 
@@ -68,7 +70,9 @@ class Simulation:
             if self.strategy.uses_controls else None
         self.controls = ClientControls(self.num_params)
         self.downlink = Downlink(config.compression, self.global_params)
-        self.trainer = LocalTrainer(s.model, s.schedule, config.client, s.images, s.device, config.seed)
+        self.trainer = LocalTrainer(s.model, s.schedule, config.client, s.images, s.device, config.seed,
+                                    loss_fn=make_loss(config.diffusion),
+                                    total_rounds=config.federation.rounds)
         self.start_round = 0
 
     # ------------------------------------------------------------------ resume
@@ -162,14 +166,15 @@ class Simulation:
         scaffold = self.strategy.uses_controls
         payloads: List[np.ndarray] = []
         rows: List[List[float]] = []
-        train_s = encode_s = 0.0
+        train_s = encode_s = train_cpu_s = 0.0
         for cid in (c for c in plan.arrived if c in hosted):
-            t = time.perf_counter()
+            t, t_cpu = time.perf_counter(), time.process_time()
             corr = self.controls.correction(self.strategy.control, cid) if scaffold else None
             local, result = self.trainer.train(start, cid, self.setup.parts[cid], r, correction=corr)
             if cid in inject:  # testing aid: one NaN and one Inf, as a diverged client would send
                 local[local.size // 2], local[-1] = np.nan, np.inf
             t_enc = time.perf_counter()
+            train_cpu_s += time.process_time() - t_cpu
             vec = local if cfg.compression.target == "weights" else local - start
             upd, ctrl, status = self._encode(vec, cid, r), None, server.STATUS_OK
             if upd is None:
@@ -183,7 +188,9 @@ class Simulation:
             payloads += [upd, ctrl]
             rows.append([cid, result.num_samples, result.loss, upd.size, ctrl.size, t_enc - t,
                          t_end - t_enc, status])
-        phases["train"], phases["encode"] = train_s, encode_s
+        # train_cpu: CPU seconds of this process (all its threads) in local training, which
+        # stays meaningful when other jobs share the cores (benchmarks/recipe.py reads it).
+        phases["train"], phases["encode"], phases["train_cpu"] = train_s, encode_s, train_cpu_s
         return payloads, rows
 
     def _encode(self, vec, cid, r) -> Optional[np.ndarray]:
@@ -198,7 +205,8 @@ class Simulation:
     def _encode_control(self, start, local, steps, cid, r) -> np.ndarray:
         """delta c_i, encoded; the client keeps exactly what the server decodes (scaffold.py).
         A diverged client keeps its old c_i, as the root rejects its report."""
-        delta = control_delta(self.strategy.control, start, local, steps, self.cfg.client.lr)
+        lr = round_lr(self.cfg.client, r, self.cfg.federation.rounds)
+        delta = control_delta(self.strategy.control, start, local, steps, lr)
         try:
             payload = self.control_codec.encode(
                 delta, cid, seeding.numpy_rng(self.cfg.seed, seeding.CONTROL_ENCODE, r, cid))
@@ -236,7 +244,7 @@ class Simulation:
             self.global_params[:] = self.strategy.apply(self.global_params, agg.mean_update)
             if self.strategy.uses_controls:
                 self.strategy.update_control(agg.control_sum, self.cfg.federation.num_clients)
-            d = np.float32(self.cfg.server.ema_decay)
+            d = np.float32(ema_decay_at(self.cfg.server, r))
             self.ema *= d
             self.ema += (np.float32(1) - d) * self.global_params
         phases["aggregate"] = phases.get("aggregate", 0.0) + time.perf_counter() - t

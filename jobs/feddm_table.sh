@@ -13,7 +13,7 @@
 #               prox      FedProx, client.prox_mu 0.01 (FedDM-prox)
 #               quant8    8-bit quantized uplink (FedDM-quant)
 #               quant4ef  4-bit quantized uplink with error feedback
-#               scaffold  SCAFFOLD
+#               scaffold  SCAFFOLD (plain SGD clients: no momentum, no clipping)
 #   partitions  iid, dir0.5 (dirichlet alpha 0.5), dir0.1 (dirichlet alpha 0.1; plain dirichlet
 #               gives every client >= 1,043 images there, checked with `feddm-hpc validate`)
 #   central     num_clients 1, iid, local_steps = num_clients x local_steps of the base config,
@@ -79,7 +79,9 @@ method_sets() {
         prox)     echo "--set federation.algorithm=fedprox --set client.prox_mu=0.01" ;;
         quant8)   echo "--set compression.uplink=quant --set compression.bits=8" ;;
         quant4ef) echo "--set compression.uplink=quant --set compression.bits=4 --set compression.error_feedback=true" ;;
-        scaffold) echo "--set federation.algorithm=scaffold" ;;
+        # SCAFFOLD option II needs plain SGD clients (config.validate rejects Adam, momentum, clipping);
+        # the base lr was chosen for Adam and is untuned for SGD.
+        scaffold) echo "--set federation.algorithm=scaffold --set client.optimizer=sgd --set client.momentum=0 --set client.grad_clip=null" ;;
     esac
 }
 partition_sets() {

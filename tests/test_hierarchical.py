@@ -6,7 +6,9 @@ import pytest
 
 from conftest import DETERMINISTIC, TINY, final_params, run_cli
 
-FEATURES = ["--set", "federation.algorithm=scaffold", "--set", "compression.uplink=quant",
+# SCAFFOLD needs plain SGD clients (config.validate rejects anything else).
+FEATURES = ["--set", "federation.algorithm=scaffold", "--set", "client.optimizer=sgd",
+            "--set", "client.momentum=0", "--set", "client.grad_clip=null", "--set", "compression.uplink=quant",
             "--set", "compression.bits=8", "--set", "federation.inject_nan_clients=[2]"]
 
 

@@ -10,7 +10,9 @@ from conftest import DETERMINISTIC, TINY, final_params, run_cli
 from feddm_hpc.checkpoint import latest_valid, load_checkpoint
 
 FEATURES = [
-    "federation.algorithm=scaffold", "compression.uplink=quant", "compression.bits=4",
+    # SCAFFOLD needs plain SGD clients (config.validate rejects anything else).
+    "federation.algorithm=scaffold", "client.optimizer=sgd", "client.momentum=0",
+    "client.grad_clip=null", "compression.uplink=quant", "compression.bits=4",
     "compression.error_feedback=true", "compression.stochastic_rounding=true",
     "compression.downlink=quant", "compression.downlink_bits=8",
     # 6 clients: round 0 aggregates 3, 4, 5 (0 drops, 2 is late, 1 sends NaN); round 1: 0, 5.

@@ -70,6 +70,7 @@ def test_new_config_fields_are_validated(tree, field):
 def test_new_config_fields_load():
     c = config_from_tree({"federation": {"algorithm": "scaffold", "dropout_prob": 0.2,
                                          "inject_nan_clients": [1, 2]},
+                          "client": {"optimizer": "sgd", "momentum": 0.0, "grad_clip": None},
                           "compression": {"target": "weights", "downlink": "quant"},
                           "personalization": {"steps": 5}})
     assert c.federation.inject_nan_clients == (1, 2) and c.personalization.steps == 5

@@ -72,7 +72,8 @@ def test_per_round_placement_needs_stateless_clients():
     from feddm_hpc.config import config_from_tree
 
     with pytest.raises(ConfigError, match="system.placement"):
-        config_from_tree({"system": {"placement": "per_round"}, "federation": {"algorithm": "scaffold"}})
+        config_from_tree({"system": {"placement": "per_round"}, "federation": {"algorithm": "scaffold"},
+                          "client": {"optimizer": "sgd", "momentum": 0.0, "grad_clip": None}})
     with pytest.raises(ConfigError, match="system.placement"):
         config_from_tree({"system": {"placement": "per_round"},
                           "compression": {"uplink": "quant", "bits": 4, "error_feedback": True}})

@@ -18,6 +18,8 @@ from feddm_hpc.simulation import Simulation
 
 FAST = ["system.threads=1", "system.progress=false", "sampling.num_samples=0",
         "client.local_steps=2"]
+# SCAFFOLD needs plain SGD clients (config.validate rejects anything else).
+SCAFFOLD_CLIENT = ["client.optimizer=sgd", "client.momentum=0", "client.grad_clip=null"]
 
 
 class RecordingComm(SerialCommunicator):
@@ -50,7 +52,7 @@ def quant_size(n, bits, chunk):
 
 def test_byte_accounting_equals_the_bytes_that_crossed(tmp_path):
     comm = RecordingComm()
-    sim = make_sim(tmp_path, ["federation.algorithm=scaffold", "compression.uplink=quant",
+    sim = make_sim(tmp_path, ["federation.algorithm=scaffold", *SCAFFOLD_CLIENT, "compression.uplink=quant",
                               "compression.bits=4", "compression.error_feedback=true",
                               "compression.chunk_size=512", "compression.downlink=quant",
                               "compression.downlink_bits=8", "federation.dropout_prob=0.3",
@@ -82,7 +84,7 @@ def test_byte_accounting_equals_the_bytes_that_crossed(tmp_path):
 
 @pytest.mark.parametrize("uplink", ["none", "quant"])
 def test_nan_clients_are_rejected_and_c_stays_the_mean_of_client_controls(tmp_path, uplink):
-    sim = make_sim(tmp_path, ["federation.algorithm=scaffold", f"compression.uplink={uplink}",
+    sim = make_sim(tmp_path, ["federation.algorithm=scaffold", *SCAFFOLD_CLIENT, f"compression.uplink={uplink}",
                               "compression.bits=4", "compression.error_feedback=true",
                               "federation.inject_nan_clients=[1]", "federation.rounds=3",
                               "federation.dropout_prob=0.25"])
@@ -144,7 +146,8 @@ CASES = {
                                       "compression.error_feedback=true", "compression.lossless=zlib"],
     "fedprox-stragglers": ["federation.algorithm=fedprox", "client.prox_mu=0.1",
                            "federation.straggler=lognormal", "federation.round_deadline_s=2.5"],
-    "scaffold-4bit-ef-weights-dropout": ["federation.algorithm=scaffold", "compression.uplink=quant",
+    "scaffold-4bit-ef-weights-dropout": ["federation.algorithm=scaffold", *SCAFFOLD_CLIENT,
+                                         "compression.uplink=quant",
                                          "compression.bits=4", "compression.error_feedback=true",
                                          "compression.target=weights",
                                          "federation.dropout_prob=0.3"],

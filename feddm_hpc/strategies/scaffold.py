@@ -9,6 +9,12 @@ Client i: every local step's gradient gets + (c - c_i); after K steps with learn
 delta c_i travels with the uplink codec but without error feedback; the client adds the *decoded*
 delta to its own c_i, so c_i is exactly what the server has accounted for and c = mean_i c_i
 holds up to float rounding whatever the codec (clients that never reported have c_i = 0).
+
+(x - y_i) / (K * eta) is the mean corrected gradient of the K local steps only when every step is
+y -= eta * g: plain SGD, no momentum, no clipping (weight decay and the prox term are fine, they
+are part of the gradient). Adam, momentum or a clipped step break that identity and c_i is then
+no estimate of the client's gradient, so check_client_config rejects such configs
+(tests/test_scaffold_theory.py checks the corrected fixed point on heterogeneous quadratics).
 """
 from __future__ import annotations
 
@@ -17,9 +23,22 @@ from typing import Dict, Iterable, Optional
 
 import numpy as np
 
+from ..errors import ConfigError
 from .server_opt import FedAvg
 
 _KEY = re.compile(r"^control/(\d+)$")
+
+_PLAIN_SGD = ("scaffold's control update (x - y_i)/(K lr) assumes plain SGD local steps, got {got}; "
+              "set client.optimizer: sgd, client.momentum: 0, client.grad_clip: null")
+
+
+def check_client_config(client_cfg) -> None:
+    """ConfigError naming the first client field that breaks option II's plain-SGD assumption."""
+    for name, value, ok in (("optimizer", client_cfg.optimizer, client_cfg.optimizer == "sgd"),
+                            ("momentum", client_cfg.momentum, client_cfg.momentum == 0),
+                            ("grad_clip", client_cfg.grad_clip, client_cfg.grad_clip is None)):
+        if not ok:
+            raise ConfigError(f"client.{name}: " + _PLAIN_SGD.format(got=repr(value)))
 
 
 def control_delta(c: np.ndarray, start: np.ndarray, local: np.ndarray, steps: int,

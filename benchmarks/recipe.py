@@ -1,0 +1,203 @@
+"""Old vs new training recipe, centrally (one client, all of Fashion-MNIST): FD against CPU-seconds.
+
+Each recipe trains the same U-Net (configs/recipe/base.yaml) for the same number of gradient steps
+at the same batch size, as a one-client federation through the simulator itself (so the recipe
+measured is the one users get), one process and one torch thread per recipe, the recipes side by
+side on separate cores. Every `--eval-every` rounds the EMA model is scored with
+`feddm-hpc evaluate` at N=1000 (LeNet features, the same sampler for every recipe). The x axis is
+the training process's own CPU seconds in local training (`phases.train_cpu` of metrics.jsonl),
+which other load on the machine does not inflate the way wall time is.
+
+The last line is `compute_to_reference_fd=<factor>`: the old recipe's CPU-seconds at the end of
+the budget divided by the CPU-seconds at which the new recipe first reaches the old recipe's final
+FD (linear interpolation in log FD between evaluated points). Above 1 the new recipe needs less
+compute; a new recipe that never reaches it prints a factor below 1 (budget / budget).
+
+    .venv/bin/python benchmarks/recipe.py --out results/recipe            # ~40 min on 2 cores
+    .venv/bin/python benchmarks/recipe.py --rounds 2 --steps-per-round 20 --num-samples 200 \\
+        --out /tmp/recipe-try                                              # a quick dry run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+
+# What each recipe sets on top of the base config. "old" is the recipe the project shipped before
+# issue 11 (eps loss, uniform over timesteps, constant lr 1e-3, per-round EMA 0.5 without warm-up);
+# "new" is what the measurement chose (README: "Training recipe"). The others are ablations.
+RECIPES = {
+    "old": ["diffusion.prediction=eps", "diffusion.loss_weighting=none", "client.lr=0.001",
+            "client.lr_schedule=constant", "client.lr_warmup_rounds=0",
+            "server.ema_decay=0.5", "server.ema_warmup=false"],
+    "new": ["diffusion.prediction=eps", "diffusion.loss_weighting=min_snr",
+            "diffusion.min_snr_gamma=5.0", "client.lr=0.002", "client.lr_schedule=cosine",
+            "client.lr_warmup_rounds=1", "client.lr_min_ratio=0.1",
+            "server.ema_decay=0.9", "server.ema_warmup=true"],
+    "v_min_snr": ["diffusion.prediction=v", "diffusion.loss_weighting=min_snr",
+                  "diffusion.min_snr_gamma=5.0", "client.lr=0.002", "client.lr_schedule=cosine",
+                  "client.lr_warmup_rounds=1", "client.lr_min_ratio=0.1",
+                  "server.ema_decay=0.9", "server.ema_warmup=true"],
+    "lr_only": ["diffusion.prediction=eps", "diffusion.loss_weighting=none", "client.lr=0.002",
+                "client.lr_schedule=cosine", "client.lr_warmup_rounds=1", "client.lr_min_ratio=0.1",
+                "server.ema_decay=0.9", "server.ema_warmup=true"],
+    "min_snr_only": ["diffusion.prediction=eps", "diffusion.loss_weighting=min_snr",
+                     "diffusion.min_snr_gamma=5.0", "client.lr=0.001",
+                     "client.lr_schedule=constant", "client.lr_warmup_rounds=0",
+                     "server.ema_decay=0.5", "server.ema_warmup=false"],
+}
+
+
+def feddm(*args: str) -> list:
+    return [sys.executable, "-m", "feddm_hpc", *args]
+
+
+def train(name: str, args, run_dir: Path) -> None:
+    final = run_dir / "checkpoints" / f"round-{args.rounds - 1:06d}.h5"
+    if final.exists():
+        return
+    sets = [*RECIPES[name], "federation.num_clients=1", "federation.clients_per_round=null",
+            "data.partition=iid", f"federation.rounds={args.rounds}",
+            f"client.local_steps={args.steps_per_round}", "client.local_epochs=null",
+            f"checkpoint.every={args.eval_every}", f"checkpoint.keep_last={args.rounds}",
+            "system.threads=1", "system.progress=false", "sampling.num_samples=64",
+            f"seed={args.seed}"]
+    cmd = feddm("train", str(args.config), "--run-dir", str(run_dir))
+    for s in sets:
+        cmd += ["--set", s]
+    if (run_dir / "checkpoints").is_dir():
+        cmd = feddm("resume", str(run_dir))
+    with open(run_dir.parent / f"{name}.train.log", "a") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=log, cwd=HERE)
+
+
+def evaluate(name: str, args, run_dir: Path) -> None:
+    for ckpt in sorted((run_dir / "checkpoints").glob("round-*.h5")):
+        out = run_dir / "eval" / f"{ckpt.stem}.json"
+        if out.exists() and json.loads(out.read_text()).get("num_samples") == args.num_samples:
+            continue
+        cmd = feddm("evaluate", str(ckpt), "--num-samples", str(args.num_samples),
+                    "--sampler", args.sampler, "--steps", str(args.sampling_steps),
+                    "--eta", str(args.eta), "--out", str(out), "--set", "system.threads=1")
+        with open(run_dir.parent / f"{name}.eval.log", "a") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=log, cwd=HERE)
+
+
+def curve(run_dir: Path) -> list:
+    """[(cpu_s after round r, round r, fd)] for each evaluated round."""
+    cpu, total = {}, 0.0
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        total += rec["phases"]["train_cpu"]
+        cpu[rec["round"]] = total
+    points = []
+    for path in sorted((run_dir / "eval").glob("round-*.json")):
+        ev = json.loads(path.read_text())
+        points.append((cpu[ev["round"]], ev["round"], ev["fd"]))
+    return points
+
+
+def cpu_to_reach(points: list, target: float) -> float | None:
+    """CPU-seconds at which the curve first gets to FD <= target (log-linear between points)."""
+    prev = None
+    for cpu, _, fd in points:
+        if fd <= target:
+            if prev is None:
+                return cpu
+            c0, f0 = prev
+            frac = (math.log(f0) - math.log(target)) / (math.log(f0) - math.log(fd))
+            return c0 + frac * (cpu - c0)
+        prev = (cpu, fd)
+    return None
+
+
+def plot(curves: dict, path: Path, reference: float, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, pts in curves.items():
+        ax.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=name)
+    ax.axhline(reference, color="grey", lw=0.8, ls="--", label=f"old final FD {reference:.1f}")
+    ax.set_yscale("log")
+    ax.set_xlabel("training CPU-seconds (one thread)")
+    ax.set_ylabel("FD, LeNet features, N=1000")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=HERE / "configs/recipe/base.yaml", type=Path)
+    ap.add_argument("--recipes", default="old,new", help="comma-separated, first is the reference")
+    ap.add_argument("--rounds", type=int, default=16)
+    ap.add_argument("--steps-per-round", type=int, default=200)
+    ap.add_argument("--eval-every", type=int, default=2, help="rounds between evaluated checkpoints")
+    ap.add_argument("--num-samples", type=int, default=1000)
+    ap.add_argument("--sampler", default="ddim")
+    ap.add_argument("--sampling-steps", type=int, default=20)
+    ap.add_argument("--eta", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=2, help="recipes trained at once (one core each)")
+    ap.add_argument("--runs", default=HERE / "runs/recipe", type=Path)
+    ap.add_argument("--out", default=HERE / "results/recipe", type=Path)
+    args = ap.parse_args()
+    names = args.recipes.split(",")
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown or len(names) < 2:
+        print(f"error: --recipes: need two or more of {', '.join(RECIPES)}", file=sys.stderr)
+        return 2
+    args.runs.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    dirs = {n: args.runs / f"{n}-s{args.seed}" for n in names}
+    t0 = time.time()
+    with ThreadPoolExecutor(args.jobs) as pool:   # threads only wait on subprocesses
+        list(pool.map(lambda n: train(n, args, dirs[n]), names))
+        t_train = time.time() - t0
+        list(pool.map(lambda n: evaluate(n, args, dirs[n]), names))
+    curves = {n: curve(dirs[n]) for n in names}
+    ref_name = names[0]
+    ref_cpu, _, ref_fd = curves[ref_name][-1]
+    summary = {"config": str(args.config.relative_to(HERE) if args.config.is_absolute() else args.config),
+               "rounds": args.rounds, "steps_per_round": args.steps_per_round, "seed": args.seed,
+               "num_samples": args.num_samples, "sampler": args.sampler,
+               "sampling_steps": args.sampling_steps, "eta": args.eta,
+               "wall_train_s": round(t_train, 1), "wall_total_s": round(time.time() - t0, 1),
+               "recipes": {n: RECIPES[n] for n in names},
+               "curves": {n: [{"cpu_s": round(c, 1), "round": r, "steps": (r + 1) * args.steps_per_round,
+                               "fd": round(f, 2)} for c, r, f in pts] for n, pts in curves.items()},
+               "reference": {"recipe": ref_name, "final_fd": round(ref_fd, 2), "cpu_s": round(ref_cpu, 1)},
+               "factors": {}}
+    print(f"{'recipe':<14} " + " ".join(f"{'r' + str(r):>8}" for _, r, _ in curves[ref_name]))
+    for n, pts in curves.items():
+        print(f"{n:<14} " + " ".join(f"{f:8.1f}" for _, _, f in pts)
+              + f"   (cpu {pts[-1][0]:.0f}s)")
+    for n in names[1:]:
+        reach = cpu_to_reach(curves[n], ref_fd)
+        factor = ref_cpu / reach if reach else None
+        summary["factors"][n] = {"cpu_s_to_reference_fd": None if reach is None else round(reach, 1),
+                                 "factor": None if factor is None else round(factor, 3)}
+        print(f"{n}: reaches the {ref_name} recipe's final FD {ref_fd:.1f} after "
+              + (f"{reach:.0f} CPU-s of {ref_cpu:.0f}" if reach else "never (within the budget)"))
+    (args.out / "recipe.json").write_text(json.dumps(summary, indent=1))
+    title = (f"{args.config.name}: 1 client, {args.rounds}x{args.steps_per_round} steps, "
+             f"N={args.num_samples}, {args.sampler} {args.sampling_steps} eta {args.eta}")
+    plot(curves, args.out / "fd_vs_cpu.png", ref_fd, title)
+    main_factor = summary["factors"].get("new", summary["factors"][names[1]])["factor"]
+    print(f"compute_to_reference_fd={main_factor if main_factor is not None else '<1'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
