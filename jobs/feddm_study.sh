@@ -1,0 +1,344 @@
+#!/bin/bash
+# The multi-seed FedDM study on Fashion-MNIST (issue 11 item 3): federated methods and uplink
+# codecs under an iid and a pathological (2 classes per client) partition plus a centralized
+# reference, each cell run with several seeds, every kept checkpoint evaluated at the same N, then
+# `python -m feddm_hpc.study_report OUT` into results/feddm_study/ (table.md with mean ± std over
+# seeds, fd_vs_round.png, fd_vs_uplink.png, summary.json; COMMAND.txt, study.log).
+#
+#   jobs/feddm_study.sh                      # foreground
+#   jobs/feddm_study.sh --background         # same, detached; log in $OUT/study.log
+#   ONLY='fedavg|central' jobs/feddm_study.sh        # a subset (regex on run names)
+#   BASE=configs/tiny.yaml EXTRA='--set federation.rounds=2' RUNS=/tmp/t OUT=/tmp/t/out N=64 \
+#     SEEDS='0 1' jobs/feddm_study.sh       # dry run
+#   python -m feddm_hpc.study_report results/feddm_study      # the report again, from the copies
+#   python -m feddm_hpc.study_report results/feddm_study --best-prox shards   # the prox choice
+#
+# Cells (settings on top of BASE; run names <cell>-<partition>-s<seed>, central-s<seed>):
+#   fedavg        federation.algorithm=fedavg
+#   prox-mu<MU>   FedProx, client.prox_mu=MU for MU in PROX_MUS (0.001 0.01 0.1): shards only
+#   prox          FedProx with the mu of the prox-mu<MU>-shards cell of lowest mean final FD over
+#                 SEEDS, on iid (prox-iid); the choice is kept in $OUT/prox_mu.txt (delete it to
+#                 choose again) and is in every prox-iid run's config.yaml and in table.md
+#   scaffold      SCAFFOLD with plain SGD clients (it needs them): client.optimizer=sgd,
+#                 momentum 0, grad_clip null, client.lr=$SCAFFOLD_LR
+#   q8            8-bit quantized uplink        q4     4-bit, no error feedback (iid only)
+#   q4ef          4-bit + error feedback        q2ef   2-bit, stochastic rounding + EF (iid only)
+#   topk1ef       top-1% sparsified uplink + error feedback (iid only)
+#   post8         the paper's post-training variant: 8-bit quantization of the weights
+#                 (compression.target=weights) instead of the update
+#   central       num_clients 1, iid, local_steps = num_clients x the base local_steps, same
+#                 rounds: as many gradient steps as one federated run's clients together
+#   partitions    iid (data.partition=iid), shards (data.partition=shards, 2 classes per client)
+#   grid          iid and shards: fedavg, prox, scaffold, q8, q4ef, post8; iid: q4, q2ef,
+#                 topk1ef; shards: the prox-mu sweep; plus central. Each x SEEDS (--set seed=S).
+#
+# Order: seed by seed, so an interrupted study has whole seeds: every cell's first seed before
+# any cell's second one. Exception: the prox sweep's later seeds run right after the first seed of
+# the other cells, since prox-iid needs the sweep's mean over all SEEDS before its first seed.
+# JOBS runs go at once (a bash job pool), each one process (python -m feddm_hpc, no MPI) with
+# THREADS torch threads.
+#
+# Resumable: a run whose copy $OUT/runs/<name>/ is complete (has DONE) is skipped entirely, so a
+# fresh clone with committed results goes on where the study stopped; else a run whose final
+# checkpoint exists skips training, one with checkpoints is continued (`feddm-hpc resume`), and an
+# evaluation whose JSON exists at this N is skipped. After its evaluations a run's small outputs
+# (config.yaml, metrics.jsonl, eval/*.json at this N, partition.json, the final sample grid) are
+# copied to $OUT/runs/<name>/ and DONE is written last. A config rejected (by the config check or
+# at start-up, e.g. a partition the data cannot make) is reported and skipped; the others go on.
+# Stop with Ctrl-C or `kill PID`: the runs checkpoint at their next round end and stop (run the
+# script again to go on). Exit code 0 all done, 1 some run failed or was rejected, 3 stopped.
+#
+# Variables:
+#   BASE     base config                     (default configs/study/base.yaml)
+#   RUNS     folder of the run directories   (default runs/feddm_study)
+#   OUT      report folder                   (default results/feddm_study)
+#   SEEDS    seeds                           (default "0 1 2")
+#   N        samples per evaluation          (default 1000; FD depends on N: one N for all)
+#   EVAL_ROUNDS  all: evaluate every kept checkpoint (FD-per-round and FD-vs-uplink curves);
+#            final: the last round only
+#   JOBS     runs at once                    (default 2)
+#   THREADS  torch threads per run           (default 1)
+#   PROX_MUS the prox sweep's mu values      (default "0.001 0.01 0.1")
+#   SCAFFOLD_LR  SCAFFOLD's client SGD lr    (default 0.05)
+#   ONLY     regex: run only matching run names (default all)
+#   EXTRA    more arguments for every train, e.g. '--set federation.rounds=2'
+#   PYTHON   interpreter                     (default .venv/bin/python when present, else python3)
+set -eu
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+BASE=${BASE:-configs/study/base.yaml}
+RUNS=${RUNS:-runs/feddm_study}
+OUT=${OUT:-results/feddm_study}
+SEEDS=${SEEDS:-0 1 2}
+N=${N:-1000}
+EVAL_ROUNDS=${EVAL_ROUNDS:-all}
+JOBS=${JOBS:-2}
+THREADS=${THREADS:-1}
+PROX_MUS=${PROX_MUS:-0.001 0.01 0.1}
+SCAFFOLD_LR=${SCAFFOLD_LR:-0.05}
+ONLY=${ONLY:-}
+EXTRA=${EXTRA:-}
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$here/.venv/bin/python" ]; then PYTHON=$here/.venv/bin/python; else PYTHON=python3; fi
+fi
+
+if [ "${1:-}" = "--background" ]; then
+    mkdir -p "$OUT"
+    detach=(nohup)
+    command -v setsid > /dev/null && detach=(setsid nohup)
+    "${detach[@]}" "$0" > "$OUT/study.log" 2>&1 < /dev/null &
+    echo "started in the background: pid $!, log $OUT/study.log (stop it with: kill $!)"
+    exit 0
+fi
+
+feddm() { "$PYTHON" -m feddm_hpc "$@"; }
+log() { echo "[$(date '+%F %T')] $*"; }
+
+# ---------------------------------------------------------------------------- the cells
+cell_sets() {
+    local q="--set federation.algorithm=fedavg --set compression.uplink=quant"
+    case $1 in
+        fedavg)   echo "--set federation.algorithm=fedavg" ;;
+        prox-mu*) echo "--set federation.algorithm=fedprox --set client.prox_mu=${1#prox-mu}" ;;
+        prox)     echo "--set federation.algorithm=fedprox --set client.prox_mu=$PROX_MU" ;;
+        scaffold) echo "--set federation.algorithm=scaffold --set client.optimizer=sgd" \
+                       "--set client.momentum=0 --set client.grad_clip=null --set client.lr=$SCAFFOLD_LR" ;;
+        q8)       echo "$q --set compression.bits=8" ;;
+        q4)       echo "$q --set compression.bits=4 --set compression.error_feedback=false" ;;
+        q4ef)     echo "$q --set compression.bits=4 --set compression.error_feedback=true" ;;
+        q2ef)     echo "$q --set compression.bits=2 --set compression.stochastic_rounding=true" \
+                       "--set compression.error_feedback=true" ;;
+        topk1ef)  echo "--set federation.algorithm=fedavg --set compression.uplink=topk" \
+                       "--set compression.topk_fraction=0.01 --set compression.error_feedback=true" ;;
+        post8)    echo "$q --set compression.bits=8 --set compression.target=weights" ;;
+        central)  echo "--set federation.num_clients=1 --set data.partition=iid" \
+                       "--set client.local_steps=$central_steps" ;;
+        *)        echo "unknown cell $1" >&2; return 1 ;;
+    esac
+}
+partition_sets() {
+    case $1 in
+        iid)    echo "--set data.partition=iid" ;;
+        shards) echo "--set data.partition=shards --set data.classes_per_client=2" ;;
+    esac
+}
+SWEEP=() OTHERS=()        # (cell partition) pairs, in the order of a seed's runs
+for mu in $PROX_MUS; do SWEEP+=("prox-mu$mu shards"); done
+for p in iid shards; do
+    for m in fedavg scaffold q8 q4ef post8; do OTHERS+=("$m $p"); done
+    if [ "$p" = iid ]; then for m in q4 q2ef topk1ef; do OTHERS+=("$m $p"); done; fi
+done
+# shellcheck disable=SC2086  # EXTRA is meant to split into arguments
+central_steps=$("$PYTHON" -c 'import sys; from feddm_hpc.config import load_config
+c = load_config(sys.argv[1], [a for a in sys.argv[2:] if a != "--set"])
+print(c.federation.num_clients * c.client.local_steps)' "$BASE" $EXTRA)
+
+run_name() {  # CELL PARTITION SEED
+    if [ "$1" = central ]; then echo "central-s$3"; else echo "$1-$2-s$3"; fi
+}
+
+# ---------------------------------------------------------------------------- one run
+# In the background: train (or resume), evaluate, copy; the outcome goes to $RUNS/logs/NAME.status
+# (ok | rejected | failed | stopped) and one log line.
+run_one() {  # NAME SETS
+    local name=$1 sets=$2
+    local dir=$RUNS/$name dest=$OUT/runs/$name st=$RUNS/logs/$name.status
+    local stop=0 t0 t1 t2 rounds final code ckpt eval_json ok=1
+    trap 'stop=1' TERM   # the python process got it too; we stop after it
+    t0=$(date +%s)
+    # shellcheck disable=SC2206  # the sets and EXTRA are meant to split into arguments
+    local args=($sets $EXTRA --set "system.threads=$THREADS" --set system.progress=false)
+    if ! rounds=$("$PYTHON" -c 'import sys
+from feddm_hpc.config import load_config
+from feddm_hpc.errors import UserError
+try:
+    print(load_config(sys.argv[1], [a for a in sys.argv[2:] if a != "--set"]).federation.rounds)
+except UserError as exc:
+    sys.exit(f"error: {exc}")' "$BASE" "${args[@]}" 2> "$RUNS/logs/$name.config.err"); then
+        log "$name: config rejected, skipped: $(tail -n 1 "$RUNS/logs/$name.config.err")"
+        echo rejected > "$st"; return 0
+    fi
+    final=$dir/checkpoints/$(printf 'round-%06d.h5' $((rounds - 1)))
+    code=0
+    if [ -f "$final" ]; then
+        log "$name: final checkpoint exists, training skipped"
+    elif compgen -G "$dir/checkpoints/round-*.h5" > /dev/null; then
+        log "$name: resuming"
+        feddm resume "$dir" >> "$RUNS/logs/$name.train.log" 2>&1 || code=$?
+    else
+        log "$name: training ($rounds rounds)"
+        feddm train "$BASE" --run-dir "$dir" "${args[@]}" > "$RUNS/logs/$name.train.log" 2>&1 || code=$?
+    fi
+    if [ $code = 3 ] || [ $stop = 1 ]; then
+        log "$name: stopped after a checkpoint (run the study again to go on)"
+        echo stopped > "$st"; return 0
+    elif [ $code = 2 ]; then   # a user error at start-up: the data cannot make this partition, ...
+        log "$name: config rejected at start-up, skipped: $(tail -n 1 "$RUNS/logs/$name.train.log")"
+        echo rejected > "$st"; return 0
+    elif [ $code != 0 ]; then
+        log "$name: training FAILED (exit $code): $(tail -n 1 "$RUNS/logs/$name.train.log")"
+        echo failed > "$st"; return 0
+    fi
+    t1=$(date +%s)
+    local ckpts=("$final")
+    [ "$EVAL_ROUNDS" = final ] || ckpts=("$dir"/checkpoints/round-*.h5)
+    for ckpt in "${ckpts[@]}"; do
+        eval_json=$dir/eval/$(basename "${ckpt%.h5}").json
+        if [ -f "$eval_json" ] && grep -q "\"num_samples\": $N," "$eval_json"; then
+            continue   # already evaluated at this N
+        fi
+        [ $stop = 1 ] && break
+        if ! feddm evaluate "$ckpt" --num-samples "$N" --set "system.threads=$THREADS" \
+                > /dev/null 2>> "$RUNS/logs/$name.eval.log"; then
+            [ $stop = 1 ] && break
+            log "$name: evaluation of $(basename "$ckpt") FAILED: $(tail -n 1 "$RUNS/logs/$name.eval.log")"
+            ok=0
+        fi
+    done
+    if [ $stop = 1 ]; then
+        log "$name: stopped during the evaluations (run the study again to go on)"
+        echo stopped > "$st"; return 0
+    fi
+    if [ $ok = 0 ]; then echo failed > "$st"; return 0; fi
+    t2=$(date +%s)
+    # The copy: small files only; DONE last, so a copy with DONE is complete.
+    rm -rf "$dest"
+    mkdir -p "$dest/eval"
+    cp "$dir/config.yaml" "$dir/metrics.jsonl" "$dest/"
+    [ -f "$dir/partition.json" ] && cp "$dir/partition.json" "$dest/"
+    grep -l "\"num_samples\": $N," "$dir"/eval/round-*.json | xargs -r cp -t "$dest/eval/"
+    local grid
+    grid=$dir/samples/$(printf 'round-%06d.png' $((rounds - 1)))
+    if [ -f "$grid" ]; then mkdir -p "$dest/samples" && cp "$grid" "$dest/samples/"; fi
+    printf 'N=%s\ntrain_s=%s\neval_s=%s\nfinished=%s\n' "$N" $((t1 - t0)) $((t2 - t1)) \
+        "$(date '+%F %T')" > "$dest/DONE"
+    log "$name: complete in $((t2 - t0)) s (train $((t1 - t0)) s, evaluate $((t2 - t1)) s)"
+    echo ok > "$st"
+}
+
+# ---------------------------------------------------------------------------- the pool
+mkdir -p "$RUNS/logs" "$OUT/runs"
+{
+    echo "# $(date '+%F %T') on $(hostname), git $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo '?')"
+    echo "BASE=$BASE RUNS=$RUNS OUT=$OUT SEEDS='$SEEDS' N=$N EVAL_ROUNDS=$EVAL_ROUNDS JOBS=$JOBS THREADS=$THREADS PROX_MUS='$PROX_MUS' SCAFFOLD_LR=$SCAFFOLD_LR ONLY='$ONLY' EXTRA='$EXTRA' $0 $*"
+    echo "# per run: train (or resume RUN_DIR), then evaluate each kept checkpoint; then: python -m feddm_hpc.study_report $OUT"
+} > "$OUT/COMMAND.txt"
+
+declare -A PID=()           # run name -> pid of its job (this invocation)
+STARTED=() SKIPPED=() UNREADY=()
+STOPPING=0
+stop_all() {
+    STOPPING=1
+    log "stop requested: the running runs stop at their next round end"
+    local pid
+    for pid in $(jobs -rp); do kill -TERM -- "-$pid" 2> /dev/null || true; done
+}
+trap stop_all INT TERM
+
+wanted() { [ -z "$ONLY" ] || [[ $1 =~ $ONLY ]]; }
+is_done() { [ -f "$OUT/runs/$1/DONE" ]; }
+
+submit() {  # NAME SETS: start it in the pool (or skip it)
+    local name=$1 sets=$2
+    [ -n "${PID[$name]:-}" ] && return 0
+    wanted "$name" || return 0
+    if is_done "$name"; then
+        local n_done
+        n_done=$(sed -n 's/^N=//p' "$OUT/runs/$name/DONE")
+        if [ "$n_done" = "$N" ]; then
+            log "$name: complete in $OUT/runs/$name, skipped"
+        else
+            log "$name: complete at N=$n_done in $OUT/runs/$name, not N=$N: skipped (delete it to redo)"
+        fi
+        SKIPPED+=("$name"); PID[$name]=done; return 0
+    fi
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n 2> /dev/null || true; done
+    [ $STOPPING = 1 ] && return 0
+    echo "feddm-hpc train $BASE --run-dir $RUNS/$name $sets $EXTRA --set system.threads=$THREADS --set system.progress=false" >> "$OUT/COMMAND.txt"
+    echo "feddm-hpc evaluate $RUNS/$name/checkpoints/round-NNNNNN.h5 --num-samples $N --set system.threads=$THREADS   # each kept checkpoint ($EVAL_ROUNDS)" >> "$OUT/COMMAND.txt"
+    rm -f "$RUNS/logs/$name.status"
+    set -m   # its own process group, so a stop reaches the job and its python process together
+    run_one "$name" "$sets" &
+    PID[$name]=$!
+    set +m
+    STARTED+=("$name")
+}
+submit_cell() {  # CELL PARTITION SEED
+    submit "$(run_name "$1" "$2" "$3")" "$(cell_sets "$1") $(partition_sets "$2") --set seed=$3"
+}
+
+PROX_MU=
+choose_prox_mu() {  # once: wait for the sweep, pick its best mu (kept in $OUT/prox_mu.txt)
+    if [ -f "$OUT/prox_mu.txt" ]; then
+        PROX_MU=$(head -n 1 "$OUT/prox_mu.txt")
+        log "prox-iid: mu $PROX_MU (kept in $OUT/prox_mu.txt)"; return 0
+    fi
+    local mu s name pid
+    for mu in $PROX_MUS; do for s in $SEEDS; do
+        name=$(run_name "prox-mu$mu" shards "$s")
+        pid=${PID[$name]:-}
+        if [ -n "$pid" ] && [ "$pid" != done ]; then wait "$pid" 2> /dev/null || true; fi
+    done; done
+    [ $STOPPING = 1 ] && return 1
+    # shellcheck disable=SC2086
+    if ! PROX_MU=$("$PYTHON" -m feddm_hpc.study_report "$OUT" --best-prox shards --seeds $SEEDS \
+            --mus $PROX_MUS 2> "$RUNS/logs/prox-choice.log"); then
+        log "prox-iid: no mu chosen, skipped: $(tail -n 1 "$RUNS/logs/prox-choice.log")"
+        PROX_MU=none; return 1
+    fi
+    { echo "$PROX_MU"; echo "# best FedProx mu on shards over seeds $SEEDS ($(date '+%F %T')): $(tail -n 1 "$RUNS/logs/prox-choice.log")"; } > "$OUT/prox_mu.txt"
+    log "prox-iid: mu $PROX_MU, the lowest mean final FD on shards ($(tail -n 1 "$RUNS/logs/prox-choice.log"))"
+}
+submit_prox_iid() {  # SEED
+    local name
+    name=$(run_name prox iid "$1")
+    wanted "$name" || return 0
+    [ -n "${PID[$name]:-}" ] && return 0
+    if ! is_done "$name" && [ -z "$PROX_MU" ]; then choose_prox_mu || true; fi
+    if [ "$PROX_MU" = none ] && ! is_done "$name"; then UNREADY+=("$name"); return 0; fi
+    submit_cell prox iid "$1"
+}
+
+t_study=$(date +%s)
+first=1
+log "study: $(echo "$SEEDS" | wc -w) seed(s) x $((${#SWEEP[@]} + ${#OTHERS[@]} + 2)) cells, $JOBS at once, $THREADS thread(s) each; runs in $RUNS, results in $OUT"
+for seed in $SEEDS; do
+    [ $STOPPING = 1 ] && break
+    for c in "${SWEEP[@]}" "${OTHERS[@]}"; do
+        # shellcheck disable=SC2086
+        submit_cell $c "$seed"
+    done
+    submit_cell central - "$seed"
+    if [ $first = 1 ]; then   # the sweep's other seeds, before prox-iid's first
+        for s in $SEEDS; do for c in "${SWEEP[@]}"; do
+            # shellcheck disable=SC2086
+            submit_cell $c "$s"
+        done; done
+        first=0
+    fi
+    submit_prox_iid "$seed"
+done
+while [ -n "$(jobs -rp)" ]; do wait -n 2> /dev/null || true; done
+
+failed=() stopped=()
+for name in "${STARTED[@]}"; do
+    st=$(cat "$RUNS/logs/$name.status" 2> /dev/null || true)
+    [ -n "$st" ] || { if [ $STOPPING = 1 ]; then st=stopped; else st="failed, no status: see $RUNS/logs/$name.*"; fi; }
+    case $st in
+        ok) ;;
+        stopped) stopped+=("$name") ;;
+        *) failed+=("$name ($st)") ;;
+    esac
+done
+if compgen -G "$OUT/runs/*/DONE" > /dev/null; then
+    echo "python -m feddm_hpc.study_report $OUT" >> "$OUT/COMMAND.txt"
+    "$PYTHON" -m feddm_hpc.study_report "$OUT" || failed+=("the report")
+fi
+wall=$(($(date +%s) - t_study))
+log "study finished in $((wall / 60)) min $((wall % 60)) s: $((${#STARTED[@]} - ${#failed[@]} - ${#stopped[@]})) run(s) done now, ${#SKIPPED[@]} already complete, $(compgen -G "$OUT/runs/*/DONE" | wc -l) in $OUT/runs"
+[ ${#UNREADY[@]} -gt 0 ] && log "not started (no prox mu chosen): ${UNREADY[*]}"
+[ ${#stopped[@]} -gt 0 ] && log "stopped: ${stopped[*]}"
+[ ${#failed[@]} -gt 0 ] && log "failed or rejected: ${failed[*]}"
+if [ ${#failed[@]} -gt 0 ] || [ ${#UNREADY[@]} -gt 0 ]; then exit 1; fi
+if [ $STOPPING = 1 ] || [ ${#stopped[@]} -gt 0 ]; then exit 3; fi
+exit 0
