@@ -78,9 +78,13 @@ def train(name: str, args, run_dir: Path) -> None:
         subprocess.run(cmd, check=True, stdout=log, stderr=log, cwd=HERE)
 
 
+def sampler_tag(args) -> str:
+    return f"{args.sampler}{args.sampling_steps}-eta{args.eta:g}"
+
+
 def evaluate(name: str, args, run_dir: Path) -> None:
     for ckpt in sorted((run_dir / "checkpoints").glob("round-*.h5")):
-        out = run_dir / "eval" / f"{ckpt.stem}.json"
+        out = run_dir / "eval" / f"{ckpt.stem}-{sampler_tag(args)}.json"
         if out.exists() and json.loads(out.read_text()).get("num_samples") == args.num_samples:
             continue
         cmd = feddm("evaluate", str(ckpt), "--num-samples", str(args.num_samples),
@@ -90,15 +94,15 @@ def evaluate(name: str, args, run_dir: Path) -> None:
             subprocess.run(cmd, check=True, stdout=log, stderr=log, cwd=HERE)
 
 
-def curve(run_dir: Path) -> list:
-    """[(cpu_s after round r, round r, fd)] for each evaluated round."""
+def curve(run_dir: Path, tag: str) -> list:
+    """[(cpu_s after round r, round r, fd)] for each round evaluated with sampler `tag`."""
     cpu, total = {}, 0.0
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
         total += rec["phases"]["train_cpu"]
         cpu[rec["round"]] = total
     points = []
-    for path in sorted((run_dir / "eval").glob("round-*.json")):
+    for path in sorted((run_dir / "eval").glob(f"round-*-{tag}.json")):
         ev = json.loads(path.read_text())
         points.append((cpu[ev["round"]], ev["round"], ev["fd"]))
     return points
@@ -166,7 +170,7 @@ def main() -> int:
         list(pool.map(lambda n: train(n, args, dirs[n]), names))
         t_train = time.time() - t0
         list(pool.map(lambda n: evaluate(n, args, dirs[n]), names))
-    curves = {n: curve(dirs[n]) for n in names}
+    curves = {n: curve(dirs[n], sampler_tag(args)) for n in names}
     ref_name = names[0]
     ref_cpu, _, ref_fd = curves[ref_name][-1]
     summary = {"config": str(args.config.relative_to(HERE) if args.config.is_absolute() else args.config),
@@ -190,10 +194,10 @@ def main() -> int:
                                  "factor": None if factor is None else round(factor, 3)}
         print(f"{n}: reaches the {ref_name} recipe's final FD {ref_fd:.1f} after "
               + (f"{reach:.0f} CPU-s of {ref_cpu:.0f}" if reach else "never (within the budget)"))
-    (args.out / "recipe.json").write_text(json.dumps(summary, indent=1))
+    (args.out / f"recipe-{sampler_tag(args)}.json").write_text(json.dumps(summary, indent=1))
     title = (f"{args.config.name}: 1 client, {args.rounds}x{args.steps_per_round} steps, "
              f"N={args.num_samples}, {args.sampler} {args.sampling_steps} eta {args.eta}")
-    plot(curves, args.out / "fd_vs_cpu.png", ref_fd, title)
+    plot(curves, args.out / f"fd_vs_cpu-{sampler_tag(args)}.png", ref_fd, title)
     main_factor = summary["factors"].get("new", summary["factors"][names[1]])["factor"]
     print(f"compute_to_reference_fd={main_factor if main_factor is not None else '<1'}")
     return 0

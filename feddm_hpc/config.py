@@ -43,7 +43,7 @@ class DiffusionConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     prediction: str = "eps"         # eps | v: what the U-Net regresses (samplers convert v to eps)
-    loss_weighting: str = "none"    # none | min_snr: per-timestep weight min(SNR, gamma)/SNR (eps)
+    loss_weighting: str = "min_snr"  # min_snr | none: per-timestep weight min(SNR, gamma)/SNR (eps)
     min_snr_gamma: float = 5.0      # Hang et al. 2023's gamma
 
 
@@ -69,7 +69,7 @@ class ClientConfig:
     batch_size: int = 64
     optimizer: str = "adam"             # adam | adamw | sgd
     lr: float = 2e-4
-    lr_schedule: str = "constant"       # constant | cosine: the round's lr, the same for every client
+    lr_schedule: str = "cosine"         # cosine | constant: the round's lr, the same for every client
     lr_warmup_rounds: int = 0           # linear warm-up over the first rounds (both schedules)
     lr_min_ratio: float = 0.1           # cosine: the last round's lr is lr * lr_min_ratio
     weight_decay: float = 0.0
