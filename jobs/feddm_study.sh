@@ -59,7 +59,7 @@
 #   JOBS     runs at once                    (default 2)
 #   THREADS  torch threads per run           (default 1)
 #   PROX_MUS the prox sweep's mu values      (default "0.001 0.01 0.1")
-#   SCAFFOLD_LR  SCAFFOLD's client SGD lr    (default 0.05)
+#   SCAFFOLD_LR  SCAFFOLD's client SGD lr    (default 0.1)
 #   ONLY     regex: run only matching run names (default all)
 #   EXTRA    more arguments for every train, e.g. '--set federation.rounds=2'
 #   PYTHON   interpreter                     (default .venv/bin/python when present, else python3)
