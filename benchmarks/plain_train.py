@@ -13,7 +13,7 @@ import torch
 from feddm_hpc.client import make_optimizer
 from feddm_hpc.config import load_config
 from feddm_hpc.data import load_dataset, select_batch, to_device_uint8
-from feddm_hpc.diffusion import make_schedule, training_loss
+from feddm_hpc.diffusion import make_loss, make_schedule
 from feddm_hpc.models import build_unet
 from feddm_hpc.placement import threads_per_rank
 
@@ -40,13 +40,14 @@ def main():
     schedule = make_schedule(cfg.diffusion.schedule, cfg.diffusion.timesteps,
                              cfg.diffusion.beta_start, cfg.diffusion.beta_end)
     opt = make_optimizer(cfg.client, list(model.parameters()))
+    loss_fn = make_loss(cfg.diffusion)   # the same loss as the simulator's clients
     rng = np.random.default_rng(comm.rank)
     gen = torch.Generator().manual_seed(comm.rank)
     comm.Barrier()
     t0 = time.perf_counter()
     for _ in range(steps):
         x0 = select_batch(images, torch.from_numpy(rng.integers(0, len(ds), cfg.client.batch_size)))
-        loss = training_loss(model, x0, schedule, gen)
+        loss = loss_fn(model, x0, schedule, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.client.grad_clip is not None:

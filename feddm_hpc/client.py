@@ -13,7 +13,7 @@ import torch
 
 from . import seeding
 from .data import select_batch
-from .diffusion import training_loss
+from .diffusion import training_loss  # the default loss_fn (L_simple)
 from .params import flatten_into, unflatten_into
 
 

@@ -277,8 +277,26 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     return config_from_tree(read_yaml(path), overrides)
 
 
+# Fields whose default changed after checkpoints already existed, with the value every older
+# checkpoint was trained with. A checkpoint's resolved config lists every field of its version,
+# so a field it lacks predates it: resume and evaluate then keep the recipe the run was trained
+# with instead of switching to the new default halfway.
+LEGACY_VALUES = {
+    ("diffusion", "prediction"): "eps",
+    ("diffusion", "loss_weighting"): "none",
+    ("client", "lr_schedule"): "constant",
+    ("server", "ema_warmup"): False,
+}
+
+
 def config_from_yaml_text(text: str, overrides: list[str] = ()) -> Config:
-    return config_from_tree(yaml.safe_load(text) or {}, overrides)
+    """The config stored in a checkpoint (its resolved YAML), with `overrides` on top."""
+    tree = yaml.safe_load(text) or {}
+    for (section, key), value in LEGACY_VALUES.items():
+        node = tree.get(section)
+        if isinstance(node, dict) and key not in node:
+            node[key] = value
+    return config_from_tree(tree, overrides)
 
 
 def to_tree(config: Config) -> dict:

@@ -98,7 +98,7 @@ def test_round_lr_warmup_then_cosine_to_the_floor():
     progress = (5 - 2) / (rounds - 1 - 2)              # round 5: a third of the way down
     assert lrs[5] == pytest.approx(0.001 + 0.009 * 0.5 * (1 + math.cos(math.pi * progress)))
     assert all(a >= b - 1e-15 for a, b in zip(lrs[1:], lrs[2:]))
-    const = ClientConfig(lr=0.01)
+    const = ClientConfig(lr=0.01, lr_schedule="constant")
     assert {round_lr(const, r, rounds) for r in range(rounds)} == {0.01}
 
 
@@ -124,3 +124,16 @@ def test_ema_warmup_decay():
 def test_recipe_fields_are_validated(key, value, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_config("configs/tiny.yaml", [f"{key}={value}"])
+
+
+def test_a_checkpoint_config_from_before_the_recipe_keeps_its_recipe():
+    """A resolved config without the recipe fields (written before they existed) resumes with
+    the values it was trained with, not the new defaults; a current one keeps its own."""
+    from feddm_hpc.config import config_from_yaml_text, dump_yaml
+    old_text = "diffusion: {timesteps: 100}\nclient: {lr: 0.001}\nserver: {ema_decay: 0.5}\n"
+    old = config_from_yaml_text(old_text)
+    assert (old.diffusion.loss_weighting, old.client.lr_schedule, old.server.ema_warmup) == \
+        ("none", "constant", False)
+    current = load_config("configs/tiny.yaml")
+    again = config_from_yaml_text(dump_yaml(current))
+    assert again == current and again.diffusion.loss_weighting == "min_snr"
