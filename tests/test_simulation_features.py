@@ -128,7 +128,8 @@ def test_personalization_report(tmp_path):
     train_idx, eval_idx = split_holdout(0, 2, s.parts[2], 16)
     assert not set(train_idx) & set(eval_idx) and train_idx.size + 16 == s.parts[2].size
     # The evaluation is fixed per client: recomputing the global loss gives the same number.
-    again = eval_loss(s.model, s.schedule, s.images, sim.global_params, eval_idx, 0, 2, s.device)
+    again = eval_loss(s.model, s.schedule, s.images, sim.global_params, eval_idx, 0, 2, s.device,
+                      sim.trainer.loss_fn)   # the run's own loss (min-SNR weighted by default)
     assert again == report["clients"]["2"]["global_loss"]
     assert report["mean_global_loss"] == pytest.approx(
         np.mean([e["global_loss"] for e in report["clients"].values()]))
