@@ -349,10 +349,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not isinstance(exc, CollectiveTimeout):
             raise
         # Other ranks may be stuck inside the collective: only an abort can end them.
-        print(f"error: {exc}; aborting the job", file=sys.stderr, flush=True)
         mpi = sys.modules.get("mpi4py.MPI")
         if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
-            mpi.COMM_WORLD.Abort(EXIT_COLLECTIVE_TIMEOUT)
+            from .comm import abort_with_message
+
+            abort_with_message(f"{exc}; aborting the job", EXIT_COLLECTIVE_TIMEOUT)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_COLLECTIVE_TIMEOUT
     sys.stdout.flush()
     sys.stderr.flush()

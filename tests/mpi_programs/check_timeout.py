@@ -3,9 +3,8 @@ import sys
 import time
 
 import numpy as np
-from mpi4py import MPI
 
-from feddm_hpc.comm import CollectiveTimeout, MPICommunicator
+from feddm_hpc.comm import CollectiveTimeout, MPICommunicator, abort_with_message
 
 comm = MPICommunicator(timeout_s=float(sys.argv[1]))
 comm.context = "round 3, gather"
@@ -14,5 +13,4 @@ if comm.rank == 1:
 try:
     comm.gather_bytes(np.zeros(10, dtype=np.uint8))
 except CollectiveTimeout as exc:
-    print(f"error: {exc}", file=sys.stderr, flush=True)
-    MPI.COMM_WORLD.Abort(4)
+    abort_with_message(str(exc), 4)
