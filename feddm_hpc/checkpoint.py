@@ -1,7 +1,8 @@
 """HDF5 round checkpoints: atomic save, checksum-verified load, latest-complete lookup.
 
 Layout (format feddm_hpc.checkpoint/1):
-  attrs    format, version, round, config_yaml, param_fingerprint, rng_scheme, checksum
+  attrs    format, version, round, config_yaml, param_fingerprint, rng_scheme, image_shape,
+           checksum_scheme, checksum
   global/params, global/ema        1-D float32, the flattened global model and its EMA
   spec                             parameter names and shapes (text), for humans and validation
   strategy/<name>                  server strategy state
@@ -11,8 +12,13 @@ Layout (format feddm_hpc.checkpoint/1):
                                    compressed downlink)
   metrics                          metrics.jsonl lines so far (text)
 The checksum is a SHA-256 over every dataset and attribute, so a truncated or bit-flipped file is
-detected at load. Files are written under a temporary name, flushed, fsynced, then renamed: a
-crash mid-write never leaves a file that looks complete.
+detected at load. It hashes a canonical byte form of each value (strings as UTF-8, numpy values as
+dtype.str, shape and raw bytes), so it does not depend on numpy's version or print options. Files
+written with this digest carry the attribute checksum_scheme = "sha256-canonical/2"; a file without
+it was written by earlier code, whose digest hashed repr() of the attributes, and is verified with
+that legacy digest (as numpy 2 and as numpy 1.x print them, whatever the current print options).
+Files are written under a temporary name, flushed, fsynced, then renamed: a crash mid-write never
+leaves a file that looks complete.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from .errors import CheckpointError
 
 FORMAT = "feddm_hpc.checkpoint/1"
 # Every random draw is derived from (seed, round, client_id): no generator state needs saving.
+CHECKSUM_SCHEME = "sha256-canonical/2"
 RNG_SCHEME = "counter-based: numpy PCG64 / torch generators seeded from (seed, round, client_id)"
 _NAME = re.compile(r"^round-(\d{6})\.h5$")
 
@@ -55,11 +62,44 @@ def checkpoint_name(round_index: int) -> str:
     return f"round-{round_index:06d}.h5"
 
 
+def _canonical(value) -> bytes:
+    """A byte form of an attribute or dataset value that is fixed by its type and contents alone."""
+    if isinstance(value, str):
+        body = b"str:" + value.encode("utf-8")
+    elif isinstance(value, bytes):
+        body = b"bytes:" + value
+    else:
+        arr = np.asarray(value)
+        if arr.dtype.kind == "O":  # variable-length strings: each element in turn
+            body = b"object" + str(arr.shape).encode() + b"".join(_canonical(v) for v in arr.ravel())
+        else:
+            arr = np.ascontiguousarray(arr)
+            body = arr.dtype.str.encode() + str(arr.shape).encode() + b":" + arr.tobytes()
+    return len(body).to_bytes(8, "little") + body
+
+
 def _digest(f: h5py.File) -> str:
     h = hashlib.sha256()
     for key in sorted(k for k in f.attrs if k != "checksum"):
-        h.update(key.encode())
-        h.update(repr(f.attrs[key]).encode())
+        h.update(_canonical(key))
+        h.update(_canonical(f.attrs[key]))
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            h.update(_canonical(name))
+            h.update(_canonical(obj[()]))
+    f.visititems(visit)
+    return h.hexdigest()
+
+
+def _legacy_digest(f: h5py.File, legacy) -> str:
+    """The digest of files written before checksum_scheme: repr() of each attribute, printed
+    with numpy's print option `legacy` (False: numpy 2's reprs, "1.25": numpy 1.x's)."""
+    h = hashlib.sha256()
+    with np.printoptions(legacy=legacy):
+        for key in sorted(k for k in f.attrs if k != "checksum"):
+            h.update(key.encode())
+            h.update(repr(f.attrs[key]).encode())
 
     def visit(name, obj):
         if isinstance(obj, h5py.Dataset):
@@ -73,6 +113,13 @@ def _digest(f: h5py.File) -> str:
                 h.update(arr.tobytes())
     f.visititems(visit)
     return h.hexdigest()
+
+
+def _verified(f: h5py.File) -> bool:
+    stored = f.attrs.get("checksum")
+    if "checksum_scheme" in f.attrs:
+        return f.attrs["checksum_scheme"] == CHECKSUM_SCHEME and stored == _digest(f)
+    return any(stored == _legacy_digest(f, legacy) for legacy in (False, "1.25"))
 
 
 def _reason(exc: OSError) -> str:
@@ -92,6 +139,7 @@ def _write(tmp: Path, data: CheckpointData) -> None:
         f.attrs["param_fingerprint"] = data.param_fingerprint
         f.attrs["rng_scheme"] = RNG_SCHEME
         f.attrs["image_shape"] = np.asarray(data.image_shape, dtype=np.int64)
+        f.attrs["checksum_scheme"] = CHECKSUM_SCHEME
         f.create_dataset("global/params", data=np.asarray(data.params, dtype=np.float32))
         f.create_dataset("global/ema", data=np.asarray(data.ema, dtype=np.float32))
         f.create_dataset("spec", data=data.spec_text.encode())
@@ -146,7 +194,7 @@ def load_checkpoint(path: str | Path, verify: bool = True) -> CheckpointData:
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FORMAT:
                 raise CheckpointError(f"{path}: not a feddm_hpc checkpoint (format {f.attrs.get('format')!r})")
-            if verify and f.attrs.get("checksum") != _digest(f):
+            if verify and not _verified(f):
                 raise CheckpointError(f"{path}: checksum mismatch, the file is corrupted")
             metrics = f["metrics"][()].decode()
             return CheckpointData(

@@ -96,3 +96,96 @@ def test_full_disk_is_a_clear_error_and_keeps_earlier_checkpoints(tmp_path):
         np.testing.assert_array_equal(ckpt.load_checkpoint(first).params, small.params)
     finally:
         subprocess.run(["umount", str(mnt)])
+
+
+@pytest.fixture
+def legacy_printing():
+    """numpy 1.x-style reprs (np.int64(3) prints as 3); the print options are restored after."""
+    saved = np.get_printoptions()
+    np.set_printoptions(legacy="1.25")
+    try:
+        yield
+    finally:
+        np.set_printoptions(**saved)
+
+
+def test_checksum_does_not_depend_on_numpy_print_options(tmp_path, legacy_printing):
+    """Attribute reprs change with numpy's version and print options; the checksum must not."""
+    saved = np.get_printoptions()
+    np.set_printoptions(legacy=False)
+    try:
+        written_default = ckpt.save_checkpoint(tmp_path / ckpt.checkpoint_name(1), _data(1))
+    finally:
+        np.set_printoptions(**saved)
+    assert repr(np.int64(3)) == "3"  # the fixture is in force
+    assert ckpt.load_checkpoint(written_default).round == 1
+    written_legacy = ckpt.save_checkpoint(tmp_path / ckpt.checkpoint_name(2), _data(2))
+    np.set_printoptions(legacy=False)
+    assert ckpt.load_checkpoint(written_legacy).round == 2
+    np.set_printoptions(legacy="1.25")
+    # A bit flip is still detected under either printing.
+    raw = bytearray(written_legacy.read_bytes())
+    at = raw.find(_data(2).params[500:504].tobytes())
+    raw[at] ^= 0x01
+    written_legacy.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="checksum"):
+        ckpt.load_checkpoint(written_legacy)
+
+
+def _legacy_digest(f) -> str:
+    """The checksum of files written before the canonical digest: repr() of the attributes."""
+    import hashlib
+
+    import h5py
+
+    h = hashlib.sha256()
+    for key in sorted(k for k in f.attrs if k != "checksum"):
+        h.update(key.encode())
+        h.update(repr(f.attrs[key]).encode())
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            data = obj[()]
+            h.update(name.encode())
+            if isinstance(data, bytes):
+                h.update(data)
+            else:
+                arr = np.ascontiguousarray(data)
+                h.update(str(arr.dtype).encode() + str(arr.shape).encode())
+                h.update(arr.tobytes())
+    f.visititems(visit)
+    return h.hexdigest()
+
+
+def _make_old_format(path, legacy=False):
+    """Rewrites a fresh checkpoint as the previous code wrote it: no checksum scheme attribute,
+    the repr-based digest (computed under numpy's default or its 1.x-style printing)."""
+    import h5py
+
+    saved = np.get_printoptions()
+    np.set_printoptions(legacy="1.25" if legacy else False)
+    try:
+        with h5py.File(path, "r+") as f:
+            for key in [k for k in f.attrs if k not in
+                        ("format", "version", "round", "config_yaml", "param_fingerprint",
+                         "rng_scheme", "image_shape", "checksum")]:
+                del f.attrs[key]
+            f.attrs["checksum"] = _legacy_digest(f)
+    finally:
+        np.set_printoptions(**saved)
+
+
+@pytest.mark.parametrize("written_legacy", [False, True], ids=["numpy2-repr", "numpy1-repr"])
+def test_old_format_checkpoint_still_loads_and_flips_are_detected(tmp_path, written_legacy):
+    data = _data(4)
+    path = ckpt.save_checkpoint(tmp_path / ckpt.checkpoint_name(4), data)
+    _make_old_format(path, legacy=written_legacy)
+    back = ckpt.load_checkpoint(path)
+    np.testing.assert_array_equal(back.params, data.params)
+    assert "checksum: ok" in ckpt.describe(path)
+    raw = bytearray(path.read_bytes())
+    at = raw.find(data.params[500:504].tobytes())
+    raw[at] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="checksum"):
+        ckpt.load_checkpoint(path)
