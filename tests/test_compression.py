@@ -141,6 +141,90 @@ def test_chunk_larger_than_block_and_tail():
     assert np.all(np.abs(out - x) <= chunk_scale(x, 8, 2 * q.BLOCK + 3) / 2 * (1 + 1e-5))
 
 
+def _ordinary(seed=0):
+    x = update(seed=seed)
+    x[:3] = [-2.5, 1e-30, 7.0]
+    return x
+
+
+def _old_formula(x, bits, chunk=CHUNK):
+    """Decode(encode(x)) by the documented float32 formula, one chunk at a time (no blocks)."""
+    levels = 2 ** bits - 1
+    out = np.empty_like(x)
+    for s in range(0, x.size, chunk):
+        c = x[s: s + chunk]
+        lo, hi = c.min(), c.max()
+        scale = np.float32((np.float64(hi) - lo) / levels)
+        inv = np.float32(min(1.0 / np.float64(scale), np.finfo(np.float32).max)) if scale > 0 \
+            else np.float32(0)
+        t = (c - lo) * inv + np.float32(0.5)
+        codes = t.astype(np.uint8)
+        out[s: s + chunk] = codes * scale + lo
+    return out
+
+
+# SHA-256 of the payloads of _ordinary() (chunk 1024, rng seed 1), computed with the code as it
+# was before the wide-range fix: ordinary inputs must keep their exact bytes.
+_PAYLOAD_SHA = {
+    (8, False): "f3c8fb81b09d7d583c436681ca29ce01edcad8b60ebe9300b6c92ceaa804a220",
+    (8, True): "199737ca6a194715152483027fbb648226023ed63d28bb25b50fc9824c134b4b",
+    (4, False): "c4ed2039922e1e8ef23d799a50a52c9b1118fcdd3acfb2f6c57076c63e9350bd",
+    (4, True): "eccec859d9ebd9e0aa5ef42e9f46de9b7c5f76aceedeead7ced878312d015cf8",
+    (2, False): "48107dcd0db555a9668e8ccf588eb5f2e99199b816ea307ce2e9350b9cb8cf6e",
+    (2, True): "93b4d8721f8f376fda3243edcb50caddedc3311e1271e6bb5a860477128371e6",
+}
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_ordinary_quant_payloads_unchanged(bits):
+    import hashlib
+
+    x = _ordinary()
+    for stochastic in (False, True):
+        c = comp(uplink="quant", bits=bits, stochastic_rounding=stochastic)
+        payload, out = roundtrip(c, x)
+        assert hashlib.sha256(payload.tobytes()).hexdigest() == _PAYLOAD_SHA[bits, stochastic]
+    det = comp(uplink="quant", bits=bits)
+    assert det.decode(det.encode(x, 0, None), N).tobytes() == _old_formula(x, bits).tobytes()
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_quant_range_beyond_float32_max_round_trips_finite(bits):
+    """max - min overflows float32 (-3e38 .. 3e38); codes and decode must not become inf/nan."""
+    big = np.finfo(np.float32).max
+    x = (np.random.default_rng(2).uniform(-3e38, 3e38, 3000)).astype(np.float32)
+    x[:2] = [-3e38, 3e38]
+    x[CHUNK: CHUNK + 2] = [-big, big]                            # the widest range there is
+    x[2 * CHUNK:] = update(3000 - 2 * CHUNK)                     # an ordinary chunk after them
+    for stochastic in (False, True):
+        with np.errstate(all="raise"):
+            _, out = roundtrip(comp(uplink="quant", bits=bits, stochastic_rounding=stochastic), x)
+        assert np.isfinite(out).all()
+        err = np.abs(out.astype(np.float64) - x)
+        step = chunk_scale(x, bits)
+        bound = step if stochastic else step / 2
+        assert np.all(err <= bound * (1 + 1e-5) + 1e-12)
+    # The ordinary chunk decodes exactly as it would alone.
+    det = comp(uplink="quant", bits=bits)
+    alone = det.decode(det.encode(x[2 * CHUNK:].copy(), 0, None), x.size - 2 * CHUNK)
+    np.testing.assert_array_equal(det.decode(det.encode(x, 0, None), x.size)[2 * CHUNK:], alone)
+    # A corrupt payload with an infinite scale still decodes to non-finite values (the server
+    # rejects them), not to clamped finite ones.
+    payload = det.encode(x, 0, None)
+    c = q.num_chunks(x.size, CHUNK)
+    payload[HEADER_SIZE + 4 * c: HEADER_SIZE + 8 * c].view("<f4")[0] = np.inf
+    with np.errstate(all="ignore"):
+        assert not np.isfinite(det.decode(payload, x.size)[:CHUNK]).all()
+
+
+def test_topk_8bit_values_with_range_beyond_float32_max():
+    x = update()
+    x[:2] = [-3e38, 3e38]
+    _, out = roundtrip(comp(uplink="topk", topk_fraction=0.01, topk_value_bits=8), x)
+    assert np.isfinite(out).all()
+    assert abs(float(out[0]) + 3e38) < 3e38 / 255 and abs(float(out[1]) - 3e38) < 3e38 / 255
+
+
 @pytest.mark.parametrize("bits", [4, 2])
 def test_bit_packing_layout_and_roundtrip(bits):
     rng = np.random.default_rng(0)

@@ -6,6 +6,12 @@ q = round((x - min) / scale) in [0, 2**bits - 1], and decode gives min + q * sca
 Deterministic rounding errs by at most scale/2; stochastic rounding (floor(v + u), u ~ U[0, 1))
 is unbiased and errs by less than scale.
 
+A chunk whose range max - min exceeds float32's maximum (e.g. -3e38 and 3e38) would overflow the
+float32 arithmetic: its codes are computed from (x - min) / scale in float64, and its decode
+min + q * scale in float64 for the values whose float32 result is not finite (clamped to the
+float32 range). Every other chunk takes the float32 path unchanged, so ordinary payloads and
+decodes are bit-identical to the plain formula.
+
 Work is done in cache-sized blocks with preallocated temporaries: one pass over the input per
 block keeps the intermediate arrays in L2 instead of streaming 4-byte temporaries through memory,
 which is what makes the encode run at several GB/s on one core.
@@ -13,6 +19,7 @@ which is what makes the encode run at several GB/s on one core.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Iterator
 
 import numpy as np
@@ -74,10 +81,11 @@ def quant_params(mins: np.ndarray, maxs: np.ndarray, bits: int) -> tuple[np.ndar
     levels = (1 << bits) - 1
     rng = maxs.astype(np.float64) - mins
     scales = (rng / levels).astype(np.float32)
-    with np.errstate(divide="ignore", over="ignore"):
+    with np.errstate(divide="ignore", over="ignore", under="ignore"):
         inv = np.where(scales > 0, 1.0 / scales.astype(np.float64), 0.0)
-    # A subnormal scale has no finite float32 reciprocal: clip (codes still land in range).
-    inv = np.minimum(inv, np.finfo(np.float32).max).astype(np.float32)
+        # A subnormal scale has no finite float32 reciprocal: clip (codes still land in range).
+        # A scale near float32's maximum (2-bit codes of a range beyond it) has a subnormal one.
+        inv = np.minimum(inv, np.finfo(np.float32).max).astype(np.float32)
     return scales, inv
 
 
@@ -95,6 +103,8 @@ def quantize(x: np.ndarray, bits: int, chunk: int, rng: np.random.Generator | No
     if not (np.isfinite(mins).all() and np.isfinite(maxs).all()):  # NaN propagates to min/max
         raise ValueError("update contains NaN or Inf values; a lossy codec cannot encode it")
     scales, inv = quant_params(mins, maxs, bits)
+    with np.errstate(over="ignore"):
+        wide = np.isinf(maxs - mins)  # x - min overflows float32 in these chunks
     codes = np.empty(n, dtype=np.uint8) if out is None else out
     tmp = np.empty(BLOCK, dtype=np.float32)
     noise = None if rng is None else np.empty(BLOCK, dtype=np.float32)
@@ -102,17 +112,36 @@ def quantize(x: np.ndarray, bits: int, chunk: int, rng: np.random.Generator | No
     for r0, r1, e0, e1, w in _blocks(n, chunk):
         shape = (r1 - r0, w)
         t = tmp[: e1 - e0].reshape(shape)
-        np.subtract(x[e0:e1].reshape(shape), mins[r0:r1, None], out=t)
-        np.multiply(t, inv[r0:r1, None], out=t)
-        if noise is None:
-            np.add(t, np.float32(0.5), out=t)  # t >= 0, so truncation below is round-half-up
-        else:
-            u = noise[: e1 - e0]
-            rng.random(out=u, dtype=np.float32)
-            np.add(t, u.reshape(shape), out=t)
-            np.minimum(t, top, out=t)  # float rounding could reach 2**bits exactly
+        u = None
+        if noise is not None:
+            u = noise[: e1 - e0].reshape(shape)
+            rng.random(out=u.reshape(-1), dtype=np.float32)
+        rows = np.flatnonzero(wide[r0:r1])
+        with np.errstate(over="ignore", invalid="ignore") if rows.size else nullcontext():
+            np.subtract(x[e0:e1].reshape(shape), mins[r0:r1, None], out=t)
+            np.multiply(t, inv[r0:r1, None], out=t)
+            if u is None:
+                np.add(t, np.float32(0.5), out=t)  # t >= 0, so truncation below is round-half-up
+            else:
+                np.add(t, u, out=t)
+                np.minimum(t, top, out=t)  # float rounding could reach 2**bits exactly
+        for j in rows:
+            t[j] = _wide_codes(x[e0:e1].reshape(shape)[j], mins[r0 + j], scales[r0 + j],
+                               None if u is None else u[j], top)
         np.copyto(codes[e0:e1].reshape(shape), t, casting="unsafe")
     return mins, scales, codes
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _wide_codes(x: np.ndarray, lo: np.float32, scale: np.float32, u: np.ndarray | None,
+                top: np.float32) -> np.ndarray:
+    """Codes (as whole floats) of one chunk whose range overflows float32, computed in float64."""
+    v = (x.astype(np.float64) - np.float64(lo)) / np.float64(scale)
+    v += 0.5 if u is None else u
+    np.floor(v, out=v)
+    return np.clip(v, 0.0, float(top), out=v)
 
 
 def dequantize(codes: np.ndarray, mins: np.ndarray, scales: np.ndarray, chunk: int,
@@ -120,11 +149,24 @@ def dequantize(codes: np.ndarray, mins: np.ndarray, scales: np.ndarray, chunk: i
     """min + code * scale per chunk, as float32."""
     n = codes.size
     res = np.empty(n, dtype=np.float32) if out is None else out
+    # Chunks where min + code * scale could leave the float32 range (codes are at most 255).
+    # A non-finite min or scale (a corrupt payload) is left to decode to non-finite values.
+    with np.errstate(over="ignore", invalid="ignore"):
+        wide = (np.abs(mins.astype(np.float64)) + 255.0 * np.abs(scales.astype(np.float64))
+                > _F32_MAX) & np.isfinite(mins) & np.isfinite(scales)
     for r0, r1, e0, e1, w in _blocks(n, chunk):
         shape = (r1 - r0, w)
         o = res[e0:e1].reshape(shape)
-        np.multiply(codes[e0:e1].reshape(shape), scales[r0:r1, None], out=o)
-        np.add(o, mins[r0:r1, None], out=o)
+        rows = np.flatnonzero(wide[r0:r1])
+        with np.errstate(over="ignore", invalid="ignore") if rows.size else nullcontext():
+            np.multiply(codes[e0:e1].reshape(shape), scales[r0:r1, None], out=o)
+            np.add(o, mins[r0:r1, None], out=o)
+        for j in rows:  # redo in float64 only what overflowed, so finite results stay as they are
+            bad = ~np.isfinite(o[j])
+            if bad.any():
+                q = codes[e0:e1].reshape(shape)[j][bad].astype(np.float64)
+                v = np.float64(mins[r0 + j]) + q * np.float64(scales[r0 + j])
+                o[j][bad] = np.clip(v, -_F32_MAX, _F32_MAX)
     return res
 
 
