@@ -265,6 +265,26 @@ def test_bf16_relative_error_and_ties_to_even():
                                                      0xBF800000]
 
 
+def test_bf16_saturates_finite_values_near_float32_max():
+    """Round-to-nearest carries 3.4e38 into the exponent (inf); finite values saturate instead."""
+    big = np.finfo(np.float32).max
+    x = np.array([3.4e38, -3.4e38, big, -big, 3.3e38, np.inf, -np.inf, np.nan, 1.0],
+                 dtype=np.float32)
+    out16 = np.empty(2 * x.size, dtype=np.uint8)
+    to_bf16(x, out16)
+    assert list(out16.view("<u2")[:5]) == [0x7F7F, 0xFF7F, 0x7F7F, 0xFF7F, 0x7F78]
+    assert list(out16.view("<u2")[5:]) == [0x7F80, 0xFF80, 0x7FC0, 0x3F80]  # as before
+    back = from_bf16(out16)
+    assert np.isfinite(back[:5]).all()
+    assert np.all(np.abs(back[:5].astype(np.float64) - x[:5]) <= 2.0 ** -8 * np.abs(x[:5]))
+    honest = update()
+    honest[:2] = [3.4e38, -3.4e38]
+    for cfg in (dict(uplink="quant", bits=16, fp16_format="bf16"),
+                dict(uplink="topk", topk_fraction=0.01, topk_value_bits=16, fp16_format="bf16")):
+        _, out = roundtrip(comp(**cfg), honest)
+        assert np.isfinite(out).all() and out[0] > 3.3e38 and out[1] < -3.3e38
+
+
 # -- top-k -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fraction,coding", [(0.01, IDX_DELTA16), (0.1, IDX_BITMAP),

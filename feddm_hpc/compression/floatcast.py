@@ -48,10 +48,13 @@ def to_bf16(x: np.ndarray, out: np.ndarray) -> None:
     """Write bf16 bit patterns of finite float32 x, rounded to nearest, ties to even.
 
     bf16 is the top half of the float32 bit pattern; adding 0x7FFF plus the lowest kept bit
-    before the shift implements round-half-even on the dropped 16 bits."""
+    before the shift implements round-half-even on the dropped 16 bits. Finite values above the
+    largest finite bf16 (|x| >= 0x7F7F8000, e.g. 3.4e38) would round into the exponent, i.e. to
+    inf; they saturate to +-0x7F7F instead (NaN and Inf inputs are left as the rounding gives)."""
     u = x.view(np.uint32)
     o = out.view("<u2")
     tmp = np.empty(min(BLOCK, x.size), dtype=np.uint32)
+    mag = np.empty(tmp.size, dtype=np.uint16)
     for i in range(0, x.size, BLOCK):
         a = u[i: i + BLOCK]
         t = tmp[: a.size]
@@ -60,7 +63,13 @@ def to_bf16(x: np.ndarray, out: np.ndarray) -> None:
         np.add(t, 0x7FFF, out=t)
         np.add(t, a, out=t)
         np.right_shift(t, 16, out=t)
-        np.copyto(o[i: i + BLOCK], t, casting="unsafe")
+        r = o[i: i + BLOCK]
+        np.copyto(r, t, casting="unsafe")
+        m = mag[: a.size]
+        np.bitwise_and(r, 0x7FFF, out=m)
+        if m.max(initial=0) >= 0x7F80:  # an inf or NaN result: rare, so only then look closer
+            carried = (m == 0x7F80) & ((a & 0x7F800000) != 0x7F800000)
+            r[carried] -= 1  # 0x7F80 -> 0x7F7F, the largest finite bf16, sign kept
 
 
 def from_bf16(bits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
