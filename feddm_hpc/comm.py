@@ -111,19 +111,23 @@ class MPICommunicator:
             self._wait(self.comm.Ibcast(array, root=root), "broadcast")
 
     def gather_bytes(self, payload, root=0):
-        """Sizes first, then one Gatherv of the uint8 payloads; the root gets one array per rank."""
+        """Sizes first, then one Gatherv of the uint8 payloads; the root gets one array per rank.
+
+        Both sides name MPI.BYTE: a bare uint8 array would be sent as MPI_UNSIGNED_CHAR, whose
+        type signature does not match a MPI_BYTE receive."""
         MPI = self._MPI
         payload = np.ascontiguousarray(payload, dtype=np.uint8)
         sizes = np.zeros(self.size, dtype=np.int64) if self.rank == root else None
         self._wait(self.comm.Igather(np.array([payload.size], dtype=np.int64), sizes, root=root),
                    "gather of payload sizes")
+        send = [payload, MPI.BYTE]
         if self.rank != root:
-            self._wait(self.comm.Igatherv(payload, None, root=root), "gather of payloads")
+            self._wait(self.comm.Igatherv(send, None, root=root), "gather of payloads")
             return None
         displs = np.zeros(self.size, dtype=np.int64)
         np.cumsum(sizes[:-1], out=displs[1:])
         recv = np.empty(int(sizes.sum()), dtype=np.uint8)
-        self._wait(self.comm.Igatherv(payload, [recv, sizes, displs, MPI.BYTE], root=root),
+        self._wait(self.comm.Igatherv(send, [recv, sizes, displs, MPI.BYTE], root=root),
                    "gather of payloads")
         return [recv[d:d + s] for d, s in zip(displs, sizes)]
 
