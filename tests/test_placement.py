@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from feddm_hpc.errors import ConfigError
@@ -21,9 +22,19 @@ def test_balanced_by_samples_not_by_count():
     assert hosted[1] == [1, 2, 3, 4]
 
 
-def test_deterministic():
-    sizes = [5, 5, 5, 5, 5, 5, 5]
-    assert assign_clients(sizes, 3) == assign_clients(list(sizes), 3)
+def test_deal_matches_the_documented_rule_by_hand():
+    """Heaviest first onto the least-loaded rank, ties to the lowest rank, equal sizes in id order."""
+    # Equal sizes: dealt round-robin in id order.
+    assert assign_clients([5] * 7, 3) == [[0, 3, 6], [1, 4], [2, 5]]
+    # 10 -> r0; 7, 7 -> r1, r2; 5 -> r1 (tie at 7, lower rank); 3 -> r2 (7);
+    # 3 -> r0 (tie at 10 with r2, lower rank); 1 -> r2 (10).
+    sizes = [10, 7, 7, 5, 3, 3, 1]
+    assert assign_clients(sizes, 3) == [[0, 5], [1, 3], [2, 4, 6]]
+    # The same deal whatever sequence type holds the sizes, and for the ids in another order
+    # (ids follow their sizes: client 6 of size 10 goes first, then 4 and 5 of size 7).
+    expected = [[0, 5], [1, 3], [2, 4, 6]]
+    assert assign_clients(tuple(sizes), 3) == assign_clients(np.array(sizes), 3) == expected
+    assert assign_clients(sizes[::-1], 3) == [[2, 6], [3, 4], [0, 1, 5]]
 
 
 def test_more_ranks_than_clients_is_an_error():
