@@ -108,11 +108,60 @@ def test_eval_mode_is_restored_too():
     assert not model.training
 
 
-def test_ddim_with_eta_uses_noise_and_stays_in_range():
+class _ZeroEps(torch.nn.Module):
+    """Predicts zero noise: from x_T = 0 every DDIM step keeps x0 = 0, so x moves only by the
+    fresh noise sigma * z the step adds."""
+
+    def forward(self, x, t):
+        return torch.zeros_like(x)
+
+
+def _scripted_noise(monkeypatch, *draws):
+    """Make the sampler's normal draws return `draws` in turn (x_T first); count the calls."""
+    import feddm_hpc.diffusion as diffusion
+
+    calls = []
+
+    def fake(shape, generator, device, dtype=torch.float32):
+        calls.append(shape)
+        return draws[len(calls) - 1].clone()
+    monkeypatch.setattr(diffusion, "_randn", fake)
+    return calls
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_ddim_eta_scales_the_ddpm_posterior_noise(monkeypatch, eta):
+    """Two timesteps, two DDIM steps (t=1 -> 0 -> x0): the one noisy step adds sigma * z with
+    sigma = eta * sqrt(posterior variance at t=1) = eta * sqrt(beta_1 (1 - abar_0) / (1 - abar_1)).
+    By hand: betas 0.1, 0.2; abar 0.9, 0.72; sigma = eta * sqrt(0.02 / 0.28); the last step
+    returns x / sqrt(abar_0)."""
+    s = make_schedule("linear", 2, beta_start=0.1, beta_end=0.2)
+    shape = (1, 1, 2, 2)
+    calls = _scripted_noise(monkeypatch, torch.zeros(shape), torch.ones(shape))
+    out = ddim_sample(_ZeroEps(), s, shape, 2, gen(0), "cpu", eta=eta)
+    sigma = eta * (0.02 / 0.28) ** 0.5
+    torch.testing.assert_close(out, torch.full(shape, sigma / 0.9 ** 0.5), rtol=1e-6, atol=1e-7)
+    assert sigma == pytest.approx(eta * s.posterior_variance[1].item() ** 0.5)
+    assert len(calls) == (1 if eta == 0 else 2)  # eta = 0 draws x_T only
+
+
+def test_ddim_eta_zero_is_deterministic_given_x_t_and_eta_one_is_not(monkeypatch):
+    """eta = 0: the sample is a function of x_T alone; eta = 1: other step noise, other sample."""
     model, s = tiny_model(), make_schedule("linear", 30)
-    a = ddim_sample(model, s, (2, 1, 8, 8), 4, gen(1), "cpu", eta=1.0)
-    b = ddim_sample(model, s, (2, 1, 8, 8), 4, gen(1), "cpu", eta=0.0)
-    assert a.abs().max() <= 1 and not torch.equal(a, b)
+    with torch.no_grad():
+        model.conv_out.weight.normal_(0, 0.5)
+    shape = (2, 1, 8, 8)
+    x_t = torch.randn(shape, generator=gen(1))
+    streams = [[x_t] + [torch.randn(shape, generator=gen(seed)) for _ in range(4)]
+               for seed in (2, 3)]
+    results = {}
+    for eta in (0.0, 1.0):
+        for k, stream in enumerate(streams):
+            _scripted_noise(monkeypatch, *stream)
+            results[eta, k] = ddim_sample(model, s, shape, 4, gen(0), "cpu", eta=eta)
+    assert torch.equal(results[0.0, 0], results[0.0, 1])
+    assert not torch.equal(results[1.0, 0], results[1.0, 1])
+    assert not torch.equal(results[0.0, 0], results[1.0, 0])
 
 
 def test_ddim_timesteps():
