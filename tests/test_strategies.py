@@ -61,6 +61,34 @@ def test_adaptive_first_step_by_hand(name):
     np.testing.assert_allclose(s.state_dict()["v"], v, rtol=1e-5)
 
 
+def test_yogi_second_moment_differs_from_adam_once_v_exceeds_g2():
+    """Yogi: v -= (1 - b2) g^2 sign(v - g^2). A first big step makes v > g^2 for a small second
+    update: Yogi then lowers v by only (1 - b2) g^2 where Adam decays it by (1 - b2) v, and with
+    g = 0 Yogi leaves v alone; where g^2 > v both raise v."""
+    cfg = ServerConfig(lr=0.1, beta1=0.9, beta2=0.9, tau=1e-3)
+    yogi, adam = make_strategy("fedyogi", cfg, 3), make_strategy("fedadam", cfg, 3)
+    d1 = np.array([1.0, 1.0, 0.1], dtype=np.float32)
+    d2 = np.array([0.1, 0.0, 1.0], dtype=np.float32)
+    w_yogi = yogi.apply(np.zeros(3, dtype=np.float32), d1)
+    adam.apply(np.zeros(3, dtype=np.float32), d1)
+    v1 = 1e-6 + 0.1 * d1.astype(np.float64) ** 2              # g^2 > v0: v grows, as Adam's
+    assert np.all(v1[:2] > d2[:2].astype(np.float64) ** 2)      # v > g^2 on the first two
+    w_yogi = yogi.apply(w_yogi, d2)
+    adam.apply(np.zeros(3, dtype=np.float32), d2)
+    # By hand: 0.100001 - 0.1 * 0.01; 0.100001 (g = 0); 0.001001 + 0.1 * 1.
+    v2 = np.array([0.099001, 0.100001, 0.101001])
+    np.testing.assert_allclose(yogi.state_dict()["v"], v2, rtol=1e-5)
+    np.testing.assert_allclose(yogi.state_dict()["v"], v1 - 0.1 * d2.astype(np.float64) ** 2
+                               * np.sign(v1 - d2.astype(np.float64) ** 2), rtol=1e-5)
+    v1_adam = 0.9 * 1e-6 + 0.1 * d1.astype(np.float64) ** 2
+    v2_adam = 0.9 * v1_adam + 0.1 * d2.astype(np.float64) ** 2  # 0.0910008, 0.0900008, 0.1009
+    np.testing.assert_allclose(adam.state_dict()["v"], v2_adam, rtol=1e-5)
+    assert np.all(np.abs(v2[:2] - v2_adam[:2]) > 0.05 * v2_adam[:2])  # Yogi != Adam there
+    m2 = 0.9 * 0.1 * d1.astype(np.float64) + 0.1 * d2
+    w1 = 0.1 * (0.1 * d1) / (np.sqrt(v1) + 1e-3)
+    np.testing.assert_allclose(w_yogi, w1 + 0.1 * m2 / (np.sqrt(v2) + 1e-3), rtol=1e-5)
+
+
 def test_registry_lists_names():
     assert {"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad",
             "scaffold"} <= set(STRATEGIES)
