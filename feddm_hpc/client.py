@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -79,20 +80,15 @@ class BatchStream:
         return batch
 
 
-def adjust_gradients(params, anchor, mu: float, correction) -> None:
-    """Add the terms that are not part of the diffusion loss to the gradients, in place.
-
-    FedProx: the gradient of mu/2 ||w - w_global||^2 is mu (w - w_global), added directly
-    (cheaper than a loss term and exact). SCAFFOLD: the control-variate correction (c - c_i).
-    Both come before gradient clipping, as if they were part of the objective.
-    """
+def add_gradient_terms(params, terms) -> None:
+    """Add the strategy's gradient terms (strategies/terms.py: FedProx's proximal term,
+    SCAFFOLD's correction) to the gradients, in place and in order, before gradient clipping, as
+    if they were part of the objective."""
+    if not terms:
+        return
     with torch.no_grad():
-        if mu > 0:
-            for p, a in zip(params, anchor):
-                p.grad.add_(p - a, alpha=mu)
-        if correction is not None:
-            for p, c in zip(params, correction):
-                p.grad.add_(c)
+        for term in terms:
+            term.add_to(params)
 
 
 class LocalTrainer:
@@ -107,34 +103,22 @@ class LocalTrainer:
         self.device, self.seed = device, seed
         self.params = [p for p in model.parameters()]
         self.local_vector = np.empty(sum(p.numel() for p in self.params), dtype=np.float32)
-        self._anchor = None           # global params on device, for the proximal term
-
-    def _per_param(self, vector: np.ndarray):
-        """A flat float32 vector as tensors shaped like the parameters, on the model's device."""
-        flat = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float32)).to(self.images.device)
-        out, offset = [], 0
-        for p in self.params:
-            out.append(flat[offset:offset + p.numel()].view_as(p))
-            offset += p.numel()
-        return out
 
     def train(self, global_vector: np.ndarray, client_id: int, indices: np.ndarray,
-              round_index: int, correction: np.ndarray | None = None, steps: int | None = None,
+              round_index: int, terms: Sequence = (), steps: int | None = None,
               streams: tuple = (seeding.TRAIN, seeding.DROPOUT),
               lr: float | None = None) -> tuple[np.ndarray, LocalResult]:
         """Local steps from `global_vector` on the client's `indices`.
 
-        correction: SCAFFOLD's (c - c_i) as a flat vector, added to every step's gradient.
+        terms: the strategy's gradient terms (strategies/terms.py), added to every step's gradient.
         steps: overrides the configured local steps (personalization fine-tuning).
         streams: seeding purposes of (batches and noise, model dropout), so personalization
             never replays a training round's draws.
         lr: overrides the round's scheduled learning rate (`round_lr`).
         """
         unflatten_into(global_vector, self.model)
-        mu = self.cfg.prox_mu
-        if mu > 0:
-            self._anchor = [p.detach().clone() for p in self.params]
-        corr = None if correction is None else self._per_param(correction)
+        for term in terms:
+            term.begin(self.params)
         if lr is None:
             lr = round_lr(self.cfg, round_index, self.total_rounds)
         optimizer = make_optimizer(self.cfg, self.params, lr)
@@ -156,7 +140,7 @@ class LocalTrainer:
             loss = self.loss_fn(self.model, x0, self.schedule, noise_gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            adjust_gradients(self.params, self._anchor, mu, corr)
+            add_gradient_terms(self.params, terms)
             if self.cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
             optimizer.step()

@@ -18,8 +18,11 @@ from .compression import make_compressor
 
 
 class Downlink:
-    def __init__(self, comp_cfg, initial: np.ndarray):
-        self.n = initial.size
+    def __init__(self, comp_cfg, global_params: np.ndarray):
+        """`global_params`: the server's global vector, updated in place by the caller; a
+        restored run without a reference starts from it (load_state_dict)."""
+        self.n = global_params.size
+        self._global = global_params
         self.codec = None
         self.reference = None
         if comp_cfg.downlink != "none":
@@ -28,7 +31,7 @@ class Downlink:
                 "uplink": "quant", "bits": comp_cfg.downlink_bits, "chunk_size": comp_cfg.chunk_size,
                 "stochastic_rounding": False, "error_feedback": False, "lossless": comp_cfg.lossless,
                 "fp16_format": comp_cfg.fp16_format})
-            self.reference = initial.astype(np.float32, copy=True)
+            self.reference = global_params.astype(np.float32, copy=True)
 
     def send(self, comm, global_params: np.ndarray) -> Tuple[np.ndarray, int]:
         """Collective. Returns (the vector clients train from, bytes each client received)."""
@@ -50,8 +53,8 @@ class Downlink:
     def state_dict(self) -> Dict[str, np.ndarray]:
         return {} if self.reference is None else {"reference": self.reference}
 
-    def load_state_dict(self, state: Dict[str, np.ndarray], global_params: np.ndarray) -> None:
+    def load_state_dict(self, state: Dict[str, np.ndarray]) -> None:
         """A checkpoint without a reference (downlink switched on at resume) starts from the
-        global model: the clients then hold exactly what the server has."""
+        global model (restore it first): the clients then hold exactly what the server has."""
         if self.reference is not None:
-            self.reference[:] = state.get("reference", global_params)
+            self.reference[:] = state.get("reference", self._global)

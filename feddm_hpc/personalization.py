@@ -25,6 +25,7 @@ from .client import round_lr
 from .data import select_batch
 from .diffusion import training_loss
 from .params import unflatten_into
+from .strategies.terms import proximal_terms
 
 
 def split_holdout(seed: int, client_id: int, indices: np.ndarray, eval_size: int):
@@ -69,6 +70,7 @@ def personalize(sim) -> Optional[dict]:
                            cid, s.device, loss_fn)
         # Fine-tuning continues at the last round's learning rate (client.lr_schedule).
         local, _ = sim.trainer.train(sim.global_params, cid, train_idx, 0, steps=p.steps,
+                                     terms=proximal_terms(cfg.client),
                                      streams=(seeding.PERSONAL_TRAIN, seeding.PERSONAL_DROPOUT),
                                      lr=final_lr)
         after = eval_loss(s.model, s.schedule, s.images, local, eval_idx, cfg.seed, cid, s.device,

@@ -9,7 +9,6 @@ checkpoints by policy. After the last round, optional personalization (personali
 """
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import time
@@ -19,8 +18,8 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import hierarchical, seeding, server
-from .client import LocalTrainer, local_steps_for, round_lr
+from . import seeding, server
+from .client import LocalTrainer, local_steps_for
 from .compression import make_compressor
 from .config import Config, clients_have_state, dump_yaml
 from .diffusion import make_loss
@@ -30,12 +29,11 @@ from .federation_setup import RunSetup, build_setup
 from .participation import plan_round
 from .personalization import personalize
 from .placement import round_placement
+from .reports import ClientReport, make_report
 from .runlog import RunLog
 from .server import ema_decay_at
-from .strategies import ClientControls, make_strategy
-from .strategies.scaffold import control_delta
-
-META_WIDTH = server.META_WIDTH
+from .strategies import make_strategy
+from .transports import make_transport
 
 
 def _pack_state(state: Dict[str, np.ndarray]) -> np.ndarray:
@@ -62,14 +60,12 @@ class Simulation:
         self.num_params = s.spec.total
         self.global_params = s.initial_params.copy()
         self.ema = self.global_params.copy()
-        self.strategy = make_strategy(config.federation.algorithm, config.server, self.num_params)
+        self.strategy = make_strategy(config.federation.algorithm, config.server, self.num_params,
+                                      run_config=config)
         self.compressor = make_compressor(config.compression)
-        # SCAFFOLD's control deltas use the uplink codec without error feedback (scaffold.py).
-        self.control_codec = make_compressor(
-            {**dataclasses.asdict(config.compression), "error_feedback": False}) \
-            if self.strategy.uses_controls else None
-        self.controls = ClientControls(self.num_params)
         self.downlink = Downlink(config.compression, self.global_params)
+        self.transport = make_transport(config.system.transport, self.num_params,
+                                        len(self.strategy.upload_names), config.compression.target)
         self.trainer = LocalTrainer(s.model, s.schedule, config.client, s.images, s.device, config.seed,
                                     loss_fn=make_loss(config.diffusion),
                                     total_rounds=config.federation.rounds)
@@ -83,17 +79,31 @@ class Simulation:
                               "(model.* settings changed since the checkpoint was written)")
         self.global_params[:] = data.params
         self.ema[:] = data.ema
-        self.strategy.load_state_dict(data.strategy)
-        self.downlink.load_state_dict(data.server, data.params)
+        for name, part in self._server_parts().items():
+            part.load_state_dict(getattr(data, name))
         # Every rank takes the state of the clients it hosts now, whatever rank count wrote it.
         mine = self.setup.hosted[self.comm.rank]
-        by_kind: Dict[str, Dict[str, np.ndarray]] = {"residual": {}, "control": {}}
+        by_prefix: Dict[str, Dict[str, np.ndarray]] = {}
         for key, value in data.clients.items():
-            by_kind.setdefault(key.split("/", 1)[0], {})[key] = value
-        self.compressor.load_state_dict(by_kind["residual"], client_ids=mine)
-        self.controls.load_state_dict(by_kind["control"], client_ids=mine)
+            by_prefix.setdefault(key.split("/", 1)[0], {})[key] = value
+        for prefix, part in self._client_parts().items():
+            part.load_state_dict(by_prefix.get(prefix, {}), client_ids=mine)
         self.start_round = data.round + 1
         self.log.reset_metrics(data.metrics_lines)
+
+    # ------------------------------------------------------------------ stateful parts
+
+    def _server_parts(self) -> Dict[str, object]:
+        """Checkpoint group -> the root's stateful part (state_dict / load_state_dict), restored
+        after the global model. A new stateful part is one entry here or in _client_parts."""
+        return {"strategy": self.strategy, "server": self.downlink}
+
+    def _client_parts(self) -> Dict[str, object]:
+        """Key prefix in the checkpoint's clients group -> the per-client stateful part."""
+        parts = {"residual": self.compressor}
+        if self.strategy.client_state is not None:
+            parts[self.strategy.client_state.prefix] = self.strategy.client_state
+        return parts
 
     # ------------------------------------------------------------------ one round
 
@@ -109,6 +119,7 @@ class Simulation:
         return local_steps_for(self.cfg.client, self.setup.parts[cid].size)
 
     def run_round(self, r: int) -> dict:
+        """broadcast -> train -> reduce -> apply -> record; the checkpoint by policy."""
         cfg, comm = self.cfg, self.comm
         t_round = time.perf_counter()
         phases: Dict[str, float] = {}
@@ -118,38 +129,23 @@ class Simulation:
         t = time.perf_counter()
         comm.context = f"round {r}, broadcast"  # named in a collective-timeout message
         start, down_bytes = self.downlink.send(comm, self.global_params)
-        if self.strategy.uses_controls:
-            comm.bcast_array(self.strategy.control)
+        self.strategy.broadcast(comm)
         phases["broadcast"] = time.perf_counter() - t
 
-        payloads, rows = self._train_clients(r, plan, start, phases)
+        reports = self._train_clients(r, plan, start, phases)
         # Waiting for the busiest rank is load imbalance, not communication: time it apart.
         t = time.perf_counter()
         comm.context = f"round {r}, wait for the slowest rank"
         comm.barrier()
         phases["wait"] = time.perf_counter() - t
-        t = time.perf_counter()
         comm.context = f"round {r}, gather"
-        if cfg.system.transport == "hierarchical":
-            agg, rows = hierarchical.reduce_clients(comm, payloads, rows, self.num_params, start,
-                                                    cfg.compression.target, self.strategy.uses_controls)
-            meta = comm.gather_rows(np.asarray(rows, dtype=np.float64).reshape(-1, META_WIDTH))
-            phases["gather"] = time.perf_counter() - t - agg.decode_s
-            phases["decode"] = agg.decode_s   # this rank's own clients; the others decode in parallel
-        else:
-            blob = np.concatenate(payloads) if payloads else np.empty(0, dtype=np.uint8)
-            parts = comm.gather_bytes(blob)
-            meta = comm.gather_rows(np.asarray(rows, dtype=np.float64).reshape(-1, META_WIDTH))
-            phases["gather"] = time.perf_counter() - t
+        reduced = self.transport.reduce(comm, reports, start, phases)
         record = None
         if comm.rank == 0:
-            if cfg.system.transport == "hierarchical":
-                reports = {int(m[0]): server.Report(np.empty(0, np.uint8), np.empty(0, np.uint8), m) for m in meta}
-                agg.accepted = sorted(c for c, rep in reports.items() if int(rep.row[7]) == server.STATUS_OK)
-                agg.rejected = sorted(c for c, rep in reports.items() if int(rep.row[7]) != server.STATUS_OK)
-                record = self._apply(r, plan, down_bytes, reports, agg, phases)
-            else:
-                record = self._aggregate(r, plan, start, down_bytes, parts, meta, phases)
+            if sorted(reduced.reports) != sorted(plan.arrived):
+                raise RuntimeError(f"round {r}: expected updates from clients {list(plan.arrived)}, "
+                                   f"got {sorted(reduced.reports)}")
+            record = self._apply(r, plan, down_bytes, reduced, phases)
             record["wall_s"] = round(time.perf_counter() - t_round, 4)
         # The checkpoint of round r holds round r's metrics line (without its own write time).
         phases_ckpt = self._maybe_checkpoint(r, record)
@@ -158,40 +154,34 @@ class Simulation:
             record["wall_s"] = round(time.perf_counter() - t_round, 4)
         return record
 
-    def _train_clients(self, r, plan, start, phases):
-        """Local training, encoding and (SCAFFOLD) control updates of this rank's arrivals."""
-        cfg = self.cfg
+    def _train_clients(self, r, plan, start, phases) -> List[ClientReport]:
+        """Local training, encoding and the strategy's extra uploads of this rank's arrivals."""
+        cfg, strategy = self.cfg, self.strategy
         hosted = set(self._trainers_of_round(plan)[self.comm.rank])
         inject = set(cfg.federation.inject_nan_clients)
-        scaffold = self.strategy.uses_controls
-        payloads: List[np.ndarray] = []
-        rows: List[List[float]] = []
+        num_extras = len(strategy.upload_names)
+        reports: List[ClientReport] = []
         train_s = encode_s = train_cpu_s = 0.0
         for cid in (c for c in plan.arrived if c in hosted):
             t, t_cpu = time.perf_counter(), time.process_time()
-            corr = self.controls.correction(self.strategy.control, cid) if scaffold else None
-            local, result = self.trainer.train(start, cid, self.setup.parts[cid], r, correction=corr)
+            local, result = self.trainer.train(start, cid, self.setup.parts[cid], r,
+                                               terms=strategy.gradient_terms(cid))
             if cid in inject:  # testing aid: one NaN and one Inf, as a diverged client would send
                 local[local.size // 2], local[-1] = np.nan, np.inf
             t_enc = time.perf_counter()
             train_cpu_s += time.process_time() - t_cpu
             vec = local if cfg.compression.target == "weights" else local - start
-            upd, ctrl, status = self._encode(vec, cid, r), None, server.STATUS_OK
-            if upd is None:
-                upd, status = np.empty(0, dtype=np.uint8), server.STATUS_NONFINITE
-            elif scaffold:
-                ctrl = self._encode_control(start, local, result.steps, cid, r)
+            update = self._encode(vec, cid, r)
+            extras = () if update is None else strategy.client_uploads(cid, r, start, local, result.steps)
             t_end = time.perf_counter()
             train_s += t_enc - t
             encode_s += t_end - t_enc
-            ctrl = np.empty(0, dtype=np.uint8) if ctrl is None else ctrl
-            payloads += [upd, ctrl]
-            rows.append([cid, result.num_samples, result.loss, upd.size, ctrl.size, t_enc - t,
-                         t_end - t_enc, status])
+            reports.append(make_report(cid, result.num_samples, result.loss, t_enc - t, update,
+                                       extras, num_extras))
         # train_cpu: CPU seconds of this process (all its threads) in local training, which
         # stays meaningful when other jobs share the cores (benchmarks/recipe.py reads it).
         phases["train"], phases["encode"], phases["train_cpu"] = train_s, encode_s, train_cpu_s
-        return payloads, rows
+        return reports
 
     def _encode(self, vec, cid, r) -> Optional[np.ndarray]:
         """The payload, or None for a non-finite vector that a lossy codec refuses."""
@@ -202,55 +192,24 @@ class Simulation:
                 raise
             return None
 
-    def _encode_control(self, start, local, steps, cid, r) -> np.ndarray:
-        """delta c_i, encoded; the client keeps exactly what the server decodes (scaffold.py).
-        A diverged client keeps its old c_i, as the root rejects its report."""
-        lr = round_lr(self.cfg.client, r, self.cfg.federation.rounds)
-        delta = control_delta(self.strategy.control, start, local, steps, lr)
-        try:
-            payload = self.control_codec.encode(
-                delta, cid, seeding.numpy_rng(self.cfg.seed, seeding.CONTROL_ENCODE, r, cid))
-        except ValueError:  # a lossy codec refused it; the update itself was finite (it encoded)
-            if server.is_finite(delta):
-                raise
-            # Send a zero delta and keep c_i: server and client agree that nothing changed.
-            return self.control_codec.encode(np.zeros_like(delta), cid, None)
-        decoded = self.control_codec.decode(payload, self.num_params)
-        if server.is_finite(decoded) and server.is_finite(local):
-            self.controls.commit(cid, decoded)
-        return payload
-
-    def _aggregate(self, r, plan, start, down_bytes, parts, meta, phases) -> dict:
-        """Root: decode and check in client-id order, then the server step."""
-        reports = server.split_reports(parts, meta)
-        if sorted(reports) != sorted(plan.arrived):
-            raise RuntimeError(f"round {r}: expected updates from clients {list(plan.arrived)}, "
-                               f"got {sorted(reports)}")
-        t = time.perf_counter()
-        agg = server.aggregate(reports, self.num_params, start, self.cfg.compression.target,
-                               self.strategy.uses_controls)
-        phases["decode"] = agg.decode_s
-        phases["aggregate"] = time.perf_counter() - t - agg.decode_s
-        return self._apply(r, plan, down_bytes, reports, agg, phases)
-
-    def _apply(self, r, plan, down_bytes, reports, agg, phases) -> dict:
+    def _apply(self, r, plan, down_bytes, reduced, phases) -> dict:
         """Root: the server step on the aggregate, the EMA, and the round's metrics record."""
         t = time.perf_counter()
+        agg = reduced.aggregate
         if agg.mean_update is None:
             self.log.info(f"round {r}: no client update to aggregate ({len(plan.dropped)} dropped, "
                           f"{len(plan.stragglers)} late, {len(agg.rejected)} rejected); "
                           f"the model is unchanged")
         else:
-            self.global_params[:] = self.strategy.apply(self.global_params, agg.mean_update)
-            if self.strategy.uses_controls:
-                self.strategy.update_control(agg.control_sum, self.cfg.federation.num_clients)
+            self.global_params[:] = self.strategy.server_step(self.global_params, agg)
             d = np.float32(ema_decay_at(self.cfg.server, r))
             self.ema *= d
             self.ema += (np.float32(1) - d) * self.global_params
         phases["aggregate"] = phases.get("aggregate", 0.0) + time.perf_counter() - t
         prev = self.log.metrics_lines[-1] if self.log.metrics_lines else None
-        record = server.round_record(r, plan, reports, agg, self.num_params, down_bytes,
-                                     self.strategy.uses_controls, prev)
+        record = server.round_record(r, plan, reduced.reports, agg, self.num_params, down_bytes,
+                                     len(self.strategy.upload_names), self.strategy.broadcast_vectors,
+                                     prev)
         record["phases"] = {k: round(v, 5) for k, v in phases.items()}
         return record
 
@@ -266,7 +225,7 @@ class Simulation:
         """Collective: per-client state is gathered to the root, which writes the file."""
         t = time.perf_counter()
         self.comm.context = f"round {r}, checkpoint"
-        state = {**self.compressor.state_dict(), **self.controls.state_dict()}
+        state = {k: v for part in self._client_parts().values() for k, v in part.state_dict().items()}
         blobs = self.comm.gather_bytes(_pack_state(state))
         error = None
         if self.comm.rank == 0:
@@ -277,9 +236,10 @@ class Simulation:
             data = ckpt.CheckpointData(
                 round=r, config_yaml=dump_yaml(self.cfg), params=self.global_params, ema=self.ema,
                 spec_text=self.setup.spec.as_text(), param_fingerprint=self.setup.spec.fingerprint(),
-                strategy=self.strategy.state_dict(), clients=clients,
+                clients=clients,
                 metrics_lines=lines + ([json.dumps(pending_record)] if pending_record else []),
-                image_shape=self.setup.image_shape, server=self.downlink.state_dict())
+                image_shape=self.setup.image_shape,
+                **{name: part.state_dict() for name, part in self._server_parts().items()})
             ckpt_dir = self.run_dir / "checkpoints"
             try:
                 ckpt.save_checkpoint(ckpt_dir / ckpt.checkpoint_name(r), data)

@@ -3,29 +3,37 @@ import numpy as np
 import pytest
 import torch
 
-from feddm_hpc.client import LocalTrainer, adjust_gradients
+from feddm_hpc.client import LocalTrainer, add_gradient_terms
 from feddm_hpc.config import ClientConfig, ModelConfig
 from feddm_hpc.diffusion import make_schedule
 from feddm_hpc.models import build_unet
 from feddm_hpc.params import flatten
+from feddm_hpc.strategies.terms import ConstantCorrection, ProximalTerm
 
 
-def test_adjust_gradients_adds_exactly_mu_times_distance_and_correction():
+def test_gradient_terms_add_exactly_mu_times_distance_and_correction():
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(5))]
-    anchor = [torch.randn(3, 2), torch.randn(5)]
+    anchor = [p.detach().clone() for p in params]
     grads = [torch.randn(3, 2), torch.randn(5)]
-    corr = [torch.randn(3, 2), torch.randn(5)]
+    corr = np.random.default_rng(1).standard_normal(11).astype(np.float32)
+    mu = 0.37
+    terms = [ProximalTerm(mu), ConstantCorrection(corr)]
+    for term in terms:
+        term.begin(params)            # the anchor is the model the client starts from
+    with torch.no_grad():             # a local step moved the weights away from it
+        for p in params:
+            p.add_(torch.randn_like(p))
     for p, g in zip(params, grads):
         p.grad = g.clone()
-    mu = 0.37
-    adjust_gradients(params, anchor, mu, corr)
-    for p, a, g, c in zip(params, anchor, grads, corr):
+    add_gradient_terms(params, terms)
+    flat_corr = [torch.from_numpy(corr[:6]).view(3, 2), torch.from_numpy(corr[6:])]
+    for p, a, g, c in zip(params, anchor, grads, flat_corr):
         expected = g.double() + mu * (p.detach().double() - a.double()) + c.double()
         np.testing.assert_allclose(p.grad.double().numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
-    for p, g in zip(params, grads):  # mu = 0, no correction: the gradient is untouched
+    for p, g in zip(params, grads):  # no terms: the gradient is untouched
         p.grad = g.clone()
-    adjust_gradients(params, anchor, 0.0, None)
+    add_gradient_terms(params, [])
     assert all(torch.equal(p.grad, g) for p, g in zip(params, grads))
 
 
@@ -44,8 +52,9 @@ def _train(setup, steps, mu=0.0, correction=None, lr=0.5):
     cfg = ClientConfig(local_steps=steps, batch_size=8, optimizer="sgd", lr=lr, momentum=0.0,
                        grad_clip=None, prox_mu=mu)
     trainer = LocalTrainer(model, schedule, cfg, images, "cpu", seed=3)
-    local, _ = trainer.train(w0, client_id=1, indices=np.arange(32), round_index=0,
-                             correction=correction)
+    terms = ([ProximalTerm(mu)] if mu > 0 else []) + \
+        ([ConstantCorrection(correction)] if correction is not None else [])
+    local, _ = trainer.train(w0, client_id=1, indices=np.arange(32), round_index=0, terms=terms)
     return local.astype(np.float64)
 
 

@@ -59,7 +59,7 @@ def test_reference_tracks_global_bit_identically(bits):
     if bits != 16:
         assert size == HEADER_SIZE + 8 * num_chunks(n, chunk) + packed_size(n, bits)
     restored = Downlink(cfg, np.zeros(n, np.float32))
-    restored.load_state_dict(server.state_dict(), w)
+    restored.load_state_dict(server.state_dict())
     assert np.array_equal(restored.reference, server.reference)
 
 

@@ -13,7 +13,7 @@ from conftest import TINY, run_cli
 from feddm_hpc.client import round_lr
 from feddm_hpc.config import ClientConfig, ServerConfig, config_from_tree
 from feddm_hpc.errors import ConfigError
-from feddm_hpc.strategies import ClientControls, make_strategy, weighted_mean
+from feddm_hpc.strategies import make_strategy, weighted_mean
 from feddm_hpc.strategies.scaffold import control_delta
 
 DIM, CLIENTS, LOCAL_STEPS, ROUNDS = 8, 5, 15, 60
@@ -35,27 +35,28 @@ def quadratics(seed=0):
 def federate(algorithm, client_cfg, hessians, minima):
     """Full participation, equal weights, server lr 1; returns the final global model."""
     strategy = make_strategy(algorithm, ServerConfig(lr=1.0), DIM)
-    controls = ClientControls(DIM)
+    scaffold = bool(strategy.upload_names)
+    controls = strategy.controls if scaffold else None
     x = np.zeros(DIM, dtype=np.float32)
     for r in range(ROUNDS):
         lr = round_lr(client_cfg, r, ROUNDS)
         updates, control_sum = [], np.zeros(DIM)
         for cid, (h, b) in enumerate(zip(hessians, minima)):
-            corr = controls.correction(strategy.control, cid) if strategy.uses_controls else None
+            corr = controls.correction(strategy.control, cid) if scaffold else None
             y = x.astype(np.float64)
             for _ in range(LOCAL_STEPS):
                 grad = h @ (y - b)
-                if corr is not None:  # as client.adjust_gradients: + (c - c_i) on every step
+                if corr is not None:  # as ConstantCorrection: + (c - c_i) on every step
                     grad = grad + corr
                 y = y - lr * grad
             y = y.astype(np.float32)
             updates.append((y - x, 1.0))
-            if strategy.uses_controls:
+            if scaffold:
                 delta = control_delta(strategy.control, x, y, LOCAL_STEPS, lr)
                 controls.commit(cid, delta)
                 control_sum += delta
         x = strategy.apply(x, weighted_mean(updates))
-        if strategy.uses_controls:
+        if scaffold:
             strategy.update_control(control_sum, CLIENTS)
     return x
 

@@ -13,6 +13,7 @@ from feddm_hpc.compression import HEADER_SIZE
 from feddm_hpc.compression.quantize import num_chunks, packed_size
 from feddm_hpc.config import load_config
 from feddm_hpc.personalization import eval_loss, split_holdout
+from feddm_hpc.reports import wire_dtype
 from feddm_hpc.runlog import RunLog
 from feddm_hpc.simulation import Simulation
 
@@ -60,12 +61,14 @@ def test_byte_accounting_equals_the_bytes_that_crossed(tmp_path):
     assert sim.run() == "done"
     n = sim.num_params
     lines = metrics(tmp_path)
-    # One gather of payload bytes per round (the serial metadata gather is not a byte gather);
-    # the checkpoint's state gather comes after the last round.
-    payload_gathers = comm.gathered[:len(lines)]
+    # Per round, a gather of the payload bytes, then one of the report scalars; the
+    # checkpoint's state gather comes after the last round.
+    payload_gathers = comm.gathered[0:2 * len(lines):2]
+    scalar_gathers = comm.gathered[1:2 * len(lines):2]
     down = [size for dtype, size in comm.broadcast if dtype == np.uint8]
-    for rec, crossed, down_payload in zip(lines, payload_gathers, down):
+    for rec, crossed, scalars, down_payload in zip(lines, payload_gathers, scalar_gathers, down):
         arrived = len(rec["arrived"])
+        assert scalars == arrived * wire_dtype(1).itemsize
         assert rec["uplink_bytes"] == crossed == sum(rec["client_uplink_bytes"].values())
         # Model update and control delta, both 4-bit with chunk scales, per arrived client.
         assert rec["uplink_bytes"] == arrived * 2 * quant_size(n, 4, 512)
@@ -98,8 +101,8 @@ def test_nan_clients_are_rejected_and_c_stays_the_mean_of_client_controls(tmp_pa
             assert rec["client_uplink_bytes"]["1"] == 0
     assert any(rec["rejected"] for rec in lines)
     assert np.isfinite(sim.global_params).all() and np.isfinite(sim.ema).all()
-    assert sim.controls.get(1) is None  # a rejected client keeps its old (zero) control
-    ci = [sim.controls.get(c) if sim.controls.get(c) is not None else np.zeros(sim.num_params)
+    assert sim.strategy.controls.get(1) is None  # a rejected client keeps its old (zero) control
+    ci = [sim.strategy.controls.get(c) if sim.strategy.controls.get(c) is not None else np.zeros(sim.num_params)
           for c in range(4)]
     np.testing.assert_allclose(sim.strategy.control, np.mean(ci, axis=0), rtol=1e-4, atol=1e-6)
     assert np.abs(sim.strategy.control).max() > 0
@@ -173,8 +176,11 @@ def test_resume_is_exact(tmp_path, case):
     assert second.compressor.state_dict().keys() == straight.compressor.state_dict().keys()
     for key, value in straight.compressor.state_dict().items():
         assert np.array_equal(second.compressor.state_dict()[key], value), key
-    for key, value in straight.controls.state_dict().items():
-        assert np.array_equal(second.controls.state_dict()[key], value), key
+    if straight.strategy.client_state is not None:   # SCAFFOLD's c_i
+        assert second.strategy.client_state.state_dict().keys() == \
+            straight.strategy.client_state.state_dict().keys()
+        for key, value in straight.strategy.client_state.state_dict().items():
+            assert np.array_equal(second.strategy.client_state.state_dict()[key], value), key
     if straight.downlink.reference is not None:
         assert np.array_equal(second.downlink.reference, straight.downlink.reference)
     a, b = metrics(tmp_path / "straight"), metrics(tmp_path / "resumed")

@@ -110,7 +110,9 @@ def test_scaffold_client_control_delta_by_hand():
 def test_scaffold_server_steps_by_hand():
     """N = 4 clients, 2 report: x += lr * weighted mean(delta y); c += sum(delta c_i) / N."""
     s = make_strategy("scaffold", ServerConfig(lr=0.5), 2)
-    assert s.uses_controls and not make_strategy("fedavg", ServerConfig(), 2).uses_controls
+    assert s.upload_names == ("control_delta",) and s.broadcast_vectors == 1
+    fedavg = make_strategy("fedavg", ServerConfig(), 2)
+    assert fedavg.upload_names == () and fedavg.broadcast_vectors == 0
     x = np.array([1.0, 1.0], dtype=np.float32)
     d1, d2 = np.array([0.4, 0.0], np.float32), np.array([0.0, 0.8], np.float32)
     mean = weighted_mean([(d1, 1.0), (d2, 3.0)])            # [0.1, 0.6]

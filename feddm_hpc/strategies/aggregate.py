@@ -39,3 +39,8 @@ def weighted_mean(pairs: Iterable[Tuple[np.ndarray, float]]) -> np.ndarray:
     if acc is None:
         raise ValueError("no client update to aggregate")
     return acc.mean()
+
+
+def is_finite(x: np.ndarray) -> bool:
+    """One float64 sum: NaN/Inf propagate, and a sum of finite float32 values cannot overflow."""
+    return bool(np.isfinite(x.sum(dtype=np.float64)))

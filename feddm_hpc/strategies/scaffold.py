@@ -18,13 +18,20 @@ no estimate of the client's gradient, so check_client_config rejects such config
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Dict, Iterable, Optional
 
 import numpy as np
 
+from .. import seeding
+from ..client import round_lr
+from ..compression import make_compressor
 from ..errors import ConfigError
+from .aggregate import is_finite
+from .base import ClientState
 from .server_opt import FedAvg
+from .terms import ConstantCorrection
 
 _KEY = re.compile(r"^control/(\d+)$")
 
@@ -55,12 +62,27 @@ def control_step(c: np.ndarray, delta_sum: np.ndarray, num_clients: int) -> np.n
 
 class Scaffold(FedAvg):
     name = "scaffold"
-    uses_controls = True
+    broadcast_vectors = 1          # c, with the model
+    upload_names = ("control_delta",)
 
-    def __init__(self, server_cfg, num_params):
-        super().__init__(server_cfg, num_params)
+    def __init__(self, server_cfg, num_params, run_config=None):
+        super().__init__(server_cfg, num_params, run_config)
         # Every rank holds c: the root updates it, the others receive it by Bcast each round.
         self.control = np.zeros(num_params, dtype=np.float32)
+        self.controls = ClientControls(num_params)
+        self.codec = None
+        if run_config is not None:
+            # delta c_i uses the uplink codec without error feedback: the client commits exactly
+            # the decoded delta instead (see the module docstring).
+            self.codec = make_compressor(dataclasses.replace(run_config.compression,
+                                                             error_feedback=False))
+
+    # ---------------------------------------------------------------- server half
+
+    def server_step(self, global_params, aggregate):
+        new = self.apply(global_params, aggregate.mean_update)
+        self.update_control(aggregate.extra_sums[0], self.run.federation.num_clients)
+        return new
 
     def update_control(self, delta_sum: np.ndarray, num_clients: int) -> None:
         self.control[:] = control_step(self.control, delta_sum, num_clients)
@@ -71,13 +93,47 @@ class Scaffold(FedAvg):
     def load_state_dict(self, state):
         self.control[:] = np.asarray(state["control"], dtype=np.float32)
 
+    # ---------------------------------------------------------------- client half
 
-class ClientControls:
+    def broadcast(self, comm) -> None:
+        comm.bcast_array(self.control)
+
+    def gradient_terms(self, client_id):
+        return super().gradient_terms(client_id) + [
+            ConstantCorrection(self.controls.correction(self.control, client_id))]
+
+    def client_uploads(self, client_id, round_index, start, local, steps):
+        """delta c_i, encoded; the client keeps exactly what the server decodes. A diverged
+        client keeps its old c_i, as the root rejects its report."""
+        run = self.run
+        lr = round_lr(run.client, round_index, run.federation.rounds)
+        delta = control_delta(self.control, start, local, steps, lr)
+        try:
+            payload = self.codec.encode(
+                delta, client_id, seeding.numpy_rng(run.seed, seeding.CONTROL_ENCODE, round_index, client_id))
+        except ValueError:  # a lossy codec refused it; the update itself was finite (it encoded)
+            if is_finite(delta):
+                raise
+            # Send a zero delta and keep c_i: server and client agree that nothing changed.
+            return (self.codec.encode(np.zeros_like(delta), client_id, None),)
+        decoded = self.codec.decode(payload, self.num_params)
+        if is_finite(decoded) and is_finite(local):
+            self.controls.commit(client_id, decoded)
+        return (payload,)
+
+    @property
+    def client_state(self):
+        return self.controls
+
+
+class ClientControls(ClientState):
     """The c_i of the clients a rank hosts, keyed by client id; zero until a client reports.
 
     state_dict() names them "control/<client_id>" so the root can merge all ranks' dicts into
     the checkpoint; load_state_dict keeps the clients a rank hosts, whatever rank count wrote it.
     """
+
+    prefix = "control"
 
     def __init__(self, num_params: int):
         self.num_params = num_params

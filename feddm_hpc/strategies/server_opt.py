@@ -6,28 +6,9 @@ vector. State (momentum, second moments) is a dict of arrays so it goes straight
 """
 from __future__ import annotations
 
-from typing import Dict
-
 import numpy as np
 
-
-class Strategy:
-    name = "base"
-    uses_controls = False   # SCAFFOLD: clients also send control deltas, the server broadcasts c
-
-    def __init__(self, server_cfg, num_params: int):
-        self.cfg = server_cfg
-        self.num_params = num_params
-
-    def apply(self, global_params: np.ndarray, mean_update: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def state_dict(self) -> Dict[str, np.ndarray]:
-        return {}
-
-    def load_state_dict(self, state: Dict[str, np.ndarray]) -> None:
-        if state:
-            raise ValueError(f"strategy {self.name} has no state, got {sorted(state)}")
+from .base import Strategy
 
 
 class FedAvg(Strategy):
@@ -39,7 +20,9 @@ class FedAvg(Strategy):
 
 
 class FedProx(FedAvg):
-    """FedDM-prox: the proximal term acts in the clients' objective (client.prox_mu); the server is FedAvg."""
+    """FedDM-prox: FedAvg on the server, the proximal term mu/2 ||w - w_global||^2 (client.prox_mu,
+    terms.ProximalTerm) in the clients' objective. Every strategy honours client.prox_mu (the base
+    class's gradient_terms), so the term also combines with server optimizers and SCAFFOLD."""
     name = "fedprox"
 
 
@@ -47,8 +30,8 @@ class FedAvgM(Strategy):
     """Server momentum (Hsu et al. 2019): v = beta v + delta; w += lr v."""
     name = "fedavgm"
 
-    def __init__(self, server_cfg, num_params):
-        super().__init__(server_cfg, num_params)
+    def __init__(self, server_cfg, num_params, run_config=None):
+        super().__init__(server_cfg, num_params, run_config)
         self.velocity = np.zeros(num_params, dtype=np.float32)
 
     def apply(self, global_params, mean_update):
@@ -66,8 +49,8 @@ class FedAvgM(Strategy):
 class _Adaptive(Strategy):
     """FedAdagrad / FedAdam / FedYogi share m (first moment) and differ in the v update."""
 
-    def __init__(self, server_cfg, num_params):
-        super().__init__(server_cfg, num_params)
+    def __init__(self, server_cfg, num_params, run_config=None):
+        super().__init__(server_cfg, num_params, run_config)
         self.m = np.zeros(num_params, dtype=np.float32)
         # Reddi et al. initialise v to tau^2 so the first steps are bounded.
         self.v = np.full(num_params, server_cfg.tau ** 2, dtype=np.float32)

@@ -1,0 +1,143 @@
+"""What a client sends back after local training: one named report, one wire format.
+
+A `ClientReport` is built by the rank that trained the client and read by the transports, the
+root's aggregation and the metrics record; nothing indexes report fields by position. On the
+wire the scalar fields travel as one numpy structured array per rank (`wire_dtype`), and the
+payloads as one uint8 blob per rank holding each client's update, then its extra uploads (the
+strategy's, e.g. SCAFFOLD's control delta), in report order. The byte counts travel with the
+scalars, so a transport that does not carry the payloads (the allreduce one) still accounts for
+every byte a client would have sent.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+STATUS_OK = 0
+STATUS_UNENCODABLE = 1   # the client could not encode a non-finite vector and sent no payload
+STATUS_REJECTED = 2      # decoded by its own rank (allreduce transport) and found non-finite
+
+_EMPTY = np.empty(0, dtype=np.uint8)
+_EMPTY.setflags(write=False)
+
+
+@dataclass
+class ClientReport:
+    client_id: int
+    num_samples: int                 # aggregation weight
+    loss: float                      # mean local diffusion loss (NaN for a diverged client)
+    train_s: float                   # wall seconds of local training
+    status: int = STATUS_OK
+    update_bytes: int = 0
+    extra_bytes: Tuple[int, ...] = ()
+    # Payloads; None where the transport did not carry them to this rank.
+    update: Optional[np.ndarray] = None
+    extras: Optional[Tuple[np.ndarray, ...]] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_OK
+
+    @property
+    def uplink_bytes(self) -> int:
+        return self.update_bytes + sum(self.extra_bytes)
+
+
+def make_report(client_id: int, num_samples: int, loss: float, train_s: float,
+                update: Optional[np.ndarray], extras: Sequence[np.ndarray], num_extras: int) -> ClientReport:
+    """A report from the payloads; `update` None: the client could not encode (no bytes sent)."""
+    if update is None:
+        return ClientReport(client_id, num_samples, loss, train_s, STATUS_UNENCODABLE,
+                            0, (0,) * num_extras, _EMPTY, (_EMPTY,) * num_extras)
+    extras = tuple(extras)
+    if len(extras) != num_extras:
+        raise ValueError(f"client {client_id}: {len(extras)} extra uploads, expected {num_extras}")
+    return ClientReport(client_id, num_samples, loss, train_s, STATUS_OK, int(update.size),
+                        tuple(int(e.size) for e in extras), update, extras)
+
+
+def wire_dtype(num_extras: int) -> np.dtype:
+    """The structured dtype of one report's scalars (packed, little-endian, fixed per run)."""
+    fields = [("client_id", "<i8"), ("num_samples", "<i8"), ("loss", "<f8"), ("train_s", "<f8"),
+              ("status", "<i8"), ("update_bytes", "<i8")]
+    if num_extras:
+        fields.append(("extra_bytes", "<i8", (num_extras,)))
+    return np.dtype(fields)
+
+
+def pack(reports: Sequence[ClientReport], num_extras: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(the scalars as uint8 bytes of a structured array, the payload blob) of one rank."""
+    records = np.zeros(len(reports), dtype=wire_dtype(num_extras))
+    for i, rep in enumerate(reports):
+        records[i]["client_id"] = rep.client_id
+        records[i]["num_samples"] = rep.num_samples
+        records[i]["loss"] = rep.loss
+        records[i]["train_s"] = rep.train_s
+        records[i]["status"] = rep.status
+        records[i]["update_bytes"] = rep.update_bytes
+        if num_extras:
+            records[i]["extra_bytes"] = rep.extra_bytes
+    pieces: List[np.ndarray] = []
+    for rep in reports:
+        pieces.append(rep.update if rep.update is not None else _EMPTY)
+        pieces.extend(rep.extras or ())
+    blob = np.concatenate(pieces) if pieces else _EMPTY.copy()
+    return records.view(np.uint8).reshape(-1), blob
+
+
+def _records(raw: np.ndarray, num_extras: int) -> np.ndarray:
+    dtype = wire_dtype(num_extras)
+    raw = np.ascontiguousarray(raw, dtype=np.uint8)
+    if raw.size % dtype.itemsize:
+        raise RuntimeError(f"client reports: {raw.size} bytes is not a whole number of reports")
+    return raw.view(dtype)
+
+
+def _scalars(rec, num_extras: int) -> ClientReport:
+    return ClientReport(int(rec["client_id"]), int(rec["num_samples"]), float(rec["loss"]),
+                        float(rec["train_s"]), int(rec["status"]), int(rec["update_bytes"]),
+                        tuple(int(b) for b in rec["extra_bytes"]) if num_extras else ())
+
+
+def unpack_scalars(raw_parts: Sequence[np.ndarray], num_extras: int) -> Dict[int, ClientReport]:
+    """Reports without payloads, from every rank's scalar bytes (rank order)."""
+    out: Dict[int, ClientReport] = {}
+    for raw in raw_parts:
+        for rec in _records(raw, num_extras):
+            rep = _scalars(rec, num_extras)
+            out[rep.client_id] = rep
+    return out
+
+
+def unpack(raw_parts: Sequence[np.ndarray], blobs: Sequence[np.ndarray],
+           num_extras: int) -> Dict[int, ClientReport]:
+    """Reports with payloads: rank k's blob holds its reports' payloads in report order."""
+    if len(raw_parts) != len(blobs):
+        raise RuntimeError("client reports: scalars and payloads came from different rank counts")
+    out: Dict[int, ClientReport] = {}
+    for raw, blob in zip(raw_parts, blobs):
+        offset = 0
+        for rec in _records(raw, num_extras):
+            rep = _scalars(rec, num_extras)
+            sizes = (rep.update_bytes, *rep.extra_bytes)
+            if offset + sum(sizes) > blob.size:
+                raise RuntimeError(f"client {rep.client_id}: its report claims more bytes than arrived")
+            pieces = []
+            for size in sizes:
+                pieces.append(blob[offset:offset + size])
+                offset += size
+            rep.update, rep.extras = pieces[0], tuple(pieces[1:])
+            out[rep.client_id] = rep
+        if offset != blob.size:
+            raise RuntimeError("client reports: bytes arrived that no report accounts for")
+    return out
+
+
+def by_client(reports: Sequence[ClientReport]) -> Dict[int, ClientReport]:
+    return {rep.client_id: rep for rep in reports}
+
+
+__all__ = ["ClientReport", "STATUS_OK", "STATUS_REJECTED", "STATUS_UNENCODABLE", "by_client",
+           "make_report", "pack", "unpack", "unpack_scalars", "wire_dtype"]
