@@ -1,4 +1,4 @@
-"""Shared test helpers: run the CLI in-process or under a real `mpiexec`."""
+"""Shared test helpers: run the CLI in-process or under a real `mpiexec`; the mpi, slurm and slow markers."""
 from __future__ import annotations
 
 import os
@@ -19,6 +19,7 @@ DETERMINISTIC = ["--set", "system.threads=1", "--set", "system.progress=false"]
 
 
 def mpiexec_path() -> str:
+    _check_marked_mpi()
     candidate = BIN / "mpiexec"
     if candidate.exists():
         return str(candidate)
@@ -68,3 +69,84 @@ def start_long_run(run_dir: Path, rounds: int, *extra, wait_rounds: int = 2) -> 
 @pytest.fixture
 def tiny_config():
     return TINY
+
+
+# -- markers (registered in pytest.ini) --------------------------------------------------------
+# The fast loop is `pytest -m "not slow"`. `mpi`: launches mpiexec (directly, through run_cli's
+# nprocs > 1, start_long_run, or a command that does); `slurm`: needs the one-node Slurm cluster
+# of tests/slurm_cluster.py (found through its `slurm` fixture). Both are always also `slow`, as is
+# every test that took more than ~3 s on two shared cores (--durations=0, one file at a time) and
+# every test using a module fixture that trains or evaluates a run. Tables: file -> test names
+# (the function's name for all its parameter cases, or one case's full id), ALL for every test.
+ALL = "*"
+MPI_TESTS = {
+    "test_mpi.py": ALL,
+    "test_mpi_features.py": ALL,
+    "test_hierarchical.py": ALL,
+    "test_cli.py": {"test_more_ranks_than_clients_fails_fast_under_mpi"},
+    "test_evaluate.py": {"test_generate_samples_identical_under_mpiexec",
+                         "test_evaluate_under_mpiexec_matches_serial",
+                         "test_evaluation_during_training_leaves_training_untouched"},
+    "test_faults.py": {"test_full_disk_during_a_run_ends_all_ranks_with_one_clear_error"},
+    "test_scale.py": {"test_scale_config_runs_one_round_on_two_ranks"},
+    "test_scaling.py": {"test_grid_writes_the_csv_and_the_plots",  # its tiny_study runs mpiexec
+                        "test_rerun_reuses_finished_points_and_collect_rebuilds_the_csv"},
+    "test_slurm.py": {"test_slurm_preemption_requeue_resumes_bit_identical"},
+}
+SLOW_TESTS = {
+    "test_cli.py": {"test_sample_writes_a_png"},
+    "test_client.py": {"test_prox_step_differs_from_plain_by_lr_mu_distance",
+                       "test_scaffold_correction_shifts_each_step_by_lr_times_correction"},
+    "test_diffusion.py": {"test_a_few_adam_steps_on_one_batch_reduce_the_loss",
+                          "test_samplers_shape_range_determinism_and_mode[ddpm-0]"},
+    "test_evaluate.py": {"test_generate_samples_is_seeded_per_block",
+                         "test_evaluate_run_writes_round_json"},
+    "test_faults.py": {"test_writer_killed_mid_write_keeps_previous_checkpoint_and_resume_uses_it"},
+    "test_features.py": {"test_training_is_deterministic_and_keyed"},
+    "test_simulation_features.py": {"test_resume_is_exact",
+                                    "test_byte_accounting_equals_the_bytes_that_crossed"},
+}
+SLOW_FIXTURES = {  # module fixtures that train, evaluate or fit a feature extractor
+    "test_cli.py": {"trained"},
+    "test_evaluate.py": {"run_dir", "serial_eval"},
+    "test_features.py": {"extractor"},
+    "test_report.py": {"runs"},
+}
+
+
+def _listed(table, item) -> bool:
+    names = table.get(item.path.name, ())
+    return names == ALL or item.originalname in names or item.name in names
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        mpi = _listed(MPI_TESTS, item)
+        slurm = "slurm" in item.fixturenames
+        slow_fixture = bool(SLOW_FIXTURES.get(item.path.name, set()) & set(item.fixturenames))
+        if mpi:
+            item.add_marker(pytest.mark.mpi)
+        if slurm:
+            item.add_marker(pytest.mark.slurm)
+        if mpi or slurm or slow_fixture or _listed(SLOW_TESTS, item):
+            item.add_marker(pytest.mark.slow)
+
+
+_current = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _current["item"] = item
+    yield
+    _current.pop("item", None)
+
+
+def _check_marked_mpi() -> None:
+    """A test (or its fixture) about to launch mpiexec should carry the mpi marker; warn if not,
+    so that the fast loop does not silently grow an mpiexec run."""
+    item = _current.get("item")
+    if item is not None and item.get_closest_marker("mpi") is None:
+        import warnings
+        warnings.warn(f"{item.nodeid} launches mpiexec but is not marked mpi: add it to "
+                      f"MPI_TESTS in tests/conftest.py", pytest.PytestWarning, stacklevel=3)
