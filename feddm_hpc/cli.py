@@ -126,11 +126,12 @@ def _make_comm():
 # ---------------------------------------------------------------------------- commands
 
 def _run_training(comm, config, run_dir: Path, checkpoint_path: Optional[str]) -> int:
+    from .callbacks import standard_callbacks
     from .checkpoint import load_checkpoint
     from .config import dump_yaml
+    from .run_outputs import write_run_files
     from .runlog import RunLog
     from .simulation import Simulation
-    from .run_outputs import make_sample_fn, write_run_files
 
     comm.timeout_s = config.system.collective_timeout_s
     log = RunLog(comm.rank, run_dir, progress=config.system.progress)
@@ -145,7 +146,7 @@ def _run_training(comm, config, run_dir: Path, checkpoint_path: Optional[str]) -
         log.info(f"nothing to do: all {config.federation.rounds} rounds are complete")
         return EXIT_OK
     t0 = time.perf_counter()
-    outcome = sim.run(sample_fn=make_sample_fn(run_dir))
+    outcome = sim.run(standard_callbacks(stop, sample_grids=True))
     log.close()
     if outcome == "stopped":
         log.info(f"stopped on {stop.signal_name or 'request'} after a checkpoint; "

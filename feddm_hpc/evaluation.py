@@ -9,7 +9,7 @@ every rank count, so with equal threads per rank the images are bit-identical. N
 drawn on the CPU, so a GPU run starts from the same x_T as a CPU run. Sample i of an N-sample
 run equals sample i of any larger run whenever i lies in a full block.
 
-Collective functions (`generate_samples`, `evaluate_params`, `evaluate_simulation`) must be
+Collective functions (`generate_samples`, `evaluate_params`, `evaluate_run`) must be
 called by every rank.
 """
 from __future__ import annotations
@@ -202,23 +202,23 @@ def evaluate_params(comm, config, params: np.ndarray, image_shape, round_index: 
     return result
 
 
-def evaluate_simulation(sim, round_index: int, num_samples: int, **kwargs) -> Optional[dict]:
-    """Collective, for evaluation during training: score the EMA model of a running
-    `Simulation` with its own model instance, write RUN_DIR/eval/round-NNNNNN.json and log one
-    line on the root. kwargs go to `evaluate_params` (sampler, steps, eta, seed, cache_dir ...).
+def evaluate_run(view, round_index: int, num_samples: int, **kwargs) -> Optional[dict]:
+    """Collective, for evaluation during training: score the EMA model of a running training
+    (a callbacks.RunView) with its own model instance, write RUN_DIR/eval/round-NNNNNN.json and
+    log one line on the root. kwargs go to `evaluate_params` (sampler, steps, eta, seed, ...).
     The simulation's model holds the EMA weights afterwards; local training reloads the global
     vector into it before every client, so nothing else needs restoring.
     """
-    s = sim.setup
+    s = view.setup
     kwargs.setdefault("verbose", True)   # say so when the first call trains the extractor
-    result = evaluate_params(sim.comm, sim.cfg, sim.ema, s.image_shape, round_index, num_samples,
+    result = evaluate_params(view.comm, view.cfg, view.ema, s.image_shape, round_index, num_samples,
                              model=s.model, schedule=s.schedule, device=s.device, **kwargs)
-    if sim.comm.rank == 0:
+    if view.comm.rank == 0:
         where = ""
-        if sim.run_dir is not None:
-            where = f" -> {write_result(run_eval_path(sim.run_dir, round_index), result)}"
+        if view.run_dir is not None:
+            where = f" -> {write_result(run_eval_path(view.run_dir, round_index), result)}"
         fd = result.get("fd")
-        sim.log.info(f"eval round {round_index}: FD {'n/a' if fd is None else f'{fd:.2f}'} "
+        view.log.info(f"eval round {round_index}: FD {'n/a' if fd is None else f'{fd:.2f}'} "
                      f"(N={num_samples}, {result['sample_s'] + result['score_s']:.1f}s){where}")
     return result
 

@@ -52,24 +52,26 @@ def eval_loss(model, schedule, images: torch.Tensor, vector: np.ndarray, idx: np
         model.train(was_training)
 
 
-def personalize(sim) -> Optional[dict]:
-    """Collective. Returns the report on the root (None elsewhere or when switched off)."""
-    cfg, comm, s = sim.cfg, sim.comm, sim.setup
+def personalize(view) -> Optional[dict]:
+    """Collective, on a callbacks.RunView. Returns the report on the root (None elsewhere or
+    when switched off)."""
+    cfg, comm, s = view.cfg, view.comm, view.setup
     p = cfg.personalization
     if p.steps == 0:
         return None
     # Clients personalize the exact global model (with a compressed downlink, the ranks other
     # than the root hold only the clients' reference copy).
-    comm.bcast_array(sim.global_params)
+    global_params = view.global_params.copy()
+    comm.bcast_array(global_params)
     rows = []
     final_lr = round_lr(cfg.client, cfg.federation.rounds - 1, cfg.federation.rounds)
     for cid in s.hosted[comm.rank]:
         train_idx, eval_idx = split_holdout(cfg.seed, cid, s.parts[cid], p.eval_size)
-        loss_fn = sim.trainer.loss_fn
-        before = eval_loss(s.model, s.schedule, s.images, sim.global_params, eval_idx, cfg.seed,
+        loss_fn = view.trainer.loss_fn
+        before = eval_loss(s.model, s.schedule, s.images, global_params, eval_idx, cfg.seed,
                            cid, s.device, loss_fn)
         # Fine-tuning continues at the last round's learning rate (client.lr_schedule).
-        local, _ = sim.trainer.train(sim.global_params, cid, train_idx, 0, steps=p.steps,
+        local, _ = view.trainer.train(global_params, cid, train_idx, 0, steps=p.steps,
                                      terms=proximal_terms(cfg.client),
                                      streams=(seeding.PERSONAL_TRAIN, seeding.PERSONAL_DROPOUT),
                                      lr=final_lr)
@@ -89,9 +91,9 @@ def personalize(sim) -> Optional[dict]:
         "mean_personalized_loss": float(table[:, 2].mean()),
         "clients_improved": int((table[:, 2] < table[:, 1]).sum()),
     }
-    if sim.run_dir is not None:
-        (sim.run_dir / "personalization.json").write_text(json.dumps(report, indent=1))
-    sim.log.info(f"personalization ({p.steps} steps, {len(table)} clients): mean held-out loss "
+    if view.run_dir is not None:
+        (view.run_dir / "personalization.json").write_text(json.dumps(report, indent=1))
+    view.log.info(f"personalization ({p.steps} steps, {len(table)} clients): mean held-out loss "
                  f"global {report['mean_global_loss']:.4f} -> personalized "
                  f"{report['mean_personalized_loss']:.4f}; {report['clients_improved']} "
                  f"client(s) improved")

@@ -21,18 +21,14 @@ def write_run_files(run_dir: Path, config_yaml: str, setup) -> None:
     (run_dir / "partition.json").write_text(json.dumps(info, indent=1))
 
 
-def make_sample_fn(run_dir: Path):
-    """A grid of EMA samples at `sampling.every` rounds and at the end; drawn on the root only."""
-
-    def sample_fn(sim, round_index: int) -> None:
-        if sim.comm.rank != 0 or sim.cfg.sampling.num_samples == 0:
-            return
-        cfg, s = sim.cfg, sim.setup
-        images = draw_samples(s.model, s.schedule, sim.ema, s.image_shape, cfg.sampling.num_samples,
-                              cfg.sampling.sampler, cfg.sampling.steps, cfg.seed, round_index, s.device,
-                              eta=cfg.sampling.eta, prediction=cfg.diffusion.prediction)
-        path = run_dir / "samples" / f"round-{round_index:06d}.png"
-        save_image_grid(images, path)
-        sim.log.info(f"samples: {path}")
-
-    return sample_fn
+def save_sample_grid(view, round_index: int) -> None:
+    """RUN_DIR/samples/round-NNNNNN.png: a grid of EMA samples, drawn on the root only."""
+    if view.comm.rank != 0 or view.cfg.sampling.num_samples == 0:
+        return
+    cfg, s = view.cfg, view.setup
+    images = draw_samples(s.model, s.schedule, view.ema, s.image_shape, cfg.sampling.num_samples,
+                          cfg.sampling.sampler, cfg.sampling.steps, cfg.seed, round_index, s.device,
+                          eta=cfg.sampling.eta, prediction=cfg.diffusion.prediction)
+    path = view.run_dir / "samples" / f"round-{round_index:06d}.png"
+    save_image_grid(images, path)
+    view.log.info(f"samples: {path}")

@@ -5,7 +5,7 @@ stragglers: participation.py) on every rank; the downlink (downlink.py) and, for
 server control c; local training of the rank's arriving clients in id order; encode; sizes +
 Gatherv of the payloads and a metadata array; the root decodes, checks and accumulates in
 client-id order (server.py), applies the strategy, updates the EMA, logs one metrics line and
-checkpoints by policy. After the last round, optional personalization (personalization.py).
+checkpoints by policy. Between rounds and at the end: round callbacks (callbacks.py).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from . import checkpoint as ckpt
+from .callbacks import RoundCallback, RunView, read_only, standard_callbacks
 from . import seeding, server
 from .client import LocalTrainer, local_steps_for
 from .compression import make_compressor
@@ -27,7 +28,6 @@ from .downlink import Downlink
 from .errors import ConfigError
 from .federation_setup import RunSetup, build_setup
 from .participation import plan_round
-from .personalization import personalize
 from .placement import round_placement
 from .reports import ClientReport, make_report
 from .runlog import RunLog
@@ -254,35 +254,29 @@ class Simulation:
 
     # ------------------------------------------------------------------ the run
 
-    def evaluate(self, r: int) -> None:
-        """Collective: FD/KID/PRDC of the EMA model, sampled on all ranks (evaluation.py)."""
-        from .evaluation import evaluate_simulation
+    def view(self) -> RunView:
+        """What round callbacks may read (callbacks.py)."""
+        return RunView(cfg=self.cfg, comm=self.comm, run_dir=self.run_dir, log=self.log,
+                       setup=self.setup, trainer=self.trainer,
+                       global_params=read_only(self.global_params), ema=read_only(self.ema),
+                       start_round=self.start_round)
 
-        e = self.cfg.evaluation
-        self.comm.context = f"round {r}, evaluation"
-        evaluate_simulation(self, r, e.num_samples, extractor_epochs=e.extractor_epochs,
-                            extractor_max_train=e.extractor_max_train)
-
-    def run(self, sample_fn=None) -> str:
-        """Runs the remaining rounds. Returns "done" or "stopped" (a stop was requested)."""
+    def run(self, callbacks: Optional[List[RoundCallback]] = None) -> str:
+        """Runs the remaining rounds. Returns "done" or "stopped" (a callback asked to stop).
+        callbacks: default standard_callbacks (no sample grids) with this run's stop flag."""
         cfg = self.cfg
-        started = time.perf_counter()
+        if callbacks is None:
+            callbacks = standard_callbacks(self.stop_requested)
+        view = self.view()
         for r in range(self.start_round, cfg.federation.rounds):
             record = self.run_round(r)
-            if self.comm.rank == 0:
-                self.log.round_done(record, cfg.federation.rounds, started, self.start_round)
-            if sample_fn is not None and cfg.sampling.every and (r + 1) % cfg.sampling.every == 0 \
-                    and r != cfg.federation.rounds - 1:
-                sample_fn(self, r)
-            if cfg.evaluation.every and (r + 1) % cfg.evaluation.every == 0:
-                self.evaluate(r)
-            # Every rank must agree on stopping: the root decides, all follow.
-            self.comm.context = f"round {r}, stop decision"
-            if r < cfg.federation.rounds - 1 and self.comm.bcast_object(self.stop_requested()):
+            stop = False
+            for callback in callbacks:
+                stop = callback.after_round(view, r, record) or stop
+            if stop:
                 if (r + 1) % cfg.checkpoint.every != 0 and self.run_dir is not None:
                     self.write_checkpoint(r)
                 return "stopped"
-        personalize(self)
-        if sample_fn is not None:
-            sample_fn(self, cfg.federation.rounds - 1)
+        for callback in callbacks:
+            callback.at_end(view)
         return "done"

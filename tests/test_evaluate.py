@@ -256,7 +256,7 @@ def test_score_unlabelled_data_with_inception_caches_real_stats(tmp_path):
     assert again["fid_inception"] == first["fid_inception"] and stub.calls == 3  # real cached
 
 
-def test_evaluate_simulation_writes_round_json(tmp_path, cache):
+def test_evaluate_run_writes_round_json(tmp_path, cache):
     """The in-training hook: one round of a tiny Simulation, then evaluate its EMA."""
     from feddm_hpc.runlog import RunLog
     from feddm_hpc.simulation import Simulation
@@ -267,8 +267,8 @@ def test_evaluate_simulation_writes_round_json(tmp_path, cache):
     (run_dir / "checkpoints").mkdir(parents=True)
     sim = Simulation(config, SerialCommunicator(), run_dir, RunLog(0, run_dir, progress=False))
     sim.run()
-    result = evaluation.evaluate_simulation(sim, 0, 16, cache_dir=cache["FEDDM_HPC_CACHE"],
-                                            extractor_epochs=1, extractor_max_train=2000)
+    result = evaluation.evaluate_run(sim.view(), 0, 16, cache_dir=cache["FEDDM_HPC_CACHE"],
+                                     extractor_epochs=1, extractor_max_train=2000)
     written = json.loads((run_dir / "eval" / "round-000000.json").read_text())
     assert written["num_samples"] == 16 and written["round"] == 0
     assert written["fd"] == result["fd"] and "_samples" not in written
