@@ -10,6 +10,7 @@ quant: the server keeps the reference model the clients hold. Each round it enco
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, Tuple
 
 import numpy as np
@@ -27,10 +28,9 @@ class Downlink:
         self.reference = None
         if comp_cfg.downlink != "none":
             # Round-to-nearest, no error feedback: the reference already carries the error over.
-            self.codec = make_compressor({
-                "uplink": "quant", "bits": comp_cfg.downlink_bits, "chunk_size": comp_cfg.chunk_size,
-                "stochastic_rounding": False, "error_feedback": False, "lossless": comp_cfg.lossless,
-                "fp16_format": comp_cfg.fp16_format})
+            self.codec = make_compressor(dataclasses.replace(
+                comp_cfg, uplink="quant", bits=comp_cfg.downlink_bits, stochastic_rounding=False,
+                error_feedback=False))
             self.reference = global_params.astype(np.float32, copy=True)
 
     def send(self, comm, global_params: np.ndarray) -> Tuple[np.ndarray, int]:

@@ -5,11 +5,12 @@ import pytest
 from feddm_hpc import reports as wire
 from feddm_hpc.comm import SerialCommunicator
 from feddm_hpc.compression import make_compressor
+from feddm_hpc.config import CompressionConfig
 from feddm_hpc.transports import AllreduceTransport, GatherTransport, make_transport
 from feddm_hpc.errors import ConfigError
 
 N = 5
-RAW = make_compressor({"uplink": "none"})
+RAW = make_compressor(CompressionConfig(uplink="none"))
 
 
 def enc(x):

@@ -5,10 +5,11 @@ import pytest
 from feddm_hpc import reports as wire
 from feddm_hpc import server
 from feddm_hpc.compression import make_compressor
+from feddm_hpc.config import CompressionConfig
 from feddm_hpc.participation import RoundPlan
 
 N = 6
-RAW = make_compressor({"uplink": "none"})
+RAW = make_compressor(CompressionConfig(uplink="none"))
 
 
 def enc(x):
