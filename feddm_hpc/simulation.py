@@ -28,6 +28,7 @@ from .downlink import Downlink
 from .errors import ConfigError
 from .federation_setup import RunSetup, build_setup
 from .participation import plan_round
+from .phases import Phases
 from .placement import round_placement
 from .reports import ClientReport, make_report
 from .runlog import RunLog
@@ -122,22 +123,20 @@ class Simulation:
         """broadcast -> train -> reduce -> apply -> record; the checkpoint by policy."""
         cfg, comm = self.cfg, self.comm
         t_round = time.perf_counter()
-        phases: Dict[str, float] = {}
+        phases = Phases()
         cohort = seeding.sample_cohort(cfg.seed, r, cfg.federation.num_clients,
                                        cfg.federation.clients_per_round)
         plan = plan_round(cfg.seed, r, cohort, cfg.federation, self._steps_of)
-        t = time.perf_counter()
         comm.context = f"round {r}, broadcast"  # named in a collective-timeout message
-        start, down_bytes = self.downlink.send(comm, self.global_params)
-        self.strategy.broadcast(comm)
-        phases["broadcast"] = time.perf_counter() - t
+        with phases.timed("broadcast"):
+            start, down_bytes = self.downlink.send(comm, self.global_params)
+            self.strategy.broadcast(comm)
 
         reports = self._train_clients(r, plan, start, phases)
         # Waiting for the busiest rank is load imbalance, not communication: time it apart.
-        t = time.perf_counter()
         comm.context = f"round {r}, wait for the slowest rank"
-        comm.barrier()
-        phases["wait"] = time.perf_counter() - t
+        with phases.timed("wait"):
+            comm.barrier()
         comm.context = f"round {r}, gather"
         reduced = self.transport.reduce(comm, reports, start, phases)
         record = None
@@ -155,13 +154,16 @@ class Simulation:
         return record
 
     def _train_clients(self, r, plan, start, phases) -> List[ClientReport]:
-        """Local training, encoding and the strategy's extra uploads of this rank's arrivals."""
+        """Local training, encoding and the strategy's extra uploads of this rank's arrivals.
+        Phases: train and encode (wall s), train_cpu (CPU s of this process in local training,
+        meaningful when other jobs share the cores; benchmarks/recipe.py reads it)."""
         cfg, strategy = self.cfg, self.strategy
         hosted = set(self._trainers_of_round(plan)[self.comm.rank])
         inject = set(cfg.federation.inject_nan_clients)
         num_extras = len(strategy.upload_names)
         reports: List[ClientReport] = []
-        train_s = encode_s = train_cpu_s = 0.0
+        for name in ("train", "encode", "train_cpu"):   # present even on a rank with no client
+            phases.add(name, 0.0)
         for cid in (c for c in plan.arrived if c in hosted):
             t, t_cpu = time.perf_counter(), time.process_time()
             local, result = self.trainer.train(start, cid, self.setup.parts[cid], r,
@@ -169,18 +171,15 @@ class Simulation:
             if cid in inject:  # testing aid: one NaN and one Inf, as a diverged client would send
                 local[local.size // 2], local[-1] = np.nan, np.inf
             t_enc = time.perf_counter()
-            train_cpu_s += time.process_time() - t_cpu
+            phases.add("train_cpu", time.process_time() - t_cpu)
             vec = local if cfg.compression.target == "weights" else local - start
             update = self._encode(vec, cid, r)
             extras = () if update is None else strategy.client_uploads(cid, r, start, local, result.steps)
             t_end = time.perf_counter()
-            train_s += t_enc - t
-            encode_s += t_end - t_enc
+            phases.add("train", t_enc - t)
+            phases.add("encode", t_end - t_enc)
             reports.append(make_report(cid, result.num_samples, result.loss, t_enc - t, update,
                                        extras, num_extras))
-        # train_cpu: CPU seconds of this process (all its threads) in local training, which
-        # stays meaningful when other jobs share the cores (benchmarks/recipe.py reads it).
-        phases["train"], phases["encode"], phases["train_cpu"] = train_s, encode_s, train_cpu_s
         return reports
 
     def _encode(self, vec, cid, r) -> Optional[np.ndarray]:
@@ -194,23 +193,22 @@ class Simulation:
 
     def _apply(self, r, plan, down_bytes, reduced, phases) -> dict:
         """Root: the server step on the aggregate, the EMA, and the round's metrics record."""
-        t = time.perf_counter()
         agg = reduced.aggregate
-        if agg.mean_update is None:
-            self.log.info(f"round {r}: no client update to aggregate ({len(plan.dropped)} dropped, "
-                          f"{len(plan.stragglers)} late, {len(agg.rejected)} rejected); "
-                          f"the model is unchanged")
-        else:
-            self.global_params[:] = self.strategy.server_step(self.global_params, agg)
-            d = np.float32(ema_decay_at(self.cfg.server, r))
-            self.ema *= d
-            self.ema += (np.float32(1) - d) * self.global_params
-        phases["aggregate"] = phases.get("aggregate", 0.0) + time.perf_counter() - t
+        with phases.timed("aggregate"):
+            if agg.mean_update is None:
+                self.log.info(f"round {r}: no client update to aggregate ({len(plan.dropped)} dropped, "
+                              f"{len(plan.stragglers)} late, {len(agg.rejected)} rejected); "
+                              f"the model is unchanged")
+            else:
+                self.global_params[:] = self.strategy.server_step(self.global_params, agg)
+                d = np.float32(ema_decay_at(self.cfg.server, r))
+                self.ema *= d
+                self.ema += (np.float32(1) - d) * self.global_params
         prev = self.log.metrics_lines[-1] if self.log.metrics_lines else None
         record = server.round_record(r, plan, reduced.reports, agg, self.num_params, down_bytes,
                                      len(self.strategy.upload_names), self.strategy.broadcast_vectors,
                                      prev)
-        record["phases"] = {k: round(v, 5) for k, v in phases.items()}
+        record["phases"] = phases.rounded()
         return record
 
     # ------------------------------------------------------------------ checkpoints
