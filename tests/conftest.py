@@ -94,6 +94,7 @@ MPI_TESTS = {
     "test_slurm.py": {"test_slurm_preemption_requeue_resumes_bit_identical"},
 }
 SLOW_TESTS = {
+    "test_callbacks.py": ALL,   # each test trains a tiny run
     "test_cli.py": {"test_sample_writes_a_png"},
     "test_client.py": {"test_prox_step_differs_from_plain_by_lr_mu_distance",
                        "test_scaffold_correction_shifts_each_step_by_lr_times_correction"},
