@@ -11,10 +11,11 @@ from feddm_hpc.compression import (HEADER_SIZE, Compressor, decode_payload, make
 from feddm_hpc.compression import lossless, quantize as q
 from feddm_hpc.compression.floatcast import from_bf16, to_bf16
 from feddm_hpc.compression.topk import IDX_BITMAP, IDX_DELTA16, IDX_DELTA32, topk_indices
+from feddm_hpc.config import CompressionConfig
 from feddm_hpc.errors import ConfigError
 
 N = 10001
-CHUNK = 1024
+CHUNK = 1024  # every test's chunk size, passed explicitly (CompressionConfig's default is 4096)
 
 
 def update(n=N, seed=0, scale=1e-3):
@@ -22,7 +23,7 @@ def update(n=N, seed=0, scale=1e-3):
 
 
 def comp(**cfg):
-    return make_compressor(dict({"chunk_size": CHUNK}, **cfg))
+    return make_compressor(CompressionConfig(**dict({"chunk_size": CHUNK}, **cfg)))
 
 
 def roundtrip(c: Compressor, x, seed=1, cid=0):
@@ -509,16 +510,14 @@ def test_any_compressor_decodes_any_payload():
 
 # -- registry ----------------------------------------------------------------------------------
 
-class Cfg:
-    def __init__(self, **kw):
-        self.__dict__.update(dict(uplink="quant", bits=8, chunk_size=1024,
-                                  stochastic_rounding=False, error_feedback=False,
-                                  topk_fraction=0.01, topk_value_bits=32, lossless="none",
-                                  fp16_format="fp16"), **kw)
+def Cfg(**kw):
+    """A quant section with this file's chunk size; `kw` overrides any field."""
+    return CompressionConfig(**dict({"uplink": "quant", "chunk_size": CHUNK}, **kw))
 
 
-def test_registry_builds_from_attributes():
+def test_registry_builds_from_the_typed_section():
     assert make_compressor(Cfg()).bits == 8
+    assert make_compressor(Cfg()).chunk == CHUNK
     assert make_compressor(Cfg(bits=16, fp16_format="bf16")).fmt == "bf16"
     assert make_compressor(Cfg(uplink="topk")).name == "topk"
     assert not make_compressor(Cfg(uplink="none", error_feedback=True)).error_feedback
@@ -541,3 +540,27 @@ def test_registry_errors_name_the_field(field, value, needle):
 def test_registry_topk_errors_name_the_field(field, value):
     with pytest.raises(ConfigError, match=f"compression.{field}"):
         make_compressor(Cfg(uplink="topk", **{field: value}))
+
+
+def test_registry_takes_only_a_compression_config():
+    for not_a_section in ({"uplink": "quant", "bits": 8}, None, "quant"):
+        with pytest.raises(TypeError, match="CompressionConfig"):
+            make_compressor(not_a_section)
+
+
+def test_registry_defaults_are_the_config_defaults():
+    """No second copy of the defaults: an unset field means CompressionConfig's default."""
+    defaults = CompressionConfig()
+    assert make_compressor(CompressionConfig(uplink="quant")).chunk == defaults.chunk_size == 4096
+    topk = make_compressor(CompressionConfig(uplink="topk"))
+    assert (topk.chunk, topk.value_bits, topk.fmt, topk.fraction) == (
+        defaults.chunk_size, defaults.topk_value_bits, defaults.fp16_format, defaults.topk_fraction)
+
+
+@pytest.mark.parametrize("field,value", [("downlink_bits", 3), ("target", "delta"),
+                                         ("downlink", "topk"), ("fp16_format", "fp8"),
+                                         ("topk_value_bits", 4)])
+def test_registry_checks_every_choice_field(field, value):
+    """A section built or replaced in code is checked like a loaded one, whatever the codec."""
+    with pytest.raises(ConfigError, match=f"^compression.{field}: invalid value"):
+        make_compressor(Cfg(**{field: value}))

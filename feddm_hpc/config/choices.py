@@ -1,0 +1,83 @@
+"""The valid values of every choice field, as typing.Literal types, and their one generic check.
+
+Each Literal below is the one source of truth for its field's values. Where code elsewhere keys a
+registry by the same names (the comment beside each type names it), tests/test_config_choices.py
+asserts that the registry's names equal the Literal's values, so neither can drift alone. The
+order of a Literal's values is the order error messages list them in.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from typing import Any, Literal, Optional, Tuple
+
+from ..errors import ConfigError
+
+Dataset = Literal["mnist", "fashion_mnist", "npz", "hdf5"]             # data.datasets.DATASETS
+Partition = Literal["iid", "dirichlet", "dirichlet_balanced", "shards"]  # data.partition.SCHEMES
+Schedule = Literal["linear", "cosine"]                                 # diffusion.SCHEDULES
+Prediction = Literal["eps", "v"]                                       # diffusion.PREDICTIONS
+LossWeighting = Literal["none", "min_snr"]                             # diffusion.LOSS_WEIGHTINGS
+Algorithm = Literal["fedadagrad", "fedadam", "fedavg", "fedavgm", "fedprox", "fedyogi",
+                    "scaffold"]                                        # strategies.STRATEGIES
+Straggler = Literal["none", "lognormal"]                               # participation.py
+Optimizer = Literal["adam", "adamw", "sgd"]                            # client.make_optimizer
+LrSchedule = Literal["constant", "cosine"]                             # client.round_lr
+Uplink = Literal["none", "quant", "topk"]                              # compression.COMPRESSORS
+# 16: the float16 codec (fp16_format); 8, 4, 2: the integer quant codec (quantize.VALID_BITS).
+Bits = Literal[16, 8, 4, 2]
+TopkValueBits = Literal[32, 16, 8]                                     # compression.topk.VALUE_BITS
+Lossless = Literal["none", "zlib", "zstd"]                             # compression.header.LOSSLESS_IDS
+Fp16Format = Literal["fp16", "bf16"]
+Target = Literal["update", "weights"]
+Downlink = Literal["none", "quant"]
+Sampler = Literal["ddim", "ddpm"]                                      # diffusion.SAMPLERS
+Transport = Literal["gather", "hierarchical"]                          # transports.TRANSPORTS
+Placement = Literal["auto", "static", "per_round"]
+
+
+def literal_values(hint: Any) -> Optional[Tuple[Any, ...]]:
+    """The values of a Literal type (also inside Optional[...]); None for any other type."""
+    if typing.get_origin(hint) is typing.Union:
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return literal_values(inner[0]) if len(inner) == 1 else None
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    return None
+
+
+def literal_base(hint: Any) -> type:
+    """The one Python type of a Literal's values (str or int here)."""
+    kinds = {type(v) for v in typing.get_args(hint)}
+    assert len(kinds) == 1, f"a Literal mixes value types: {hint}"
+    return kinds.pop()
+
+
+def check_choice(value: Any, hint: Any, name: str) -> Any:
+    """`value` if it is one of the Literal `hint`'s values (bool is no int here), else ConfigError
+    "name: invalid value 'x'; valid values: a, b, c"."""
+    values = typing.get_args(hint)
+    if not any(type(value) is type(v) and value == v for v in values):
+        raise ConfigError(f"{name}: invalid value {value!r}; valid values: "
+                          + ", ".join(str(v) for v in values))
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def choice_fields(cls: type) -> Tuple[Tuple[str, Any], ...]:
+    """(name, Literal type) of every choice field of a section dataclass, in field order."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls)
+                 if typing.get_origin(hints[f.name]) is Literal)
+
+
+def check_choices(section: Any, prefix: str) -> None:
+    """check_choice on every Literal field of a section instance (a built or replaced one)."""
+    for name, hint in choice_fields(type(section)):
+        check_choice(getattr(section, name), hint, f"{prefix}.{name}")
+
+
+def require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)

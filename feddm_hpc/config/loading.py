@@ -1,0 +1,171 @@
+"""Building a Config from plain data: YAML files, `--set` overrides, checkpoint text; dumping one.
+
+`_build` rejects unknown keys and wrongly typed values with a ConfigError naming the dotted field;
+a Literal field must hold one of its values (choices.check_choice). The only conversions are
+int -> float and list -> tuple.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal, Tuple
+
+import yaml
+
+from ..errors import ConfigError
+from .choices import check_choice, literal_base
+from .sections import Config
+from .validation import validate
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Check `value` against a field's type; the only conversions are int->float and list->tuple."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union:  # Optional[X]
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)][0]
+        return None if value is None else _coerce(value, inner, name)
+    if origin is Literal:  # the value's type first (same messages as a plain field), then the set
+        return check_choice(_coerce(value, literal_base(annotation), name), annotation, name)
+    if origin in (tuple, Tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list of integers, got {value!r}")
+        return tuple(_coerce(v, int, name) for v in value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
+    raise AssertionError(f"unsupported annotation {annotation}")
+
+
+def _build(cls, data: Any, prefix: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"{where}: unknown key (valid: {', '.join(sorted(known))})")
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        name = f"{prefix}.{f.name}" if prefix else f.name
+        hint = hints[f.name]
+        if is_dataclass(hint):
+            kwargs[f.name] = _build(hint, data[f.name], name)
+        else:
+            kwargs[f.name] = _coerce(data[f.name], hint, name)
+    return cls(**kwargs)
+
+
+def _apply_override(tree: dict, assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment}: expected KEY=VALUE")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: value is not valid YAML ({exc.problem})") from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections")
+    return tree
+
+
+def config_from_tree(tree: dict, overrides: list[str] = ()) -> Config:
+    tree = _deep_copy(tree)
+    for assignment in overrides:
+        _apply_override(tree, assignment)
+    config = _build(Config, tree, "")
+    validate(config)
+    return config
+
+
+def _deep_copy(tree):
+    if isinstance(tree, dict):
+        return {k: _deep_copy(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_deep_copy(v) for v in tree]
+    return tree
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
+    return config_from_tree(read_yaml(path), overrides)
+
+
+# Fields whose default changed after checkpoints already existed, with the value every older
+# checkpoint was trained with. A checkpoint's resolved config lists every field of its version,
+# so a field it lacks predates it: resume and evaluate then keep the recipe the run was trained
+# with instead of switching to the new default halfway.
+LEGACY_VALUES = {
+    ("diffusion", "prediction"): "eps",
+    ("diffusion", "loss_weighting"): "none",
+    ("client", "lr_schedule"): "constant",
+    ("server", "ema_warmup"): False,
+}
+
+
+def config_from_yaml_text(text: str, overrides: list[str] = ()) -> Config:
+    """The config stored in a checkpoint (its resolved YAML), with `overrides` on top."""
+    tree = yaml.safe_load(text) or {}
+    for (section, key), value in LEGACY_VALUES.items():
+        node = tree.get(section)
+        if isinstance(node, dict) and key not in node:
+            node[key] = value
+    return config_from_tree(tree, overrides)
+
+
+def to_tree(config: Config) -> dict:
+    def plain(v):
+        if isinstance(v, tuple):
+            return list(v)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(config))
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_tree(config), sort_keys=False)

@@ -1,0 +1,260 @@
+"""The config sections: frozen dataclasses, each with the checks of its own fields.
+
+A choice field is typed by its Literal (choices.py); `validate(self)` checks the Literals again
+(for a section built or replaced in code rather than loaded) and then the section's ranges.
+Checks that read several sections live in validation.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+from .choices import (Algorithm, Bits, Dataset, Downlink, Fp16Format, Lossless, LossWeighting,
+                      LrSchedule, Optimizer, Partition, Placement, Prediction, Sampler, Schedule,
+                      Straggler, Target, TopkValueBits, Transport, Uplink, check_choices, require)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: Dataset = "mnist"
+    path: Optional[str] = None      # folder (fashion_mnist) or file (npz, hdf5)
+    subset: Optional[int] = None    # seeded random subset of the training split, for quick runs
+    partition: Partition = "iid"    # how the training split is dealt to clients (data/partition.py)
+    dirichlet_alpha: float = 0.5
+    classes_per_client: int = 2
+
+    def validate(self) -> None:
+        check_choices(self, "data")
+        require(self.dataset not in ("npz", "hdf5") or self.path is not None,
+                f"data.path: required for data.dataset={self.dataset}")
+        require(self.subset is None or self.subset > 0, "data.subset: must be positive")
+        require(self.dirichlet_alpha > 0, "data.dirichlet_alpha: must be > 0")
+        require(self.classes_per_client >= 1, "data.classes_per_client: must be >= 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    base_channels: int = 32
+    channel_mults: Tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 1
+    attention_resolutions: Tuple[int, ...] = (7,)
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        require(self.base_channels >= 4, "model.base_channels: must be >= 4")
+        require(len(self.channel_mults) >= 1 and all(m >= 1 for m in self.channel_mults),
+                "model.channel_mults: a non-empty list of positive integers")
+        require(self.num_res_blocks >= 1, "model.num_res_blocks: must be >= 1")
+        require(0.0 <= self.dropout < 1.0, "model.dropout: must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    timesteps: int = 1000
+    schedule: Schedule = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    prediction: Prediction = "eps"  # what the U-Net regresses (samplers convert v to eps)
+    loss_weighting: LossWeighting = "min_snr"  # min_snr: per-timestep weight min(SNR, gamma)/SNR (eps)
+    min_snr_gamma: float = 5.0      # Hang et al. 2023's gamma
+
+    def validate(self) -> None:
+        check_choices(self, "diffusion")
+        require(self.timesteps >= 2, "diffusion.timesteps: must be >= 2")
+        require(0 < self.beta_start < self.beta_end < 1,
+                "diffusion.beta_start/beta_end: need 0 < beta_start < beta_end < 1")
+        require(self.min_snr_gamma > 0, "diffusion.min_snr_gamma: must be > 0")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    num_clients: int = 10
+    clients_per_round: Optional[int] = None   # None: every client, every round
+    rounds: int = 10
+    algorithm: Algorithm = "fedavg"
+    # Realism (participation.py). Every draw comes from (seed, round, client_id), never the rank.
+    dropout_prob: float = 0.0           # each cohort client independently fails to report
+    straggler: Straggler = "none"       # lognormal: a fixed slowness factor per client
+    straggler_sigma: float = 0.5        # lognormal sigma of the slowness factor (median 1)
+    step_time_s: float = 1.0            # modelled seconds per local step at slowness 1
+    round_deadline_s: Optional[float] = None  # simulated seconds; slower clients are dropped
+    inject_nan_clients: Tuple[int, ...] = ()  # testing aid: these clients report NaN weights
+
+    def validate(self) -> None:
+        check_choices(self, "federation")
+        require(self.num_clients >= 1, "federation.num_clients: must be >= 1")
+        require(self.rounds >= 1, "federation.rounds: must be >= 1")
+        require(self.clients_per_round is None or 1 <= self.clients_per_round <= self.num_clients,
+                "federation.clients_per_round: must be between 1 and federation.num_clients "
+                f"({self.num_clients})")
+        require(0.0 <= self.dropout_prob <= 1.0, "federation.dropout_prob: must be in [0, 1]")
+        require(self.straggler_sigma > 0, "federation.straggler_sigma: must be > 0")
+        require(self.step_time_s > 0, "federation.step_time_s: must be > 0")
+        require(self.round_deadline_s is None or self.round_deadline_s > 0,
+                "federation.round_deadline_s: must be > 0 or null")
+        require(all(0 <= i < self.num_clients for i in self.inject_nan_clients),
+                f"federation.inject_nan_clients: client ids must be in [0, {self.num_clients})")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    local_steps: Optional[int] = 50     # exactly one of local_steps / local_epochs is set
+    local_epochs: Optional[float] = None
+    batch_size: int = 64
+    optimizer: Optimizer = "adam"
+    lr: float = 2e-4
+    lr_schedule: LrSchedule = "cosine"  # the round's lr, the same for every client
+    lr_warmup_rounds: int = 0           # linear warm-up over the first rounds (both schedules)
+    lr_min_ratio: float = 0.1           # cosine: the last round's lr is lr * lr_min_ratio
+    weight_decay: float = 0.0
+    momentum: float = 0.9               # sgd only
+    grad_clip: Optional[float] = 1.0
+    prox_mu: float = 0.0                # FedProx proximal term; 0 is FedAvg (FedDM-vanilla)
+
+    def validate(self) -> None:
+        check_choices(self, "client")
+        require((self.local_steps is None) != (self.local_epochs is None),
+                "client.local_steps/local_epochs: set exactly one of them (the other to null)")
+        require(self.local_steps is None or self.local_steps >= 1,
+                "client.local_steps: must be >= 1")
+        require(self.local_epochs is None or self.local_epochs > 0,
+                "client.local_epochs: must be > 0")
+        require(self.batch_size >= 1, "client.batch_size: must be >= 1")
+        require(self.lr > 0, "client.lr: must be > 0")
+        require(self.lr_warmup_rounds >= 0, "client.lr_warmup_rounds: must be >= 0")
+        require(0.0 <= self.lr_min_ratio <= 1.0, "client.lr_min_ratio: must be in [0, 1]")
+        require(self.grad_clip is None or self.grad_clip > 0,
+                "client.grad_clip: must be > 0 or null")
+        require(self.prox_mu >= 0, "client.prox_mu: must be >= 0")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    uplink: Uplink = "none"
+    bits: Bits = 8                      # 16: float16 (fp16_format); 8 | 4 | 2: chunked integer codes
+    chunk_size: int = 4096
+    stochastic_rounding: bool = False
+    error_feedback: bool = False
+    topk_fraction: float = 0.01
+    topk_value_bits: TopkValueBits = 32
+    lossless: Lossless = "none"         # zstd needs the zstandard package
+    fp16_format: Fp16Format = "fp16"
+    target: Target = "update"           # update: encode local - global | weights: encode local
+    downlink: Downlink = "none"         # none: float32 model | quant: encoded (global - reference)
+    downlink_bits: Bits = 8             # the quant codec of `bits`, chunk_size, no feedback
+
+    def validate(self) -> None:
+        """Also run by compression.make_compressor on the section it is given."""
+        check_choices(self, "compression")
+        chunk = self.chunk_size
+        require(not isinstance(chunk, bool) and isinstance(chunk, int) and 0 < chunk < 2 ** 31,
+                f"compression.chunk_size: must be a positive integer, got {chunk!r}")
+        if self.uplink == "topk":
+            fraction = self.topk_fraction
+            require(not isinstance(fraction, bool) and isinstance(fraction, (int, float))
+                    and 0.0 < fraction <= 1.0,
+                    f"compression.topk_fraction: must be a number in (0, 1], got {fraction!r}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    lr: float = 1.0                     # server learning rate on the aggregated update
+    momentum: float = 0.9               # fedavgm
+    beta1: float = 0.9                  # fedadam / fedyogi
+    beta2: float = 0.99
+    tau: float = 1e-3                   # adaptive optimizers' epsilon (Reddi et al.)
+    ema_decay: float = 0.9              # EMA of the global model, per round; used for sampling
+    ema_warmup: bool = True             # round r decays by min(ema_decay, (1 + r) / (10 + r))
+
+    def validate(self) -> None:
+        require(0.0 <= self.ema_decay < 1.0, "server.ema_decay: must be in [0, 1)")
+        require(self.lr > 0, "server.lr: must be > 0")
+
+
+@dataclass(frozen=True)
+class PersonalizationConfig:
+    steps: int = 0                      # local fine-tuning steps after the last round; 0: off
+    eval_size: int = 64                 # held-out examples per client (at most half its shard)
+
+    def validate(self) -> None:
+        require(self.steps >= 0, "personalization.steps: must be >= 0 (0: off)")
+        require(self.eval_size >= 1, "personalization.eval_size: must be >= 1")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    sampler: Sampler = "ddim"
+    steps: int = 50                     # ddim steps (ddpm always uses all timesteps)
+    eta: float = 0.0                    # ddim noise: 0 deterministic, 1 ancestral-like (cleaner when undertrained)
+    num_samples: int = 64
+    every: int = 0                      # rounds between sample grids; 0: only at the end
+
+    def validate(self) -> None:
+        """steps <= diffusion.timesteps is checked in validation.py."""
+        check_choices(self, "sampling")
+        require(self.num_samples >= 0, "sampling.num_samples: must be >= 0 (0: no sample grids)")
+        require(self.every >= 0, "sampling.every: must be >= 0")
+        require(0.0 <= self.eta <= 1.0, "sampling.eta: must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    every: int = 0                      # rounds between evaluations during training; 0: off
+    num_samples: int = 1000             # generated and real images each (FD depends on N)
+    extractor_epochs: int = 2           # LeNet feature extractor, trained once and cached
+    extractor_max_train: Optional[int] = None  # train it on the first M images only (quick runs)
+
+    def validate(self) -> None:
+        require(self.every >= 0, "evaluation.every: must be >= 0 (0: off)")
+        require(self.num_samples >= 2, "evaluation.num_samples: must be >= 2")
+        require(self.extractor_epochs >= 1, "evaluation.extractor_epochs: must be >= 1")
+        require(self.extractor_max_train is None or self.extractor_max_train >= 100,
+                "evaluation.extractor_max_train: must be >= 100 or null")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 1                      # rounds between checkpoints (the last round always)
+    keep_last: int = 3
+
+    def validate(self) -> None:
+        require(self.every >= 1, "checkpoint.every: must be >= 1")
+        require(self.keep_last >= 1, "checkpoint.keep_last: must be >= 1")
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    device: str = "auto"                # auto | cpu | cuda | cuda:N
+    threads: int = 0                    # torch threads per rank; 0: from the cores this rank owns
+    progress: bool = True
+    collective_timeout_s: float = 0.0   # > 0: a collective that waits longer aborts the job (exit 4)
+    placement: Placement = "auto"       # who trains a cohort client (README)
+    transport: Transport = "gather"     # gather: root decodes every payload in client-id order (rank-invariant)
+                                        # hierarchical: ranks pre-sum their clients, then Allreduce
+
+    def validate(self) -> None:
+        """placement per_round against stateful clients is checked in validation.py."""
+        check_choices(self, "system")
+        dev = self.device
+        require(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
+                f"system.device: {dev!r} is not one of auto, cpu, cuda, cuda:N")
+        require(self.threads >= 0, "system.threads: must be >= 0")
+        require(self.collective_timeout_s >= 0,
+                "system.collective_timeout_s: must be >= 0 (0: no timeout)")
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
