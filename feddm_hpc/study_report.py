@@ -11,6 +11,8 @@ complete ones), groups the runs into cells by name without the `-s<seed>` suffix
                         seeds; panels iid and shards, the centralized reference in both
   OUT/fd_vs_uplink.png  FD against cumulative uplink bytes (log x), same style
   OUT/summary.json      every number of the table, per cell and per run, plus the prox choice
+                        and the paired differences against fedavg (study_paired.py, also in
+                        table.md)
 
 `python -m feddm_hpc.study_report OUT --best-prox shards [--seeds 0 1 2] [--mus 0.001 0.01 0.1]`
 prints only the FedProx mu whose prox-mu<mu>-shards cell has the lowest mean final FD over seeds
@@ -31,6 +33,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .errors import UserError
+from .study_paired import markdown as paired_markdown
+from .study_paired import paired_table
 from .report import (Run, _bytes, comparability_notes, describe_algorithm, describe_codec,
                      describe_partition, load_run, row)
 
@@ -339,8 +343,10 @@ def write_study_report(out) -> int:
         if s["method"] == "prox":
             notes.append(f"{s['cell']} uses μ={s['prox_mu']}")
 
+    paired = paired_table(cells)
     text = ["# FedDM multi-seed study", "", markdown_table(summaries)]
     text += [f"- {n}" for n in notes]
+    text += paired_markdown(paired)
     if plots:
         text += ["", "## Plots", "", "Lines: mean over seeds; bands: min..max over seeds; "
                  "the centralized reference (dashed) in every panel.", ""]
@@ -349,7 +355,7 @@ def write_study_report(out) -> int:
         text += ["", plot_note]
     (out / "table.md").write_text("\n".join(text) + "\n")
     summary = {"cells": [{**s, "curve": curves(c)} for s, c in zip(summaries, cells)],
-               "best_prox": prox, "notes": notes}
+               "best_prox": prox, "paired_vs_fedavg": paired, "notes": notes}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     if plot_note:
         print(plot_note, file=sys.stderr)

@@ -177,3 +177,26 @@ def test_single_seed_cells_and_central_panel(tmp_path):
 def test_no_runs_is_a_user_error(tmp_path, capsys):
     assert study_report.main([str(tmp_path)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_paired_differences_remove_the_shared_seed_effect(tmp_path):
+    """Seeds move every cell alike (100, 110, 120); q8 is 2 worse on each: the unpaired spread
+    (std 10) hides it, the paired difference (+2 ± 0) resolves it. A cell with scattered
+    differences stays unresolved, and one without fedavg on its partition is left out."""
+    base = {"algorithm": "fedavg", "partition": "iid", "mu": 0.0, "uplink": "none"}
+    q8 = dict(base, uplink="quant")
+    for seed, fd in enumerate([100.0, 110.0, 120.0]):
+        make_run(tmp_path, f"fedavg-iid-s{seed}", _config(seed, base), (fd, 1, 0.3, 0.2))
+        make_run(tmp_path, f"q8-iid-s{seed}", _config(seed, q8), (fd + 2.0, 1, 0.3, 0.2))
+        make_run(tmp_path, f"q4-iid-s{seed}", _config(seed, q8), (fd + [5, -9, 3][seed], 1, 0.3, 0.2))
+        make_run(tmp_path, f"prox-mu0.1-shards-s{seed}", _config(seed, dict(base, partition="shards")),
+                 (fd, 1, 0.3, 0.2))
+    from feddm_hpc.study_paired import paired_table
+    rows = {r["cell"]: r for r in paired_table(study_report.load_study(tmp_path))}
+    assert set(rows) == {"q8-iid", "q4-iid"}
+    assert rows["q8-iid"]["mean"] == pytest.approx(2.0) and rows["q8-iid"]["verdict"] == "worse"
+    assert rows["q8-iid"]["deltas"] == pytest.approx([2.0, 2.0, 2.0])
+    assert rows["q4-iid"]["verdict"] == "not resolved"
+    assert study_report.write_study_report(tmp_path) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert "| q8-iid | fedavg-iid | 3 | +2.0 ± 0.0 | [+2.0, +2.0] | +2.0, +2.0, +2.0 | worse |" in table
