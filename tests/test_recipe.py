@@ -1,9 +1,7 @@
 """The training-recipe options: v-prediction, min-SNR weighting, the lr schedule by round, the
 server EMA warm-up. Each is checked against values computed by hand from its definition."""
 import math
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
