@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from .comm import root_decides
-from .errors import UserError
+from feddm_hpc.comm import root_decides
+from feddm_hpc.errors import UserError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_USER, EXIT_STOPPED, EXIT_COLLECTIVE_TIMEOUT = 0, 1, 2, 3, 4
 
@@ -119,19 +119,19 @@ STOP = StopFlag()
 
 
 def _make_comm():
-    from .comm import make_communicator
+    from feddm_hpc.comm import make_communicator
     return make_communicator()
 
 
 # ---------------------------------------------------------------------------- commands
 
 def _run_training(comm, config, run_dir: Path, checkpoint_path: Optional[str]) -> int:
-    from .callbacks import standard_callbacks
-    from .checkpoint import load_checkpoint
-    from .config import dump_yaml
-    from .run_outputs import write_run_files
-    from .runlog import RunLog
-    from .simulation import Simulation
+    from feddm_hpc.federation.callbacks import standard_callbacks
+    from feddm_hpc.rundir.checkpoint import load_checkpoint
+    from feddm_hpc.config import dump_yaml
+    from feddm_hpc.rundir.run_outputs import write_run_files
+    from feddm_hpc.rundir.runlog import RunLog
+    from feddm_hpc.federation.simulation import Simulation
 
     comm.timeout_s = config.system.collective_timeout_s
     log = RunLog(comm.rank, run_dir, progress=config.system.progress)
@@ -164,8 +164,8 @@ def _requeued() -> bool:
 
 
 def cmd_train(args) -> int:
-    from .checkpoint import list_checkpoints
-    from .config import load_config
+    from feddm_hpc.rundir.checkpoint import list_checkpoints
+    from feddm_hpc.config import load_config
 
     comm = _make_comm()
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
@@ -191,8 +191,8 @@ def cmd_resume(args) -> int:
 
 
 def _resume(comm, args) -> int:
-    from .checkpoint import latest_valid, load_checkpoint
-    from .config import config_from_yaml_text
+    from feddm_hpc.rundir.checkpoint import latest_valid, load_checkpoint
+    from feddm_hpc.config import config_from_yaml_text
 
     run_dir = Path(args.run_dir)
 
@@ -209,13 +209,13 @@ def _resume(comm, args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .checkpoint import load_checkpoint
-    from .config import config_from_yaml_text
-    from .diffusion import make_schedule
-    from .federation_setup import build_model
-    from .imaging import save_image_grid
-    from .placement import select_device
-    from .sampling import draw_samples
+    from feddm_hpc.rundir.checkpoint import load_checkpoint
+    from feddm_hpc.config import config_from_yaml_text
+    from feddm_hpc.diffusion import make_schedule
+    from feddm_hpc.federation.setup import build_model
+    from feddm_hpc.rundir.imaging import save_image_grid
+    from feddm_hpc.federation.placement import select_device
+    from feddm_hpc.sampling import draw_samples
 
     if args.num < 1:
         raise UserError("--num: must be >= 1")
@@ -242,7 +242,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .checkpoint import describe, load_checkpoint
+    from feddm_hpc.rundir.checkpoint import describe, load_checkpoint
 
     load_checkpoint(args.checkpoint, verify=False)  # unreadable -> exit 2 before printing
     print(describe(args.checkpoint))
@@ -250,8 +250,8 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from .config import load_config
-    from .federation_setup import load_partitioned
+    from feddm_hpc.config import load_config
+    from feddm_hpc.federation.setup import load_partitioned
 
     config = load_config(args.config, args.overrides)
     d = config.data
@@ -264,19 +264,19 @@ def cmd_validate(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .eval_checkpoint import run
+    from feddm_hpc.eval_checkpoint import run
 
     return run(_make_comm(), args)
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from feddm_hpc.report import write_report
 
     return write_report(args.run_dirs, args.out)
 
 
 def cmd_scaling(args) -> int:
-    from .scaling.study import run_study
+    from feddm_hpc.scaling.study import run_study
 
     return run_study(args.spec, args.out, dry_run=args.dry_run, slurm=args.slurm,
                      collect_only=args.collect)
@@ -345,14 +345,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("error: interrupted", file=sys.stderr)
         code = 130
     except RuntimeError as exc:
-        from .comm import CollectiveTimeout
+        from feddm_hpc.comm import CollectiveTimeout
 
         if not isinstance(exc, CollectiveTimeout):
             raise
         # Other ranks may be stuck inside the collective: only an abort can end them.
         mpi = sys.modules.get("mpi4py.MPI")
         if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
-            from .comm import abort_with_message
+            from feddm_hpc.comm import abort_with_message
 
             abort_with_message(f"{exc}; aborting the job", EXIT_COLLECTIVE_TIMEOUT)
         print(f"error: {exc}", file=sys.stderr, flush=True)

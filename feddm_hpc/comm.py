@@ -195,7 +195,7 @@ def root_decides(comm, fn):
     """Run `fn` on the root only; its result or its UserError reaches every rank, so a mistake
     only the root sees (a missing checkpoint) ends all ranks cleanly instead of a hang.
     The result must be JSON-serialisable (bcast_object)."""
-    from .errors import UserError
+    from feddm_hpc.errors import UserError
 
     result, error = None, None
     if comm.rank == 0:

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError, UserError
-from .comm import root_decides
-from .evaluation import (FID_UNAVAILABLE, client_histogram_distances,
+from feddm_hpc.errors import ConfigError, UserError
+from feddm_hpc.comm import root_decides
+from feddm_hpc.evaluation import (FID_UNAVAILABLE, client_histogram_distances,
                          eval_json_path, evaluate_params, read_label_histogram, to_uint8_nhwc,
                          write_result)
 
@@ -34,11 +34,11 @@ def _check_flags(args, config) -> None:
 
 
 def run(comm, args) -> int:
-    from .checkpoint import load_checkpoint
-    from .config import config_from_yaml_text
-    from .federation_setup import build_model
-    from .params import ParamSpec
-    from .placement import select_device, threads_per_rank
+    from feddm_hpc.rundir.checkpoint import load_checkpoint
+    from feddm_hpc.config import config_from_yaml_text
+    from feddm_hpc.federation.setup import build_model
+    from feddm_hpc.params import ParamSpec
+    from feddm_hpc.federation.placement import select_device, threads_per_rank
 
     ckpt_path = Path(args.checkpoint)
 
@@ -57,7 +57,7 @@ def run(comm, args) -> int:
 
     loaded = {}
     if args.inception_weights:
-        from .metrics.inception import load_inception
+        from feddm_hpc.metrics.inception import load_inception
 
         def read_weights():  # only the root scores; a bad file still ends every rank cleanly
             loaded["inception"] = load_inception(args.inception_weights)

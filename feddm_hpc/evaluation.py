@@ -24,11 +24,11 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from . import seeding
-from .comm import root_decides
-from .diffusion import sample
-from .errors import UserError
-from .params import unflatten_into
+from feddm_hpc import seeding
+from feddm_hpc.comm import root_decides
+from feddm_hpc.diffusion import sample
+from feddm_hpc.errors import UserError
+from feddm_hpc.params import unflatten_into
 
 BLOCK = 64
 FID_UNAVAILABLE = ("standard FID (Inception-v3) not computed: its weights cannot be downloaded "
@@ -83,7 +83,7 @@ def generate_samples(comm, model, schedule, params: np.ndarray, image_shape, num
 def to_uint8_nhwc(images: np.ndarray) -> np.ndarray:
     """float [N,C,H,W] in [-1,1] -> uint8 [N,H,W,C], as the images would be saved as PNG
     (NaN from a diverged model becomes mid-grey instead of failing the evaluation)."""
-    from .imaging import to_uint8
+    from feddm_hpc.rundir.imaging import to_uint8
 
     return np.ascontiguousarray(to_uint8(images).transpose(0, 2, 3, 1))
 
@@ -93,8 +93,8 @@ def to_uint8_nhwc(images: np.ndarray) -> np.ndarray:
 def _inception_fid(inception, real_u8: np.ndarray, fake_u8: np.ndarray, dataset_checksum: str,
                    cache_dir) -> float:
     """Standard FID; the real statistics are cached per (weights file, real image set)."""
-    from .metrics.features import default_cache_dir
-    from .metrics.quality import feature_stats, frechet_distance
+    from feddm_hpc.metrics.features import default_cache_dir
+    from feddm_hpc.metrics.quality import feature_stats, frechet_distance
 
     h = hashlib.sha256(inception.path.read_bytes()).hexdigest()[:16]
     r = hashlib.sha256(np.ascontiguousarray(real_u8).data).hexdigest()[:16]
@@ -114,9 +114,9 @@ def _inception_fid(inception, real_u8: np.ndarray, fake_u8: np.ndarray, dataset_
 def score_samples(fake: np.ndarray, reference, num_samples: int, inception=None,
                   cache_dir=None) -> dict:
     """Root only: metrics of float [N,C,H,W] samples against N seeded real training images."""
-    from .metrics.evaluate import evaluate_samples
-    from .metrics.features import reference_indices
-    from .metrics.reference import REFERENCE_SEED
+    from feddm_hpc.metrics.evaluate import evaluate_samples
+    from feddm_hpc.metrics.features import reference_indices
+    from feddm_hpc.metrics.reference import REFERENCE_SEED
 
     fake_u8 = to_uint8_nhwc(fake)
     real_u8 = reference.images[reference_indices(len(reference.images), num_samples,
@@ -161,9 +161,9 @@ def evaluate_params(comm, config, params: np.ndarray, image_shape, round_index: 
     A dataset without labels and no `inception` is a UserError on every rank, raised before any
     sampling; so is a missing dataset.
     """
-    from .diffusion import make_schedule
-    from .federation_setup import build_model
-    from .metrics.reference import load_reference
+    from feddm_hpc.diffusion import make_schedule
+    from feddm_hpc.federation.setup import build_model
+    from feddm_hpc.metrics.reference import load_reference
 
     d, s = config.diffusion, config.sampling
     sampler, steps = sampler or s.sampler, steps or s.steps
@@ -228,7 +228,7 @@ def evaluate_run(view, round_index: int, num_samples: int, **kwargs) -> Optional
 def client_histogram_distances(fake_histogram, label_histogram) -> list:
     """Total-variation distance between one class histogram of generated samples and each
     client's own label distribution (rows of partition.json's `label_histogram`)."""
-    from .metrics.quality import histogram_distance
+    from feddm_hpc.metrics.quality import histogram_distance
 
     return [histogram_distance(fake_histogram, row) if np.sum(row) > 0 else None
             for row in np.asarray(label_histogram, dtype=np.float64)]
@@ -243,7 +243,7 @@ def evaluate_per_client(fake_images: Union[np.ndarray, Mapping[int, np.ndarray]]
     [N,H,W,C] or float [N,C,H,W] in [-1,1]. The fake histogram is the extractor's predictions
     (its test error biases it slightly); the client side is the true label counts.
     """
-    from .metrics.quality import class_histogram, histogram_distance
+    from feddm_hpc.metrics.quality import class_histogram, histogram_distance
 
     hist = np.asarray(label_histogram, dtype=np.float64)
     k = hist.shape[1]

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from .errors import UserError
+from feddm_hpc.errors import UserError
 
 
 @dataclass

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import seeding
-from .diffusion import sample
-from .params import unflatten_into
+from feddm_hpc import seeding
+from feddm_hpc.diffusion import sample
+from feddm_hpc.params import unflatten_into
 
 
 def draw_samples(model, schedule, params: np.ndarray, image_shape, num: int, sampler: str,

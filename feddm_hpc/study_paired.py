@@ -18,7 +18,7 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
 
 
 def final_fd_by_seed(cell) -> Dict[int, float]:
-    from .report import row
+    from feddm_hpc.report import row
 
     out = {}
     for run, seed in zip(cell.runs, cell.seeds):

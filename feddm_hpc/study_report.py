@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from .errors import UserError
-from .study_paired import markdown as paired_markdown
-from .study_paired import paired_table
-from .report import (Run, _bytes, comparability_notes, describe_algorithm, describe_codec,
+from feddm_hpc.errors import UserError
+from feddm_hpc.study_paired import markdown as paired_markdown
+from feddm_hpc.study_paired import paired_table
+from feddm_hpc.report import (Run, _bytes, comparability_notes, describe_algorithm, describe_codec,
                      describe_partition, load_run, row)
 
 SEED_SUFFIX = re.compile(r"^(?P<cell>.+)-s(?P<seed>\d+)$")

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 
 from conftest import TINY
-from feddm_hpc.callbacks import RoundCallback, RoundLog, standard_callbacks
-from feddm_hpc.checkpoint import latest_valid, load_checkpoint
+from feddm_hpc.federation.callbacks import RoundCallback, RoundLog, standard_callbacks
+from feddm_hpc.rundir.checkpoint import latest_valid, load_checkpoint
 from feddm_hpc.comm import SerialCommunicator
 from feddm_hpc.config import load_config
-from feddm_hpc.runlog import RunLog
-from feddm_hpc.simulation import Simulation
+from feddm_hpc.rundir.runlog import RunLog
+from feddm_hpc.federation.simulation import Simulation
 
 FAST = ["system.threads=1", "system.progress=false", "sampling.num_samples=0",
         "client.local_steps=1", "federation.rounds=4", "checkpoint.every=10"]

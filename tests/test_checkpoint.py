@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from feddm_hpc import checkpoint as ckpt
+from feddm_hpc.rundir import checkpoint as ckpt
 from feddm_hpc.errors import CheckpointError
 
 
@@ -189,3 +189,10 @@ def test_old_format_checkpoint_still_loads_and_flips_are_detected(tmp_path, writ
     path.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match="checksum"):
         ckpt.load_checkpoint(path)
+
+
+def test_the_format_attribute_is_the_documented_contract():
+    """DESIGN.md and the README name this string; every checkpoint ever written carries it, so a
+    rename of the module must not change it."""
+    from feddm_hpc.rundir.checkpoint import FORMAT
+    assert FORMAT == "feddm_hpc.checkpoint/1"

@@ -77,7 +77,7 @@ def test_inspect_prints_round_and_checksum(trained, capsys):
 
 
 def test_sample_writes_a_png(trained, tmp_path, capsys):
-    from feddm_hpc.imaging import read_png
+    from feddm_hpc.rundir.imaging import read_png
 
     out_png = tmp_path / "s.png"
     assert main(["sample", str(trained / "checkpoints" / "round-000001.h5"), "--num", "4",

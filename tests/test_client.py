@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from feddm_hpc.client import LocalTrainer, add_gradient_terms
+from feddm_hpc.federation.client import LocalTrainer, add_gradient_terms
 from feddm_hpc.config import ClientConfig, ModelConfig
 from feddm_hpc.diffusion import make_schedule
 from feddm_hpc.models import build_unet

@@ -126,7 +126,8 @@ def test_wrong_type_keeps_the_plain_type_message(section, name, hint):
 # ---------------------------------------------------------------- one source of truth
 
 def _registries():
-    from feddm_hpc import diffusion, strategies, transports
+    from feddm_hpc import diffusion, strategies
+    from feddm_hpc.federation import transports
     from feddm_hpc.compression import COMPRESSORS, header, quantize, topk
     datasets = importlib.import_module("feddm_hpc.data.datasets")
     partition = importlib.import_module("feddm_hpc.data.partition")  # not the function of that name

@@ -8,7 +8,7 @@ import pytest
 from feddm_hpc.compression import HEADER_SIZE
 from feddm_hpc.compression.quantize import num_chunks, packed_size
 from feddm_hpc.config import CompressionConfig
-from feddm_hpc.downlink import Downlink
+from feddm_hpc.federation.downlink import Downlink
 
 
 class Wire:

@@ -20,7 +20,7 @@ from feddm_hpc.comm import SerialCommunicator
 from feddm_hpc.config import load_config
 from feddm_hpc.diffusion import make_schedule
 from feddm_hpc.errors import UserError
-from feddm_hpc.federation_setup import build_model
+from feddm_hpc.federation.setup import build_model
 from feddm_hpc.params import flatten
 
 N = 64
@@ -258,8 +258,8 @@ def test_score_unlabelled_data_with_inception_caches_real_stats(tmp_path):
 
 def test_evaluate_run_writes_round_json(tmp_path, cache):
     """The in-training hook: one round of a tiny Simulation, then evaluate its EMA."""
-    from feddm_hpc.runlog import RunLog
-    from feddm_hpc.simulation import Simulation
+    from feddm_hpc.rundir.runlog import RunLog
+    from feddm_hpc.federation.simulation import Simulation
 
     config = load_config(TINY, ["system.threads=1", "system.progress=false",
                                 "sampling.num_samples=0", "federation.rounds=1"])

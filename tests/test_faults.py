@@ -6,11 +6,11 @@ import sys
 import time
 
 from conftest import DETERMINISTIC, ROOT, TINY, run_cli
-from feddm_hpc.checkpoint import latest_valid, list_checkpoints, load_checkpoint
+from feddm_hpc.rundir.checkpoint import latest_valid, list_checkpoints, load_checkpoint
 
 WRITER = """
 import sys, numpy as np
-from feddm_hpc import checkpoint as ckpt
+from feddm_hpc.rundir import checkpoint as ckpt
 data = ckpt.load_checkpoint(sys.argv[1])
 big = np.random.default_rng(0).standard_normal(150_000_000).astype(np.float32)  # 600 MB: a slow write
 data.params, data.ema, data.round = big, big, 2

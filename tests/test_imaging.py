@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from feddm_hpc.imaging import read_png, save_image_grid
+from feddm_hpc.rundir.imaging import read_png, save_image_grid
 
 
 def test_grayscale_round_trip_values_and_grid_size(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import DETERMINISTIC, ROOT, TINY, final_params, mpiexec_path, run_cli, start_long_run, train_tiny
-from feddm_hpc.checkpoint import latest_valid, load_checkpoint
+from feddm_hpc.rundir.checkpoint import latest_valid, load_checkpoint
 
 
 def _rank_pids(run_dir, expected=2):

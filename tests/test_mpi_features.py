@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import DETERMINISTIC, TINY, final_params, run_cli
-from feddm_hpc.checkpoint import latest_valid, load_checkpoint
+from feddm_hpc.rundir.checkpoint import latest_valid, load_checkpoint
 
 FEATURES = [
     # SCAFFOLD needs plain SGD clients (config.validate rejects anything else).

@@ -6,7 +6,7 @@ import pytest
 from feddm_hpc import seeding
 from feddm_hpc.config import FederationConfig, config_from_tree
 from feddm_hpc.errors import ConfigError
-from feddm_hpc.participation import fails_to_report, plan_round, slowness
+from feddm_hpc.federation.participation import fails_to_report, plan_round, slowness
 
 
 def test_no_realism_everyone_arrives():

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from feddm_hpc.phases import Phases
+from feddm_hpc.federation.phases import Phases
 
 
 def test_phases_keep_order_and_add_up():

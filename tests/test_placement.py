@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from feddm_hpc.errors import ConfigError
-from feddm_hpc.placement import assign_clients, client_to_rank, select_device, threads_per_rank
+from feddm_hpc.federation.placement import assign_clients, client_to_rank, select_device, threads_per_rank
 
 
 def test_every_client_on_exactly_one_rank_and_balanced():
@@ -70,7 +70,7 @@ def test_threads_precedence():
 
 
 def test_round_placement_balances_steps_and_allows_idle_ranks():
-    from feddm_hpc.placement import round_placement
+    from feddm_hpc.federation.placement import round_placement
 
     # equal steps: arrivals dealt alternately in their given order, then sorted per rank
     assert round_placement([7, 3, 9, 1], [10, 10, 10, 10], 2) == [[7, 9], [1, 3]]

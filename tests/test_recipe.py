@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from feddm_hpc.client import round_lr
+from feddm_hpc.federation.client import round_lr
 from feddm_hpc.config import ClientConfig, ServerConfig, load_config
 from feddm_hpc.diffusion import EpsFromV, eps_model, make_schedule, sample, training_loss
 from feddm_hpc.errors import ConfigError
-from feddm_hpc.server import ema_decay_at
+from feddm_hpc.federation.server import ema_decay_at
 
 
 class Recorder(torch.nn.Module):

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from feddm_hpc import reports as wire
+from feddm_hpc.federation import reports as wire
 from feddm_hpc.comm import SerialCommunicator
 from feddm_hpc.compression import make_compressor
 from feddm_hpc.config import CompressionConfig
-from feddm_hpc.transports import AllreduceTransport, GatherTransport, make_transport
+from feddm_hpc.federation.transports import AllreduceTransport, GatherTransport, make_transport
 from feddm_hpc.errors import ConfigError
 
 N = 5

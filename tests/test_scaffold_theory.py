@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import TINY, run_cli
-from feddm_hpc.client import round_lr
+from feddm_hpc.federation.client import round_lr
 from feddm_hpc.config import ClientConfig, ServerConfig, config_from_tree
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.strategies import make_strategy, weighted_mean

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from feddm_hpc import reports as wire
-from feddm_hpc import server
+from feddm_hpc.federation import reports as wire
+from feddm_hpc.federation import server
 from feddm_hpc.compression import make_compressor
 from feddm_hpc.config import CompressionConfig
-from feddm_hpc.participation import RoundPlan
+from feddm_hpc.federation.participation import RoundPlan
 
 N = 6
 RAW = make_compressor(CompressionConfig(uplink="none"))

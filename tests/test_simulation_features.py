@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 
 from conftest import TINY
-from feddm_hpc.checkpoint import latest_valid, load_checkpoint
+from feddm_hpc.rundir.checkpoint import latest_valid, load_checkpoint
 from feddm_hpc.comm import SerialCommunicator
 from feddm_hpc.compression import HEADER_SIZE
 from feddm_hpc.compression.quantize import num_chunks, packed_size
 from feddm_hpc.config import load_config
-from feddm_hpc.personalization import eval_loss, split_holdout
-from feddm_hpc.reports import wire_dtype
-from feddm_hpc.runlog import RunLog
-from feddm_hpc.simulation import Simulation
+from feddm_hpc.federation.personalization import eval_loss, split_holdout
+from feddm_hpc.federation.reports import wire_dtype
+from feddm_hpc.rundir.runlog import RunLog
+from feddm_hpc.federation.simulation import Simulation
 
 FAST = ["system.threads=1", "system.progress=false", "sampling.num_samples=0",
         "client.local_steps=2"]

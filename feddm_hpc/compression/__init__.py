@@ -8,12 +8,12 @@ Payloads are self-describing (header.py); per-client error-feedback residuals ar
 state_dict()/load_state_dict() as {"residual/<client_id>": float32 array}.
 """
 
-from .base import Compressor, decode_payload, payload_bytes_float32
-from .codecs import Float16Compressor, IdentityCompressor, QuantCompressor
-from .header import HEADER_SIZE
-from .lossless import zstd_available
-from .registry import COMPRESSORS, make_compressor
-from .topk import TopKCompressor
+from feddm_hpc.compression.base import Compressor, decode_payload, payload_bytes_float32
+from feddm_hpc.compression.codecs import Float16Compressor, IdentityCompressor, QuantCompressor
+from feddm_hpc.compression.header import HEADER_SIZE
+from feddm_hpc.compression.lossless import zstd_available
+from feddm_hpc.compression.registry import COMPRESSORS, make_compressor
+from feddm_hpc.compression.topk import TopKCompressor
 
 __all__ = [
     "COMPRESSORS", "Compressor", "Float16Compressor", "HEADER_SIZE", "IdentityCompressor",

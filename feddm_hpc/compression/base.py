@@ -23,8 +23,8 @@ from typing import ClassVar, Iterable
 
 import numpy as np
 
-from . import lossless
-from .header import CODEC_NAMES, HEADER_SIZE, Header, as_payload, parse_header
+from feddm_hpc.compression import lossless
+from feddm_hpc.compression.header import CODEC_NAMES, HEADER_SIZE, Header, as_payload, parse_header
 
 _DECODERS: dict[int, type["Compressor"]] = {}
 _RESIDUAL_KEY = re.compile(r"^residual/(\d+)$")

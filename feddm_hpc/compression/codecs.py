@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import floatcast
-from .base import Compressor, finite_range, register_decoder
-from .header import CODEC_BF16, CODEC_FP16, CODEC_NONE, CODEC_QUANT, Header, new_payload
-from .quantize import VALID_BITS, dequantize, num_chunks, pack_bits, packed_size, quantize, \
+from feddm_hpc.compression import floatcast
+from feddm_hpc.compression.base import Compressor, finite_range, register_decoder
+from feddm_hpc.compression.header import CODEC_BF16, CODEC_FP16, CODEC_NONE, CODEC_QUANT, Header, new_payload
+from feddm_hpc.compression.quantize import VALID_BITS, dequantize, num_chunks, pack_bits, packed_size, quantize, \
     quant_body_size, unpack_bits
 
 FLAG_STOCHASTIC = 1

@@ -10,10 +10,10 @@ from typing import Callable, Dict
 
 from feddm_hpc.config import CompressionConfig
 
-from . import lossless
-from .base import Compressor
-from .codecs import Float16Compressor, IdentityCompressor, QuantCompressor
-from .topk import TopKCompressor
+from feddm_hpc.compression import lossless
+from feddm_hpc.compression.base import Compressor
+from feddm_hpc.compression.codecs import Float16Compressor, IdentityCompressor, QuantCompressor
+from feddm_hpc.compression.topk import TopKCompressor
 
 
 def _none(cfg: CompressionConfig, common: dict) -> Compressor:

@@ -11,10 +11,10 @@ import math
 
 import numpy as np
 
-from . import floatcast
-from .base import Compressor, finite_range, register_decoder
-from .header import CODEC_TOPK, Header, new_payload
-from .quantize import dequantize, num_chunks, quant_body_size, quantize
+from feddm_hpc.compression import floatcast
+from feddm_hpc.compression.base import Compressor, finite_range, register_decoder
+from feddm_hpc.compression.header import CODEC_TOPK, Header, new_payload
+from feddm_hpc.compression.quantize import dequantize, num_chunks, quant_body_size, quantize
 
 VALUE_BITS = (32, 16, 8)
 IDX_BITMAP, IDX_DELTA16, IDX_DELTA32 = 0, 1, 2

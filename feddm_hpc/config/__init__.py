@@ -7,13 +7,13 @@ typed values and values outside a Literal with a ConfigError naming the dotted f
 validation.py). The resolved config is dumped beside the results and inside every checkpoint, so
 a run is self-describing.
 """
-from .choices import check_choice, check_choices, choice_fields, literal_values
-from .loading import (LEGACY_VALUES, config_from_tree, config_from_yaml_text, dump_yaml,
+from feddm_hpc.config.choices import check_choice, check_choices, choice_fields, literal_values
+from feddm_hpc.config.loading import (LEGACY_VALUES, config_from_tree, config_from_yaml_text, dump_yaml,
                       load_config, read_yaml, to_tree)
-from .sections import (CheckpointConfig, ClientConfig, CompressionConfig, Config, DataConfig,
+from feddm_hpc.config.sections import (CheckpointConfig, ClientConfig, CompressionConfig, Config, DataConfig,
                        DiffusionConfig, EvaluationConfig, FederationConfig, ModelConfig,
                        PersonalizationConfig, SamplingConfig, ServerConfig, SystemConfig)
-from .validation import check_cross_section, clients_have_state, validate
+from feddm_hpc.config.validation import check_cross_section, clients_have_state, validate
 
 __all__ = [
     "LEGACY_VALUES", "CheckpointConfig", "ClientConfig", "CompressionConfig", "Config",

@@ -12,7 +12,7 @@ import functools
 import typing
 from typing import Any, Literal, Optional, Tuple
 
-from ..errors import ConfigError
+from feddm_hpc.errors import ConfigError
 
 Dataset = Literal["mnist", "fashion_mnist", "npz", "hdf5"]             # data.datasets.DATASETS
 Partition = Literal["iid", "dirichlet", "dirichlet_balanced", "shards"]  # data.partition.SCHEMES

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import fields
 
-from .choices import require
-from .sections import Config
+from feddm_hpc.config.choices import require
+from feddm_hpc.config.sections import Config
 
 
 def clients_have_state(c: Config) -> bool:
@@ -18,14 +18,14 @@ def clients_have_state(c: Config) -> bool:
 
 def check_cross_section(c: Config) -> None:
     if c.federation.algorithm == "scaffold":  # option II's control update needs plain SGD clients
-        from ..strategies.scaffold import check_client_config  # late: strategies import config
+        from feddm_hpc.strategies.scaffold import check_client_config  # late: strategies import config
         check_client_config(c.client)
     require(1 <= c.sampling.steps <= c.diffusion.timesteps,
             "sampling.steps: must be between 1 and diffusion.timesteps")
     require(not (c.system.placement == "per_round" and clients_have_state(c)),
             "system.placement: per_round needs stateless clients (no compression.error_feedback "
             "with a lossy uplink, no scaffold); use auto or static")
-    from ..compression import make_compressor  # late; the codec builds here (zstd installed)
+    from feddm_hpc.compression import make_compressor  # late; the codec builds here (zstd installed)
     make_compressor(c.compression)
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .features import FeatureExtractor, reference_indices
-from .quality import (class_histogram, feature_stats, frechet_distance, histogram_distance, kid,
+from feddm_hpc.metrics.features import FeatureExtractor, reference_indices
+from feddm_hpc.metrics.quality import (class_histogram, feature_stats, frechet_distance, histogram_distance, kid,
                       precision_recall_density_coverage)
 
 KID_SUBSETS = 100

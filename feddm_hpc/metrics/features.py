@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .quality import feature_stats
+from feddm_hpc.metrics.quality import feature_stats
 
 ARCH = "lenet5"
 # Bump when the network or the training loop changes, so old cache files are not reused.

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from feddm_hpc.errors import UserError
 
 FEATURE_DIM = 2048
 _BATCH = 50
@@ -191,7 +191,7 @@ class InceptionExtractor:
 
     @torch.no_grad()
     def features(self, images) -> np.ndarray:
-        from .features import _to_nchw_float
+        from feddm_hpc.metrics.features import _to_nchw_float
 
         x = _to_nchw_float(images)
         out = []

@@ -10,8 +10,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..errors import DataError
-from .features import FeatureExtractor, get_feature_extractor
+from feddm_hpc.errors import DataError
+from feddm_hpc.metrics.features import FeatureExtractor, get_feature_extractor
 
 # The real images are a seeded subset of the training split drawn with this fixed seed, not the
 # run's seed: every run on a dataset is scored against the same real images.
@@ -46,7 +46,7 @@ def load_reference(dataset: str, path=None, *, need_extractor: bool = True, cach
 
     Unlabelled data with `need_extractor` is a DataError (exit 2) naming the way out.
     """
-    from ..data import load_dataset
+    from feddm_hpc.data import load_dataset
 
     key = (dataset, str(path), str(cache_dir), int(epochs), max_train, need_extractor)
     if key in _CACHE:

@@ -12,10 +12,10 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..errors import UserError
-from .network import NetworkConfig, RunModel, simulate_record
-from .rss import read_ranks
-from .spec import Point
+from feddm_hpc.errors import UserError
+from feddm_hpc.scaling.network import NetworkConfig, RunModel, simulate_record
+from feddm_hpc.scaling.rss import read_ranks
+from feddm_hpc.scaling.spec import Point
 
 PHASES = ("broadcast", "train", "encode", "wait", "gather", "decode", "aggregate", "checkpoint")
 COLUMNS = ["point", "status", "ranks", "num_clients", "clients_per_round", "codec", "model",

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError
+from feddm_hpc.errors import ConfigError
 
 # The seeding "purpose" of the link draws: far above feddm_hpc.seeding's appended purposes so
 # it can never collide with a stream the simulator adds later (seeding.py numbers them 0, 1, ...).
@@ -198,8 +198,8 @@ class RunModel:
     simulator computed them (seeding.sample_cohort, participation.plan_round)."""
 
     def __init__(self, run_dir: Path):
-        from ..client import local_steps_for
-        from ..config import load_config
+        from feddm_hpc.federation.client import local_steps_for
+        from feddm_hpc.config import load_config
 
         self.run_dir = Path(run_dir)
         self.config = load_config(self.run_dir / "config.yaml")
@@ -212,8 +212,8 @@ class RunModel:
             else (lambda c: cfg.local_steps)
 
     def plan(self, r: int):
-        from ..participation import plan_round
-        from ..seeding import sample_cohort
+        from feddm_hpc.federation.participation import plan_round
+        from feddm_hpc.seeding import sample_cohort
 
         f = self.config.federation
         cohort = sample_cohort(self.config.seed, r, f.num_clients, f.clients_per_round)

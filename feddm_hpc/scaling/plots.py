@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from .collect import PHASES
+from feddm_hpc.scaling.collect import PHASES
 
 FILES = ("strong_scaling.png", "weak_scaling.png", "phases.png", "bytes.png")
 

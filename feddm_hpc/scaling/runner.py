@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..errors import UserError
-from .spec import Point, Spec
+from feddm_hpc.errors import UserError
+from feddm_hpc.scaling.spec import Point, Spec
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP_SBATCH = ROOT / "jobs" / "slurm" / "sweep.sbatch"

@@ -39,9 +39,9 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
-from ..config import Config, dump_yaml, load_config, read_yaml
-from ..errors import ConfigError
-from .network import NetworkConfig, parse_network
+from feddm_hpc.config import Config, dump_yaml, load_config, read_yaml
+from feddm_hpc.errors import ConfigError
+from feddm_hpc.scaling.network import NetworkConfig, parse_network
 
 TOP_KEYS = ("base", "rounds", "set", "grid", "network", "options", "slurm")
 GRID_KEYS = ("ranks", "num_clients", "clients_per_round", "codec", "model")

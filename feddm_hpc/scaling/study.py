@@ -12,9 +12,9 @@ import shlex
 from pathlib import Path
 from typing import List, Optional
 
-from ..errors import UserError
-from . import collect, runner
-from .spec import Spec, describe, load_spec
+from feddm_hpc.errors import UserError
+from feddm_hpc.scaling import collect, runner
+from feddm_hpc.scaling.spec import Spec, describe, load_spec
 
 
 def default_out(spec_path: str) -> Path:
@@ -39,7 +39,7 @@ def write_results(spec: Spec, out: Path, rows: List[dict], echo=print) -> None:
     echo(collect.table(rows))
     echo(f"wrote {out / 'scaling.csv'}")
     try:
-        from .plots import write_plots
+        from feddm_hpc.scaling.plots import write_plots
     except ImportError:  # pragma: no cover - matplotlib is an optional extra
         echo("plots skipped: matplotlib is not installed (pip install matplotlib)")
         return

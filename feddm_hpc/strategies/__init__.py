@@ -1,9 +1,9 @@
 """Server strategies chosen by `federation.algorithm` from a registry (never eval)."""
-from ..errors import ConfigError
-from .aggregate import WeightedSum, weighted_mean
-from .base import ClientState, Strategy
-from .scaffold import ClientControls, Scaffold
-from .server_opt import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
+from feddm_hpc.errors import ConfigError
+from feddm_hpc.strategies.aggregate import WeightedSum, weighted_mean
+from feddm_hpc.strategies.base import ClientState, Strategy
+from feddm_hpc.strategies.scaffold import ClientControls, Scaffold
+from feddm_hpc.strategies.server_opt import FedAdagrad, FedAdam, FedAvg, FedAvgM, FedProx, FedYogi
 
 STRATEGIES = {cls.name: cls for cls in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad,
                                         Scaffold)}

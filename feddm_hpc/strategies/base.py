@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .terms import GradientTerm, proximal_terms
+from feddm_hpc.strategies.terms import GradientTerm, proximal_terms
 
 
 class Strategy:

@@ -24,14 +24,14 @@ from typing import Dict, Iterable, Optional
 
 import numpy as np
 
-from .. import seeding
-from ..client import round_lr
-from ..compression import make_compressor
-from ..errors import ConfigError
-from .aggregate import is_finite
-from .base import ClientState
-from .server_opt import FedAvg
-from .terms import ConstantCorrection
+from feddm_hpc import seeding
+from feddm_hpc.federation.client import round_lr
+from feddm_hpc.compression import make_compressor
+from feddm_hpc.errors import ConfigError
+from feddm_hpc.strategies.aggregate import is_finite
+from feddm_hpc.strategies.base import ClientState
+from feddm_hpc.strategies.server_opt import FedAvg
+from feddm_hpc.strategies.terms import ConstantCorrection
 
 _KEY = re.compile(r"^control/(\d+)$")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Strategy
+from feddm_hpc.strategies.base import Strategy
 
 
 class FedAvg(Strategy):

@@ -9,7 +9,7 @@ from feddm_hpc.comm import make_communicator
 from feddm_hpc.config import load_config
 from feddm_hpc.diffusion import make_schedule
 from feddm_hpc.evaluation import generate_samples
-from feddm_hpc.federation_setup import build_model
+from feddm_hpc.federation.setup import build_model
 from feddm_hpc.params import flatten
 
 torch.set_num_threads(1)  # bit-identical float sums need equal threads per rank

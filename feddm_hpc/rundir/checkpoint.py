@@ -33,8 +33,8 @@ from typing import Dict, List, Optional
 import h5py
 import numpy as np
 
-from . import __version__
-from .errors import CheckpointError
+from feddm_hpc import __version__
+from feddm_hpc.errors import CheckpointError
 
 FORMAT = "feddm_hpc.checkpoint/1"
 # Every random draw is derived from (seed, round, client_id): no generator state needs saving.

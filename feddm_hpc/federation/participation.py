@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, Sequence, Tuple
 
-from . import seeding
+from feddm_hpc import seeding
 
 
 @dataclass(frozen=True)

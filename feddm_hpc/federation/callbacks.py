@@ -75,7 +75,7 @@ class SampleGrids(RoundCallback):
 
     @staticmethod
     def _draw(view, round_index):
-        from .run_outputs import save_sample_grid
+        from feddm_hpc.rundir.run_outputs import save_sample_grid
 
         if view.run_dir is not None:
             save_sample_grid(view, round_index)
@@ -87,7 +87,7 @@ class Evaluation(RoundCallback):
     def after_round(self, view, round_index, record):
         e = view.cfg.evaluation
         if e.every and (round_index + 1) % e.every == 0:
-            from .evaluation import evaluate_run
+            from feddm_hpc.evaluation import evaluate_run
 
             view.comm.context = f"round {round_index}, evaluation"
             evaluate_run(view, round_index, e.num_samples, extractor_epochs=e.extractor_epochs,
@@ -112,7 +112,7 @@ class Personalization(RoundCallback):
     """Per-client fine-tuning after the last round (personalization.steps > 0; collective)."""
 
     def at_end(self, view):
-        from .personalization import personalize
+        from feddm_hpc.federation.personalization import personalize
 
         personalize(view)
 

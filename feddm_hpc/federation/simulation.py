@@ -17,24 +17,25 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import checkpoint as ckpt
-from .callbacks import RoundCallback, RunView, read_only, standard_callbacks
-from . import seeding, server
-from .client import LocalTrainer, local_steps_for
-from .compression import make_compressor
-from .config import Config, clients_have_state, dump_yaml
-from .diffusion import make_loss
-from .downlink import Downlink
-from .errors import ConfigError
-from .federation_setup import RunSetup, build_setup
-from .participation import plan_round
-from .phases import Phases
-from .placement import round_placement
-from .reports import ClientReport, make_report
-from .runlog import RunLog
-from .server import ema_decay_at
-from .strategies import make_strategy
-from .transports import make_transport
+from feddm_hpc.rundir import checkpoint as ckpt
+from feddm_hpc.federation.callbacks import RoundCallback, RunView, read_only, standard_callbacks
+from feddm_hpc import seeding
+from feddm_hpc.federation import server
+from feddm_hpc.federation.client import LocalTrainer, local_steps_for
+from feddm_hpc.compression import make_compressor
+from feddm_hpc.config import Config, clients_have_state, dump_yaml
+from feddm_hpc.diffusion import make_loss
+from feddm_hpc.federation.downlink import Downlink
+from feddm_hpc.errors import ConfigError
+from feddm_hpc.federation.setup import RunSetup, build_setup
+from feddm_hpc.federation.participation import plan_round
+from feddm_hpc.federation.phases import Phases
+from feddm_hpc.federation.placement import round_placement
+from feddm_hpc.federation.reports import ClientReport, make_report
+from feddm_hpc.rundir.runlog import RunLog
+from feddm_hpc.federation.server import ema_decay_at
+from feddm_hpc.strategies import make_strategy
+from feddm_hpc.federation.transports import make_transport
 
 
 def _pack_state(state: Dict[str, np.ndarray]) -> np.ndarray:

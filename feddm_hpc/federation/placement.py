@@ -9,7 +9,7 @@ import heapq
 import os
 from typing import Dict, List, Optional, Sequence
 
-from .errors import ConfigError
+from feddm_hpc.errors import ConfigError
 
 
 def assign_clients(sample_counts: Sequence[int], num_ranks: int) -> List[List[int]]:

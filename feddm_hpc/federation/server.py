@@ -14,9 +14,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .compression import decode_payload
-from .reports import ClientReport
-from .strategies.aggregate import WeightedSum, is_finite  # noqa: F401 (is_finite: re-exported)
+from feddm_hpc.compression import decode_payload
+from feddm_hpc.federation.reports import ClientReport
+from feddm_hpc.strategies.aggregate import WeightedSum, is_finite  # noqa: F401 (is_finite: re-exported)
 
 PER_CLIENT_LIMIT = 64   # cohorts up to this size get per-client lists in metrics.jsonl
 

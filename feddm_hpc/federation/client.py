@@ -12,10 +12,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import seeding
-from .data import select_batch
-from .diffusion import training_loss  # the default loss_fn (L_simple)
-from .params import flatten_into, unflatten_into
+from feddm_hpc import seeding
+from feddm_hpc.data import select_batch
+from feddm_hpc.diffusion import training_loss  # the default loss_fn (L_simple)
+from feddm_hpc.params import flatten_into, unflatten_into
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,10 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from . import reports as wire
-from . import server
-from .errors import ConfigError
-from .reports import ClientReport
+from feddm_hpc.federation import reports as wire
+from feddm_hpc.federation import server
+from feddm_hpc.errors import ConfigError
+from feddm_hpc.federation.reports import ClientReport
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from .compression import make_compressor
+from feddm_hpc.compression import make_compressor
 
 
 class Downlink:

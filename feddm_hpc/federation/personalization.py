@@ -20,12 +20,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import seeding
-from .client import round_lr
-from .data import select_batch
-from .diffusion import training_loss
-from .params import unflatten_into
-from .strategies.terms import proximal_terms
+from feddm_hpc import seeding
+from feddm_hpc.federation.client import round_lr
+from feddm_hpc.data import select_batch
+from feddm_hpc.diffusion import training_loss
+from feddm_hpc.params import unflatten_into
+from feddm_hpc.strategies.terms import proximal_terms
 
 
 def split_holdout(seed: int, client_id: int, indices: np.ndarray, eval_size: int):
