@@ -66,7 +66,10 @@ def flatten(model: torch.nn.Module) -> np.ndarray:
 
 def unflatten_into(vector: np.ndarray, model: torch.nn.Module) -> None:
     """Load the float32 vector into the model's parameters in place (any device)."""
-    source = torch.from_numpy(np.ascontiguousarray(vector, dtype=np.float32))
+    array = np.ascontiguousarray(vector, dtype=np.float32)
+    if not array.flags.writeable:   # e.g. a RunView's read-only EMA: torch.from_numpy warns on it
+        array = array.copy()
+    source = torch.from_numpy(array)
     offset = 0
     with torch.no_grad():
         for p in model.parameters():

@@ -43,3 +43,19 @@ def test_fingerprint_changes_with_shapes():
     assert a.fingerprint() == ParamSpec.from_model(_model()).fingerprint()
     assert a.fingerprint() != b.fingerprint()
     assert "0.weight 4 1 3 3" in a.as_text()
+
+
+def test_unflatten_accepts_a_read_only_vector_without_a_warning():
+    """Round callbacks get read-only views of the global and EMA vectors (callbacks.RunView)."""
+    import warnings
+
+    import torch
+
+
+    model = torch.nn.Linear(3, 2)
+    vector = flatten(model) + 1.0
+    vector.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unflatten_into(vector, model)
+    assert np.array_equal(flatten(model), vector)
