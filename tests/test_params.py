@@ -49,9 +49,6 @@ def test_unflatten_accepts_a_read_only_vector_without_a_warning():
     """Round callbacks get read-only views of the global and EMA vectors (callbacks.RunView)."""
     import warnings
 
-    import torch
-
-
     model = torch.nn.Linear(3, 2)
     vector = flatten(model) + 1.0
     vector.flags.writeable = False
