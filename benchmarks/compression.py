@@ -97,8 +97,8 @@ def federated(config: str, rounds: int) -> None:
 
     from feddm_hpc.comm import SerialCommunicator
     from feddm_hpc.config import load_config
-    from feddm_hpc.rundir.runlog import RunLog
     from feddm_hpc.federation.simulation import Simulation
+    from feddm_hpc.rundir.runlog import RunLog
 
     base = ["system.threads=1", "system.progress=false", "sampling.num_samples=0",
             f"federation.rounds={rounds}"]

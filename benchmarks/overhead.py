@@ -18,11 +18,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from feddm_hpc.federation.client import local_steps_for  # noqa: E402
 from feddm_hpc.config import clients_have_state, load_config  # noqa: E402
+from feddm_hpc.federation.client import local_steps_for  # noqa: E402
 from feddm_hpc.federation.participation import plan_round  # noqa: E402
-from feddm_hpc.federation.setup import load_partitioned  # noqa: E402
 from feddm_hpc.federation.placement import assign_clients, round_placement  # noqa: E402
+from feddm_hpc.federation.setup import load_partitioned  # noqa: E402
 from feddm_hpc.seeding import sample_cohort  # noqa: E402
 
 

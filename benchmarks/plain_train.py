@@ -10,11 +10,12 @@ import time
 import numpy as np
 import torch
 
-from feddm_hpc.federation.client import make_optimizer
 from feddm_hpc.config import load_config
 from feddm_hpc.data import load_dataset, select_batch, to_device_uint8
-from feddm_hpc.diffusion import make_loss, make_schedule
-from feddm_hpc.models import build_unet
+from feddm_hpc.diffusion.loss import make_loss
+from feddm_hpc.diffusion.schedule import make_schedule
+from feddm_hpc.diffusion.unet import build_unet
+from feddm_hpc.federation.client import make_optimizer
 from feddm_hpc.federation.placement import threads_per_rank
 
 

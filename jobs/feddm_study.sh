@@ -2,7 +2,7 @@
 # The multi-seed FedDM study on Fashion-MNIST (issue 11 item 3): federated methods and uplink
 # codecs under an iid and a pathological (2 classes per client) partition plus a centralized
 # reference, each cell run with several seeds, every kept checkpoint evaluated at the same N, then
-# `python -m feddm_hpc.study_report OUT` into results/feddm_study/ (table.md with mean ± std over
+# `python -m feddm_hpc.evaluation.study_report OUT` into results/feddm_study/ (table.md with mean ± std over
 # seeds, fd_vs_round.png, fd_vs_uplink.png, summary.json; COMMAND.txt, study.log).
 #
 #   jobs/feddm_study.sh                      # foreground
@@ -10,8 +10,8 @@
 #   ONLY='fedavg|central' jobs/feddm_study.sh        # a subset (regex on run names)
 #   BASE=configs/tiny.yaml EXTRA='--set federation.rounds=2' RUNS=/tmp/t OUT=/tmp/t/out N=64 \
 #     SEEDS='0 1' jobs/feddm_study.sh       # dry run
-#   python -m feddm_hpc.study_report results/feddm_study      # the report again, from the copies
-#   python -m feddm_hpc.study_report results/feddm_study --best-prox shards   # the prox choice
+#   python -m feddm_hpc.evaluation.study_report results/feddm_study      # the report again, from the copies
+#   python -m feddm_hpc.evaluation.study_report results/feddm_study --best-prox shards   # the prox choice
 #
 # Cells (settings on top of BASE; run names <cell>-<partition>-s<seed>, central-s<seed>):
 #   fedavg        federation.algorithm=fedavg
@@ -221,7 +221,7 @@ mkdir -p "$RUNS/logs" "$OUT/runs"
 {
     echo "# $(date '+%F %T') on $(hostname), git $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo '?')"
     echo "BASE=$BASE RUNS=$RUNS OUT=$OUT SEEDS='$SEEDS' N=$N EVAL_ROUNDS=$EVAL_ROUNDS JOBS=$JOBS THREADS=$THREADS PROX_MUS='$PROX_MUS' SCAFFOLD_LR=$SCAFFOLD_LR ONLY='$ONLY' EXTRA='$EXTRA' $0 $*"
-    echo "# per run: train (or resume RUN_DIR), then evaluate each kept checkpoint; then: python -m feddm_hpc.study_report $OUT"
+    echo "# per run: train (or resume RUN_DIR), then evaluate each kept checkpoint; then: python -m feddm_hpc.evaluation.study_report $OUT"
 } > "$OUT/COMMAND.txt"
 
 declare -A PID=()           # run name -> pid of its job (this invocation)
@@ -281,7 +281,7 @@ choose_prox_mu() {  # once: wait for the sweep, pick its best mu (kept in $OUT/p
     done; done
     [ $STOPPING = 1 ] && return 1
     # shellcheck disable=SC2086
-    if ! PROX_MU=$("$PYTHON" -m feddm_hpc.study_report "$OUT" --best-prox shards --seeds $SEEDS \
+    if ! PROX_MU=$("$PYTHON" -m feddm_hpc.evaluation.study_report "$OUT" --best-prox shards --seeds $SEEDS \
             --mus $PROX_MUS 2> "$RUNS/logs/prox-choice.log"); then
         log "prox-iid: no mu chosen, skipped: $(tail -n 1 "$RUNS/logs/prox-choice.log")"
         PROX_MU=none; return 1
@@ -331,8 +331,8 @@ for name in "${STARTED[@]}"; do
     esac
 done
 if compgen -G "$OUT/runs/*/DONE" > /dev/null; then
-    echo "python -m feddm_hpc.study_report $OUT" >> "$OUT/COMMAND.txt"
-    "$PYTHON" -m feddm_hpc.study_report "$OUT" || failed+=("the report")
+    echo "python -m feddm_hpc.evaluation.study_report $OUT" >> "$OUT/COMMAND.txt"
+    "$PYTHON" -m feddm_hpc.evaluation.study_report "$OUT" || failed+=("the report")
 fi
 wall=$(($(date +%s) - t_study))
 log "study finished in $((wall / 60)) min $((wall % 60)) s: $((${#STARTED[@]} - ${#failed[@]} - ${#stopped[@]})) run(s) done now, ${#SKIPPED[@]} already complete, $(compgen -G "$OUT/runs/*/DONE" | wc -l) in $OUT/runs"

@@ -5,8 +5,9 @@ import subprocess
 import sys
 import time
 
-from conftest import DETERMINISTIC, ROOT, TINY, run_cli
 from feddm_hpc.rundir.checkpoint import latest_valid, list_checkpoints, load_checkpoint
+
+from conftest import DETERMINISTIC, ROOT, TINY, run_cli
 
 WRITER = """
 import sys, numpy as np

@@ -10,8 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DETERMINISTIC, ROOT, TINY, final_params, mpiexec_path, run_cli, start_long_run, train_tiny
 from feddm_hpc.rundir.checkpoint import latest_valid, load_checkpoint
+
+from conftest import (
+    DETERMINISTIC,
+    ROOT,
+    TINY,
+    final_params,
+    mpiexec_path,
+    run_cli,
+    start_long_run,
+    train_tiny,
+)
 
 
 def _rank_pids(run_dir, expected=2):

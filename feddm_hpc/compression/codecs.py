@@ -7,8 +7,16 @@ import numpy as np
 from feddm_hpc.compression import floatcast
 from feddm_hpc.compression.base import Compressor, finite_range, register_decoder
 from feddm_hpc.compression.header import CODEC_BF16, CODEC_FP16, CODEC_NONE, CODEC_QUANT, Header, new_payload
-from feddm_hpc.compression.quantize import VALID_BITS, dequantize, num_chunks, pack_bits, packed_size, quantize, \
-    quant_body_size, unpack_bits
+from feddm_hpc.compression.quantize import (
+    VALID_BITS,
+    dequantize,
+    num_chunks,
+    pack_bits,
+    packed_size,
+    quant_body_size,
+    quantize,
+    unpack_bits,
+)
 
 FLAG_STOCHASTIC = 1
 

@@ -10,9 +10,8 @@ import zlib
 
 import numpy as np
 
-from feddm_hpc.errors import ConfigError
-
 from feddm_hpc.compression.header import HEADER_SIZE, LOSSLESS_IDS, LOSSLESS_OFFSET
+from feddm_hpc.errors import ConfigError
 
 # Fast levels: the payload is already dense (quantized codes, fp16 bits), so higher levels buy
 # little and the stage runs once per client per round.

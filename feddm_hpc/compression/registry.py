@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Callable, Dict
 
-from feddm_hpc.config import CompressionConfig
-
 from feddm_hpc.compression import lossless
 from feddm_hpc.compression.base import Compressor
 from feddm_hpc.compression.codecs import Float16Compressor, IdentityCompressor, QuantCompressor
 from feddm_hpc.compression.topk import TopKCompressor
+from feddm_hpc.config import CompressionConfig
 
 
 def _none(cfg: CompressionConfig, common: dict) -> Compressor:
@@ -31,7 +30,7 @@ def _topk(cfg: CompressionConfig, common: dict) -> Compressor:
                           bool(cfg.stochastic_rounding), cfg.fp16_format, **common)
 
 
-# By compression.uplink; its names equal the config's Uplink Literal (tests/test_config_choices.py).
+# By compression.uplink; its names equal the config's Uplink Literal (tests/config/test_config_choices.py).
 COMPRESSORS: Dict[str, Callable[[CompressionConfig, dict], Compressor]] = {
     "none": _none, "quant": _quant, "topk": _topk,
 }

@@ -8,11 +8,30 @@ validation.py). The resolved config is dumped beside the results and inside ever
 a run is self-describing.
 """
 from feddm_hpc.config.choices import check_choice, check_choices, choice_fields, literal_values
-from feddm_hpc.config.loading import (LEGACY_VALUES, config_from_tree, config_from_yaml_text, dump_yaml,
-                      load_config, read_yaml, to_tree)
-from feddm_hpc.config.sections import (CheckpointConfig, ClientConfig, CompressionConfig, Config, DataConfig,
-                       DiffusionConfig, EvaluationConfig, FederationConfig, ModelConfig,
-                       PersonalizationConfig, SamplingConfig, ServerConfig, SystemConfig)
+from feddm_hpc.config.loading import (
+                      LEGACY_VALUES,
+                      config_from_tree,
+                      config_from_yaml_text,
+                      dump_yaml,
+                      load_config,
+                      read_yaml,
+                      to_tree,
+)
+from feddm_hpc.config.sections import (
+                      CheckpointConfig,
+                      ClientConfig,
+                      CompressionConfig,
+                      Config,
+                      DataConfig,
+                      DiffusionConfig,
+                      EvaluationConfig,
+                      FederationConfig,
+                      ModelConfig,
+                      PersonalizationConfig,
+                      SamplingConfig,
+                      ServerConfig,
+                      SystemConfig,
+)
 from feddm_hpc.config.validation import check_cross_section, clients_have_state, validate
 
 __all__ = [

@@ -1,7 +1,7 @@
 """The valid values of every choice field, as typing.Literal types, and their one generic check.
 
 Each Literal below is the one source of truth for its field's values. Where code elsewhere keys a
-registry by the same names (the comment beside each type names it), tests/test_config_choices.py
+registry by the same names (the comment beside each type names it), tests/config/test_config_choices.py
 asserts that the registry's names equal the Literal's values, so neither can drift alone. The
 order of a Literal's values is the order error messages list them in.
 """

@@ -14,10 +14,10 @@ from typing import Any, Literal, Tuple
 
 import yaml
 
-from feddm_hpc.errors import ConfigError
 from feddm_hpc.config.choices import check_choice, literal_base
 from feddm_hpc.config.sections import Config
 from feddm_hpc.config.validation import validate
+from feddm_hpc.errors import ConfigError
 
 
 def _coerce(value: Any, annotation: Any, name: str) -> Any:

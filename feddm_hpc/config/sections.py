@@ -9,9 +9,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
-from feddm_hpc.config.choices import (Algorithm, Bits, Dataset, Downlink, Fp16Format, Lossless, LossWeighting,
-                      LrSchedule, Optimizer, Partition, Placement, Prediction, Sampler, Schedule,
-                      Straggler, Target, TopkValueBits, Transport, Uplink, check_choices, require)
+from feddm_hpc.config.choices import (
+    Algorithm,
+    Bits,
+    Dataset,
+    Downlink,
+    Fp16Format,
+    Lossless,
+    LossWeighting,
+    LrSchedule,
+    Optimizer,
+    Partition,
+    Placement,
+    Prediction,
+    Sampler,
+    Schedule,
+    Straggler,
+    Target,
+    TopkValueBits,
+    Transport,
+    Uplink,
+    check_choices,
+    require,
+)
 
 
 @dataclass(frozen=True)

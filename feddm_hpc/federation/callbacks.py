@@ -87,7 +87,7 @@ class Evaluation(RoundCallback):
     def after_round(self, view, round_index, record):
         e = view.cfg.evaluation
         if e.every and (round_index + 1) % e.every == 0:
-            from feddm_hpc.evaluation import evaluate_run
+            from feddm_hpc.evaluation.evaluate import evaluate_run
 
             view.comm.context = f"round {round_index}, evaluation"
             evaluate_run(view, round_index, e.num_samples, extractor_epochs=e.extractor_epochs,

@@ -14,7 +14,7 @@ import torch
 
 from feddm_hpc import seeding
 from feddm_hpc.data import select_batch
-from feddm_hpc.diffusion import training_loss  # the default loss_fn (L_simple)
+from feddm_hpc.diffusion.loss import training_loss  # the default loss_fn (L_simple)
 from feddm_hpc.params import flatten_into, unflatten_into
 
 

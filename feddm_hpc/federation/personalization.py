@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from feddm_hpc import seeding
-from feddm_hpc.federation.client import round_lr
 from feddm_hpc.data import select_batch
-from feddm_hpc.diffusion import training_loss
+from feddm_hpc.diffusion.loss import training_loss
+from feddm_hpc.federation.client import round_lr
 from feddm_hpc.params import unflatten_into
 from feddm_hpc.strategies.terms import proximal_terms
 

@@ -12,11 +12,11 @@ import torch
 
 from feddm_hpc import seeding
 from feddm_hpc.data import label_histograms, load_dataset, partition, summarize_partition, to_device_uint8
-from feddm_hpc.diffusion import NoiseSchedule, make_schedule
+from feddm_hpc.diffusion.schedule import NoiseSchedule, make_schedule
+from feddm_hpc.diffusion.unet import build_unet
 from feddm_hpc.errors import ConfigError
-from feddm_hpc.models import build_unet
-from feddm_hpc.params import ParamSpec, flatten
 from feddm_hpc.federation.placement import assign_clients, select_device, threads_per_rank
+from feddm_hpc.params import ParamSpec, flatten
 
 
 @dataclass

@@ -17,25 +17,25 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from feddm_hpc.rundir import checkpoint as ckpt
-from feddm_hpc.federation.callbacks import RoundCallback, RunView, read_only, standard_callbacks
 from feddm_hpc import seeding
-from feddm_hpc.federation import server
-from feddm_hpc.federation.client import LocalTrainer, local_steps_for
 from feddm_hpc.compression import make_compressor
 from feddm_hpc.config import Config, clients_have_state, dump_yaml
-from feddm_hpc.diffusion import make_loss
-from feddm_hpc.federation.downlink import Downlink
+from feddm_hpc.diffusion.loss import make_loss
 from feddm_hpc.errors import ConfigError
-from feddm_hpc.federation.setup import RunSetup, build_setup
+from feddm_hpc.federation import server
+from feddm_hpc.federation.callbacks import RoundCallback, RunView, read_only, standard_callbacks
+from feddm_hpc.federation.client import LocalTrainer, local_steps_for
+from feddm_hpc.federation.downlink import Downlink
 from feddm_hpc.federation.participation import plan_round
 from feddm_hpc.federation.phases import Phases
 from feddm_hpc.federation.placement import round_placement
 from feddm_hpc.federation.reports import ClientReport, make_report
-from feddm_hpc.rundir.runlog import RunLog
 from feddm_hpc.federation.server import ema_decay_at
-from feddm_hpc.strategies import make_strategy
+from feddm_hpc.federation.setup import RunSetup, build_setup
 from feddm_hpc.federation.transports import make_transport
+from feddm_hpc.rundir import checkpoint as ckpt
+from feddm_hpc.rundir.runlog import RunLog
+from feddm_hpc.strategies import make_strategy
 
 
 def _pack_state(state: Dict[str, np.ndarray]) -> np.ndarray:

@@ -24,9 +24,9 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from feddm_hpc.errors import ConfigError
 from feddm_hpc.federation import reports as wire
 from feddm_hpc.federation import server
-from feddm_hpc.errors import ConfigError
 from feddm_hpc.federation.reports import ClientReport
 
 

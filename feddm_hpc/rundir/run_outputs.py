@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from feddm_hpc.diffusion.grids import draw_samples
 from feddm_hpc.rundir.imaging import save_image_grid
-from feddm_hpc.sampling import draw_samples
 
 
 def write_run_files(run_dir: Path, config_yaml: str, setup) -> None:

@@ -198,8 +198,8 @@ class RunModel:
     simulator computed them (seeding.sample_cohort, participation.plan_round)."""
 
     def __init__(self, run_dir: Path):
-        from feddm_hpc.federation.client import local_steps_for
         from feddm_hpc.config import load_config
+        from feddm_hpc.federation.client import local_steps_for
 
         self.run_dir = Path(run_dir)
         self.config = load_config(self.run_dir / "config.yaml")

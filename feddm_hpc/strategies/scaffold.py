@@ -14,7 +14,7 @@ holds up to float rounding whatever the codec (clients that never reported have 
 y -= eta * g: plain SGD, no momentum, no clipping (weight decay and the prox term are fine, they
 are part of the gradient). Adam, momentum or a clipped step break that identity and c_i is then
 no estimate of the client's gradient, so check_client_config rejects such configs
-(tests/test_scaffold_theory.py checks the corrected fixed point on heterogeneous quadratics).
+(tests/strategies/test_scaffold_theory.py checks the corrected fixed point on heterogeneous quadratics).
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from typing import Dict, Iterable, Optional
 import numpy as np
 
 from feddm_hpc import seeding
-from feddm_hpc.federation.client import round_lr
 from feddm_hpc.compression import make_compressor
 from feddm_hpc.errors import ConfigError
+from feddm_hpc.federation.client import round_lr
 from feddm_hpc.strategies.aggregate import is_finite
 from feddm_hpc.strategies.base import ClientState
 from feddm_hpc.strategies.server_opt import FedAvg

@@ -5,10 +5,19 @@ import numpy as np
 import pytest
 
 from feddm_hpc import seeding
-from feddm_hpc.federation.attacks import (ATTACK_KINDS, ATTACK_PURPOSE, UPDATE_ATTACKS,
-                                          apply_update_attack, attack_count, attack_rng,
-                                          attacked_clients, gaussian, label_flip_images, scaled,
-                                          sign_flip)
+from feddm_hpc.federation.attacks import (
+    ATTACK_KINDS,
+    ATTACK_PURPOSE,
+    UPDATE_ATTACKS,
+    apply_update_attack,
+    attack_count,
+    attack_rng,
+    attacked_clients,
+    gaussian,
+    label_flip_images,
+    scaled,
+    sign_flip,
+)
 
 
 def f32(values):

@@ -7,8 +7,8 @@ import torch
 
 from feddm_hpc.comm import make_communicator
 from feddm_hpc.config import load_config
-from feddm_hpc.diffusion import make_schedule
-from feddm_hpc.evaluation import generate_samples
+from feddm_hpc.diffusion.schedule import make_schedule
+from feddm_hpc.evaluation.generation import generate_samples
 from feddm_hpc.federation.setup import build_model
 from feddm_hpc.params import flatten
 

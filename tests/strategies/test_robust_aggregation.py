@@ -5,9 +5,18 @@ import numpy as np
 import pytest
 
 from feddm_hpc.strategies import robust
-from feddm_hpc.strategies.robust import (AGGREGATION_RULES, RobustResult, coordinate_median, krum,
-                                         krum_scores, mean, multi_krum, robust_aggregate,
-                                         squared_distances, trimmed_mean)
+from feddm_hpc.strategies.robust import (
+    AGGREGATION_RULES,
+    RobustResult,
+    coordinate_median,
+    krum,
+    krum_scores,
+    mean,
+    multi_krum,
+    robust_aggregate,
+    squared_distances,
+    trimmed_mean,
+)
 
 
 def f32(rows):

@@ -1,0 +1,51 @@
+"""`feddm-hpc sample CHECKPOINT --out FILE.png`: a grid of samples from a checkpoint's EMA model."""
+from __future__ import annotations
+
+from feddm_hpc.cli.exits import EXIT_OK
+from feddm_hpc.errors import UserError
+
+
+def register(sub) -> None:
+    s = sub.add_parser("sample", help="draw samples from a checkpoint's EMA model")
+    s.add_argument("checkpoint")
+    s.add_argument("--num", type=int, default=64)
+    s.add_argument("--out", required=True)
+    s.add_argument("--sampler", choices=("ddim", "ddpm"), default=None)
+    s.add_argument("--steps", type=int, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--eta", type=float, default=None, help="ddim noise in [0, 1] (default: the config's)")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(run=cmd_sample)
+
+
+def cmd_sample(args) -> int:
+    from feddm_hpc.config import config_from_yaml_text
+    from feddm_hpc.diffusion.grids import draw_samples
+    from feddm_hpc.diffusion.schedule import make_schedule
+    from feddm_hpc.federation.placement import select_device
+    from feddm_hpc.federation.setup import build_model
+    from feddm_hpc.rundir.checkpoint import load_checkpoint
+    from feddm_hpc.rundir.imaging import save_image_grid
+
+    if args.num < 1:
+        raise UserError("--num: must be >= 1")
+    data = load_checkpoint(args.checkpoint)
+    config = config_from_yaml_text(data.config_yaml)
+    device = select_device(args.device, 0)
+    model = build_model(config, data.image_shape, device)
+    d = config.diffusion
+    schedule = make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end).to(device)
+    sampler = args.sampler or config.sampling.sampler
+    steps = args.steps or config.sampling.steps
+    if not 1 <= steps <= d.timesteps:
+        raise UserError(f"--steps: must be between 1 and {d.timesteps}")
+    seed = config.seed if args.seed is None else args.seed
+    eta = config.sampling.eta if args.eta is None else args.eta
+    if not 0.0 <= eta <= 1.0:
+        raise UserError("--eta: must be in [0, 1]")
+    images = draw_samples(model, schedule, data.ema, data.image_shape, args.num, sampler, steps,
+                          seed, data.round, device, eta=eta, prediction=d.prediction)
+    save_image_grid(images, args.out)
+    print(f"wrote {args.num} samples ({sampler}, {steps if sampler == 'ddim' else d.timesteps} steps) "
+          f"from round {data.round} to {args.out}")
+    return EXIT_OK

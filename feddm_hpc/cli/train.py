@@ -1,0 +1,134 @@
+"""`feddm-hpc train CONFIG` and `feddm-hpc resume RUN_DIR`: run (or continue) a federated training
+job, stopping cleanly at a round end on SIGUSR1/SIGTERM (SLURM's preemption warning)."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from feddm_hpc.cli.args import add_set
+from feddm_hpc.cli.exits import EXIT_OK, EXIT_STOPPED
+from feddm_hpc.cli.world import make_comm
+from feddm_hpc.comm import root_decides
+from feddm_hpc.errors import UserError
+
+
+class StopFlag:
+    """Set by SIGUSR1/SIGTERM (SLURM's preemption warning); the run stops at the next round end."""
+
+    def __init__(self):
+        self.requested = False
+        self.signal_name = None
+
+    def install(self):
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+STOP = StopFlag()
+
+
+def register(sub) -> None:
+    t = sub.add_parser("train", help="run a federated training job")
+    t.add_argument("config")
+    t.add_argument("--run-dir", default=None, help="output folder (default runs/<config name>)")
+    add_set(t)
+    t.set_defaults(run=cmd_train)
+    r = sub.add_parser("resume", help="continue a run from its latest complete checkpoint")
+    r.add_argument("run_dir")
+    add_set(r)
+    r.set_defaults(run=cmd_resume)
+
+
+def _run_training(comm, config, run_dir: Path, checkpoint_path: Optional[str]) -> int:
+    from feddm_hpc.config import dump_yaml
+    from feddm_hpc.federation.callbacks import standard_callbacks
+    from feddm_hpc.federation.simulation import Simulation
+    from feddm_hpc.rundir.checkpoint import load_checkpoint
+    from feddm_hpc.rundir.run_outputs import write_run_files
+    from feddm_hpc.rundir.runlog import RunLog
+
+    comm.timeout_s = config.system.collective_timeout_s
+    log = RunLog(comm.rank, run_dir, progress=config.system.progress)
+    stop = STOP
+    sim = Simulation(config, comm, run_dir, log, stop_requested=stop)
+    if comm.rank == 0:
+        write_run_files(run_dir, dump_yaml(config), sim.setup)
+    if checkpoint_path is not None:
+        sim.restore(load_checkpoint(checkpoint_path))
+        log.info(f"resumed from {checkpoint_path} (round {sim.start_round - 1} complete)")
+    if sim.start_round >= config.federation.rounds:
+        log.info(f"nothing to do: all {config.federation.rounds} rounds are complete")
+        return EXIT_OK
+    t0 = time.perf_counter()
+    outcome = sim.run(standard_callbacks(stop, sample_grids=True))
+    log.close()
+    if outcome == "stopped":
+        log.info(f"stopped on {stop.signal_name or 'request'} after a checkpoint; "
+                 f"continue with: feddm-hpc resume {run_dir}")
+        return EXIT_STOPPED
+    log.info(f"done: {config.federation.rounds - sim.start_round} round(s) in {time.perf_counter() - t0:.1f}s; "
+             f"outputs in {run_dir}")
+    return EXIT_OK
+
+
+def _requeued() -> bool:
+    """SLURM sets SLURM_RESTART_COUNT > 0 when a requeued job starts again."""
+    value = os.environ.get("SLURM_RESTART_COUNT", "0")
+    return value.isdigit() and int(value) > 0
+
+
+def cmd_train(args) -> int:
+    from feddm_hpc.config import load_config
+    from feddm_hpc.rundir.checkpoint import list_checkpoints
+
+    comm = make_comm()
+    run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
+
+    def check_run_dir():
+        if list_checkpoints(run_dir / "checkpoints"):
+            if _requeued():
+                return "resume"
+            raise UserError(f"{run_dir}: already holds checkpoints; continue it with "
+                            f"`feddm-hpc resume {run_dir}` or choose another --run-dir")
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.jsonl").write_text("")
+        return "fresh"
+    config = load_config(args.config, args.overrides)
+    if root_decides(comm, check_run_dir) == "resume":  # a requeued SLURM job picks up its run
+        args.run_dir = str(run_dir)
+        return _resume(comm, args)
+    return _run_training(comm, config, run_dir, None)
+
+
+def cmd_resume(args) -> int:
+    return _resume(make_comm(), args)
+
+
+def _resume(comm, args) -> int:
+    from feddm_hpc.config import config_from_yaml_text
+    from feddm_hpc.rundir.checkpoint import latest_valid, load_checkpoint
+
+    run_dir = Path(args.run_dir)
+
+    def find():
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir}: run directory not found")
+        path = latest_valid(run_dir / "checkpoints", warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+        if path is None:
+            raise UserError(f"{run_dir}: no valid checkpoint to resume from")
+        return str(path)
+    path = root_decides(comm, find)
+    config = config_from_yaml_text(load_checkpoint(path, verify=False).config_yaml, args.overrides)
+    return _run_training(comm, config, run_dir, path)

@@ -1,0 +1,26 @@
+"""`feddm-hpc validate CONFIG`: check a config and load (and partition) its data, without training."""
+from __future__ import annotations
+
+from feddm_hpc.cli.args import add_set
+from feddm_hpc.cli.exits import EXIT_OK
+
+
+def register(sub) -> None:
+    v = sub.add_parser("validate", help="check a config (and its data) without training")
+    v.add_argument("config")
+    add_set(v)
+    v.set_defaults(run=cmd_validate)
+
+
+def cmd_validate(args) -> int:
+    from feddm_hpc.config import load_config
+    from feddm_hpc.federation.setup import load_partitioned
+
+    config = load_config(args.config, args.overrides)
+    d = config.data
+    ds, parts = load_partitioned(config)
+    sizes = [p.size for p in parts]
+    print(f"ok: {args.config}: {len(ds)} {d.dataset} images, {config.federation.num_clients} clients "
+          f"({min(sizes)}-{max(sizes)} samples each), {config.federation.rounds} rounds, "
+          f"algorithm {config.federation.algorithm}, uplink {config.compression.uplink}")
+    return EXIT_OK
