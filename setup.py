@@ -12,6 +12,7 @@ setup(
         "mpi4py>=3.1",
         "h5py>=3.6",
         "pyyaml>=6.0",
+        "dp-accounting>=0.6",
     ],
     extras_require={
         # The MPICH wheel: a self-contained MPI for workstations. On clusters, build

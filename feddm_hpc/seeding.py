@@ -13,6 +13,7 @@ import numpy as np
 COHORT, TRAIN, DROPOUT, ENCODE, SAMPLE, PARTITION, INIT = range(7)
 PARTICIPATION, SPEED, CONTROL_ENCODE = range(7, 10)
 PERSONAL_SPLIT, PERSONAL_TRAIN, PERSONAL_DROPOUT, PERSONAL_EVAL = range(10, 14)
+DP_NOISE = 14  # the server's Gaussian noise of client-level DP (feddm_hpc.privacy.dp)
 
 
 def seed_for(seed: int, purpose: int, round_index: int = 0, client_id: int = 0) -> int:
