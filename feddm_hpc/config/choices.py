@@ -35,6 +35,8 @@ Downlink = Literal["none", "quant"]
 Sampler = Literal["ddim", "ddpm"]                                      # diffusion.SAMPLERS
 Transport = Literal["gather", "hierarchical"]                          # transports.TRANSPORTS
 Placement = Literal["auto", "static", "per_round"]
+Aggregation = Literal["mean", "median", "trimmed_mean", "krum", "multi_krum"]  # strategies.robust.AGGREGATION_RULES
+AttackKind = Literal["none", "sign_flip", "scaled", "gaussian", "label_flip"]  # federation.attacks.ATTACK_KINDS + none
 
 
 def literal_values(hint: Any) -> Optional[Tuple[Any, ...]]:

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 from feddm_hpc.config.choices import (
+    Aggregation,
     Algorithm,
+    AttackKind,
     Bits,
     Dataset,
     Downlink,
@@ -185,10 +187,58 @@ class ServerConfig:
     tau: float = 1e-3                   # adaptive optimizers' epsilon (Reddi et al.)
     ema_decay: float = 0.9              # EMA of the global model, per round; used for sampling
     ema_warmup: bool = True             # round r decays by min(ema_decay, (1 + r) / (10 + r))
+    aggregation: Aggregation = "mean"   # robust rules (strategies/robust.py) need the gather transport
+    trim_fraction: float = 0.1          # trimmed_mean: drop this share of the lowest and highest values
+    num_byzantine: int = 1              # krum / multi_krum: the assumed number of attackers f
+    num_selected: Optional[int] = None  # multi_krum: updates averaged; null: k - f
 
     def validate(self) -> None:
+        check_choices(self, "server")
         require(0.0 <= self.ema_decay < 1.0, "server.ema_decay: must be in [0, 1)")
         require(self.lr > 0, "server.lr: must be > 0")
+        require(0.0 <= self.trim_fraction < 0.5, "server.trim_fraction: must be in [0, 0.5)")
+        require(self.num_byzantine >= 0, "server.num_byzantine: must be >= 0")
+        require(self.num_selected is None or self.num_selected >= 1,
+                "server.num_selected: must be >= 1 or null")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    clip_norm: Optional[float] = None   # client-level DP: each update clipped to this L2 norm; null: off
+    noise_multiplier: float = 0.0       # z: the server adds N(0, (z * clip_norm)^2) to the sum
+    delta: float = 1e-5                 # epsilon is reported at this delta
+    secure_aggregation: bool = False    # masked integer updates; the root sees only their sum
+    secagg_range: Optional[float] = None  # secure aggregation's public grid: coordinates clipped to [-r, r]
+
+    def validate(self) -> None:
+        require(self.clip_norm is None or self.clip_norm > 0, "privacy.clip_norm: must be > 0 or null")
+        require(self.noise_multiplier >= 0, "privacy.noise_multiplier: must be >= 0")
+        require(self.noise_multiplier == 0 or self.clip_norm is not None,
+                "privacy.noise_multiplier: needs privacy.clip_norm (the noise is z * clip_norm)")
+        require(0.0 < self.delta < 1.0, "privacy.delta: must be in (0, 1)")
+        require(not self.secure_aggregation or self.secagg_range is not None,
+                "privacy.secagg_range: required with privacy.secure_aggregation (the public grid)")
+        require(self.secagg_range is None or self.secagg_range > 0, "privacy.secagg_range: must be > 0")
+
+    @property
+    def dp(self) -> bool:
+        return self.clip_norm is not None
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    kind: AttackKind = "none"           # sign_flip | scaled | gaussian (the update), label_flip (the data)
+    clients: Tuple[int, ...] = ()       # attacked client ids, or
+    fraction: float = 0.0               # a seeded share of all clients
+    scale: float = 1.0                  # scaled: the factor; gaussian: the noise std
+
+    def validate(self) -> None:
+        check_choices(self, "attack")
+        require(0.0 <= self.fraction <= 1.0, "attack.fraction: must be in [0, 1]")
+        require(not (self.clients and self.fraction > 0), "attack.clients: give clients or fraction, not both")
+        require(self.kind == "none" or self.clients or self.fraction > 0,
+                "attack.clients: name the attacked clients (or set attack.fraction)")
+        require(self.scale >= 0, "attack.scale: must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -273,6 +323,8 @@ class Config:
     client: ClientConfig = field(default_factory=ClientConfig)
     compression: CompressionConfig = field(default_factory=CompressionConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     personalization: PersonalizationConfig = field(default_factory=PersonalizationConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)

@@ -25,8 +25,39 @@ def check_cross_section(c: Config) -> None:
     require(not (c.system.placement == "per_round" and clients_have_state(c)),
             "system.placement: per_round needs stateless clients (no compression.error_feedback "
             "with a lossy uplink, no scaffold); use auto or static")
+    check_privacy_and_robustness(c)
     from feddm_hpc.compression import make_compressor  # late; the codec builds here (zstd installed)
     make_compressor(c.compression)
+
+
+def check_privacy_and_robustness(c: Config) -> None:
+    """DP, secure aggregation and robust rules each assume something of the rest of the run."""
+    p, s, comp = c.privacy, c.server, c.compression
+    if p.dp:
+        require(comp.target == "update", "privacy.clip_norm: needs compression.target=update "
+                "(DP clips the client's update, not its weights)")
+        require(c.federation.algorithm != "scaffold", "privacy.clip_norm: not with scaffold (its "
+                "control deltas would leave the clients unclipped and unnoised)")
+    if s.aggregation != "mean":
+        require(c.system.transport == "gather", f"server.aggregation: {s.aggregation} needs every "
+                "update at the root: use system.transport=gather")
+        require(not p.dp, f"server.aggregation: {s.aggregation} cannot be combined with "
+                "privacy.clip_norm (the DP analysis is that of the noised mean)")
+        require(c.federation.algorithm != "scaffold",
+                f"server.aggregation: {s.aggregation} is not defined for scaffold's control deltas")
+    if p.secure_aggregation:
+        require(comp.uplink == "quant", "privacy.secure_aggregation: needs compression.uplink=quant "
+                "(an integer codec; the masks live in its integer ring)")
+        require(not comp.error_feedback, "privacy.secure_aggregation: not with "
+                "compression.error_feedback")
+        require(comp.target == "update", "privacy.secure_aggregation: needs compression.target=update")
+        require(c.system.transport == "gather", "privacy.secure_aggregation: needs system.transport=gather")
+        require(s.aggregation == "mean", "privacy.secure_aggregation: the root sees only the sum, "
+                "so server.aggregation must be mean")
+        require(c.federation.algorithm != "scaffold", "privacy.secure_aggregation: not with scaffold")
+    a = c.attack
+    require(all(0 <= i < c.federation.num_clients for i in a.clients),
+            f"attack.clients: ids must lie in 0..{c.federation.num_clients - 1}")
 
 
 def validate(c: Config) -> None:

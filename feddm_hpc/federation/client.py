@@ -107,7 +107,7 @@ class LocalTrainer:
     def train(self, global_vector: np.ndarray, client_id: int, indices: np.ndarray,
               round_index: int, terms: Sequence = (), steps: int | None = None,
               streams: tuple = (seeding.TRAIN, seeding.DROPOUT),
-              lr: float | None = None) -> tuple[np.ndarray, LocalResult]:
+              lr: float | None = None, poison=None) -> tuple[np.ndarray, LocalResult]:
         """Local steps from `global_vector` on the client's `indices`.
 
         terms: the strategy's gradient terms (strategies/terms.py), added to every step's gradient.
@@ -115,6 +115,7 @@ class LocalTrainer:
         streams: seeding purposes of (batches and noise, model dropout), so personalization
             never replays a training round's draws.
         lr: overrides the round's scheduled learning rate (`round_lr`).
+        poison: a data attack's transform of each batch (attacks.label_flip_images), or None.
         """
         unflatten_into(global_vector, self.model)
         for term in terms:
@@ -137,6 +138,8 @@ class LocalTrainer:
         for _ in range(steps):
             batch = torch.from_numpy(batches.next()).to(self.images.device)
             x0 = select_batch(self.images, batch)
+            if poison is not None:
+                x0 = poison(x0)
             loss = self.loss_fn(self.model, x0, self.schedule, noise_gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from feddm_hpc.compression import decode_payload
+from feddm_hpc.federation.aggregation import RoundAggregation, WeightedMean
 from feddm_hpc.federation.reports import ClientReport
 from feddm_hpc.strategies.aggregate import WeightedSum, is_finite  # noqa: F401 (is_finite: re-exported)
 
@@ -30,6 +31,8 @@ class Aggregate:
     rejected: List[int] = field(default_factory=list)
     decode_s: float = 0.0
     weighted_sum: Optional[WeightedSum] = None   # the raw sum, for the allreduce transport
+    fields: Dict[str, object] = field(default_factory=dict)   # the rule's own metrics (epsilon, ...)
+    protocol_bytes: Tuple[int, int] = (0, 0)   # (up, down) beyond the payloads: secure aggregation
 
 
 def ema_decay_at(server_cfg, round_index: int) -> float:
@@ -46,10 +49,15 @@ def ema_decay_at(server_cfg, round_index: int) -> float:
 
 
 def aggregate(reports: Dict[int, ClientReport], num_params: int, start: np.ndarray, target: str,
-              num_extras: int) -> Aggregate:
+              num_extras: int, rule: Optional[RoundAggregation] = None,
+              finish: bool = True) -> Aggregate:
     """Decode, check and accumulate in client-id order. A client is accepted only if its update
-    and every extra upload decode to finite vectors."""
+    and every extra upload decode to finite vectors. `rule` (default FedAvg's weighted mean)
+    weights each update and turns the sum into the mean; finish=False leaves the mean to the
+    caller (the allreduce transport finishes after summing over ranks)."""
+    rule = rule if rule is not None else WeightedMean(0, sorted(reports))
     acc = WeightedSum(num_params)
+    rows: List[np.ndarray] = []
     sums = [np.zeros(num_params, dtype=np.float64) for _ in range(num_extras)]
     buf = np.empty(num_params, dtype=np.float32)
     ebufs = [np.empty(num_params, dtype=np.float32) for _ in range(num_extras)]
@@ -70,12 +78,17 @@ def aggregate(reports: Dict[int, ClientReport], num_params: int, start: np.ndarr
             out.rejected.append(cid)
             continue
         out.accepted.append(cid)
-        acc.add(update, float(rep.num_samples))
+        acc.add(update, rule.weight(rep.num_samples))
+        if rule.keeps_rows:
+            rows.append(update.copy())
         for total, ebuf in zip(sums, ebufs):
             total += ebuf
     if out.accepted:
-        out.mean_update = acc.mean()
         out.extra_sums = sums
+        if finish:
+            out.mean_update = rule.finish(acc.total, acc.weight, np.stack(rows) if rows else None,
+                                          out.accepted)
+    out.fields = rule.record_fields() if finish else {}
     return out
 
 
@@ -94,9 +107,10 @@ def round_record(r: int, plan, reports: Dict[int, ClientReport], agg: Aggregate,
     cohort, small = plan.cohort, len(plan.cohort) <= PER_CLIENT_LIMIT
     f32 = 4 * num_params
     up_per_client = {c: reports[c].uplink_bytes for c in sorted(reports)}
-    uplink = sum(up_per_client.values())
+    proto_up, proto_down = agg.protocol_bytes
+    uplink = sum(up_per_client.values()) + proto_up
     # Every cohort client receives the model (and the strategy's vectors) even if it later drops out.
-    downlink = len(cohort) * (down_bytes_per_client + f32 * broadcast_vectors)
+    downlink = len(cohort) * (down_bytes_per_client + f32 * broadcast_vectors) + proto_down
     accepted = [reports[c] for c in agg.accepted]
     weights = np.array([rep.num_samples for rep in accepted], dtype=np.float64)
     losses = np.array([rep.loss for rep in accepted], dtype=np.float64)
@@ -130,4 +144,7 @@ def round_record(r: int, plan, reports: Dict[int, ClientReport], agg: Aggregate,
         "sim_round_s": round(plan.sim_round_s, 6),
         "client_train_s_max": float(max((rep.train_s for rep in reports.values()), default=0.0)),
     }
+    if agg.protocol_bytes != (0, 0):
+        rec.update(protocol_uplink_bytes=proto_up, protocol_downlink_bytes=proto_down)
+    rec.update(agg.fields)
     return rec

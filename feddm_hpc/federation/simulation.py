@@ -23,6 +23,7 @@ from feddm_hpc.config import Config, clients_have_state, dump_yaml
 from feddm_hpc.diffusion.loss import make_loss
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.federation import server
+from feddm_hpc.federation.aggregation import round_aggregation
 from feddm_hpc.federation.callbacks import RoundCallback, RunView, read_only, standard_callbacks
 from feddm_hpc.federation.client import LocalTrainer, local_steps_for
 from feddm_hpc.federation.downlink import Downlink
@@ -33,6 +34,7 @@ from feddm_hpc.federation.reports import ClientReport, make_report
 from feddm_hpc.federation.server import ema_decay_at
 from feddm_hpc.federation.setup import RunSetup, build_setup
 from feddm_hpc.federation.transports import make_transport
+from feddm_hpc.federation.uplink import ClientUplink
 from feddm_hpc.rundir import checkpoint as ckpt
 from feddm_hpc.rundir.runlog import RunLog
 from feddm_hpc.strategies import make_strategy
@@ -66,8 +68,13 @@ class Simulation:
                                       run_config=config)
         self.compressor = make_compressor(config.compression)
         self.downlink = Downlink(config.compression, self.global_params)
+        self.uplink = ClientUplink(config, self.compressor)
+        p = config.privacy
+        secure = dict(seed=config.seed, bits=config.compression.bits, clip_range=p.secagg_range) \
+            if p.secure_aggregation else None
         self.transport = make_transport(config.system.transport, self.num_params,
-                                        len(self.strategy.upload_names), config.compression.target)
+                                        len(self.strategy.upload_names), config.compression.target,
+                                        secure)
         self.trainer = LocalTrainer(s.model, s.schedule, config.client, s.images, s.device, config.seed,
                                     loss_fn=make_loss(config.diffusion),
                                     total_rounds=config.federation.rounds)
@@ -139,7 +146,8 @@ class Simulation:
         with phases.timed("wait"):
             comm.barrier()
         comm.context = f"round {r}, gather"
-        reduced = self.transport.reduce(comm, reports, start, phases)
+        reduced = self.transport.reduce(comm, reports, start, phases,
+                                        round_aggregation(cfg, r, plan.cohort))
         record = None
         if comm.rank == 0:
             if sorted(reduced.reports) != sorted(plan.arrived):
@@ -168,13 +176,14 @@ class Simulation:
         for cid in (c for c in plan.arrived if c in hosted):
             t, t_cpu = time.perf_counter(), time.process_time()
             local, result = self.trainer.train(start, cid, self.setup.parts[cid], r,
-                                               terms=strategy.gradient_terms(cid))
+                                               terms=strategy.gradient_terms(cid),
+                                               poison=self.uplink.data_poison(cid))
             if cid in inject:  # testing aid: one NaN and one Inf, as a diverged client would send
                 local[local.size // 2], local[-1] = np.nan, np.inf
             t_enc = time.perf_counter()
             phases.add("train_cpu", time.process_time() - t_cpu)
-            vec = local if cfg.compression.target == "weights" else local - start
-            update = self._encode(vec, cid, r)
+            vec = self._outgoing(local, start, cid, r)
+            update = self.uplink.encode(vec, cid, r, plan.cohort)
             extras = () if update is None else strategy.client_uploads(cid, r, start, local, result.steps)
             t_end = time.perf_counter()
             phases.add("train", t_enc - t)
@@ -183,14 +192,13 @@ class Simulation:
                                        extras, num_extras))
         return reports
 
-    def _encode(self, vec, cid, r) -> Optional[np.ndarray]:
-        """The payload, or None for a non-finite vector that a lossy codec refuses."""
-        try:
-            return self.compressor.encode(vec, cid, seeding.numpy_rng(self.cfg.seed, seeding.ENCODE, r, cid))
-        except ValueError:
-            if server.is_finite(vec):
-                raise
-            return None
+    def _outgoing(self, local, start, cid, r) -> np.ndarray:
+        """The vector the client encodes: its update (or weights, compression.target), after the
+        uplink's attack and DP clipping, which act on the update."""
+        if not self.uplink.transforms_update:
+            return local if self.cfg.compression.target == "weights" else local - start
+        update = self.uplink.prepare(local - start, cid, r)
+        return start + update if self.cfg.compression.target == "weights" else update
 
     def _apply(self, r, plan, down_bytes, reduced, phases) -> dict:
         """Root: the server step on the aggregate, the EMA, and the round's metrics record."""

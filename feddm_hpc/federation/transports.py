@@ -27,7 +27,9 @@ import numpy as np
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.federation import reports as wire
 from feddm_hpc.federation import server
+from feddm_hpc.federation.aggregation import RoundAggregation, WeightedMean
 from feddm_hpc.federation.reports import ClientReport
+from feddm_hpc.privacy import secagg
 
 
 @dataclass
@@ -43,15 +45,16 @@ class Transport:
         self.num_params, self.num_extras, self.target = num_params, num_extras, target
 
     def reduce(self, comm, reports: Sequence[ClientReport], start: np.ndarray,
-               phases: Dict[str, float]) -> Optional[Reduced]:
-        """Collective. Writes its phases (gather, decode, aggregate) into `phases`."""
+               phases: Dict[str, float], rule: Optional[RoundAggregation] = None) -> Optional[Reduced]:
+        """Collective. `rule`: the round's aggregation (default FedAvg's weighted mean). Writes
+        its phases (gather, decode, aggregate) into `phases`."""
         raise NotImplementedError
 
 
 class GatherTransport(Transport):
     name = "gather"
 
-    def reduce(self, comm, reports, start, phases):
+    def reduce(self, comm, reports, start, phases, rule=None):
         t = time.perf_counter()
         scalars, blob = wire.pack(reports, self.num_extras)
         blobs = comm.gather_bytes(blob)
@@ -61,7 +64,7 @@ class GatherTransport(Transport):
             return None
         by_id = wire.unpack(scalar_parts, blobs, self.num_extras)
         t = time.perf_counter()
-        agg = server.aggregate(by_id, self.num_params, start, self.target, self.num_extras)
+        agg = server.aggregate(by_id, self.num_params, start, self.target, self.num_extras, rule)
         phases["decode"] = agg.decode_s
         phases["aggregate"] = time.perf_counter() - t - agg.decode_s
         return Reduced(by_id, agg)
@@ -70,10 +73,11 @@ class GatherTransport(Transport):
 class AllreduceTransport(Transport):
     name = "hierarchical"
 
-    def reduce(self, comm, reports, start, phases):
+    def reduce(self, comm, reports, start, phases, rule=None):
         t = time.perf_counter()
+        rule = rule if rule is not None else WeightedMean(0, ())
         local = server.aggregate(wire.by_client(reports), self.num_params, start, self.target,
-                                 self.num_extras)
+                                 self.num_extras, rule, finish=False)
         rejected = set(local.rejected)
         # The root learns who this rank rejected through the status of their reports.
         sent = [replace(rep, status=wire.STATUS_REJECTED) if rep.client_id in rejected and rep.ok
@@ -96,20 +100,85 @@ class AllreduceTransport(Transport):
         agg.accepted = sorted(c for c, rep in by_id.items() if rep.ok)
         agg.rejected = sorted(c for c, rep in by_id.items() if not rep.ok)
         if buf[-1] > 0:
-            agg.mean_update = (buf[:n] / buf[-1]).astype(np.float32)
+            agg.mean_update = rule.finish(buf[:n], buf[-1])
             agg.extra_sums = [buf[(1 + j) * n:(2 + j) * n] for j in range(k)]
+        agg.fields = rule.record_fields()
         return Reduced(by_id, agg)
+
+
+class SecureGatherTransport(GatherTransport):
+    """The gather transport under privacy.secure_aggregation: the payloads are masked integer
+    codes (federation/uplink.py), the root adds them in the ring, removes what is left of the
+    masks of the cohort clients whose input never arrived (dropped, late, or unencodable) and
+    decodes only the sum. It never decodes, and cannot decode, one client's update; so it
+    cannot reject a non-finite one either: a client whose update is not finite cannot put it on
+    the grid and counts as dropped."""
+    name = "secure_gather"   # chosen by privacy.secure_aggregation, not a system.transport value
+
+    def __init__(self, num_params, num_extras, target, seed: int, bits: int, clip_range: float):
+        super().__init__(num_params, num_extras, target)
+        self.seed, self.bits, self.clip_range = seed, bits, clip_range
+
+    def reduce(self, comm, reports, start, phases, rule=None):
+        t = time.perf_counter()
+        scalars, blob = wire.pack(reports, self.num_extras)
+        blobs = comm.gather_bytes(blob)
+        scalar_parts = comm.gather_bytes(scalars)
+        phases["gather"] = time.perf_counter() - t
+        if comm.rank != 0:
+            return None
+        by_id = wire.unpack(scalar_parts, blobs, self.num_extras)
+        t = time.perf_counter()
+        survivors = sorted(c for c, rep in by_id.items() if rep.ok)
+        cohort = sorted(rule.cohort)
+        dropped = sorted(set(cohort) - set(survivors))
+        agg = server.Aggregate(None, accepted=survivors,
+                               rejected=sorted(c for c, rep in by_id.items() if not rep.ok))
+        agg.protocol_bytes = _protocol_bytes(len(cohort), len(dropped))
+        try:
+            codes = secagg.unmask_sum(secagg.ring_sum([by_id[c].update.view(np.uint32) for c in survivors]),
+                                      survivors, dropped, cohort, self.seed, rule.round_index) \
+                if survivors else None
+        except ValueError as exc:   # fewer survivors than the threshold: nothing can be unmasked
+            agg.fields = {**rule.record_fields(), "secure_aggregation_failed": str(exc)}
+            agg.accepted, agg.rejected = [], sorted(by_id)
+            codes = None
+        if codes is not None:
+            total = secagg.decode_grid_sum(codes, self.bits, self.clip_range, len(survivors))
+            agg.mean_update = rule.finish(total, sum(rule.weight(by_id[c].num_samples) for c in survivors))
+            agg.fields = rule.record_fields()
+        phases["decode"] = 0.0
+        phases["aggregate"] = time.perf_counter() - t
+        return Reduced(by_id, agg)
+
+
+def _protocol_bytes(cohort_size: int, num_dropped: int):
+    """(up, down) bytes of secure aggregation's key exchange and unmasking this round. Below the
+    threshold the protocol ends after the key exchange: no unmasking round takes place."""
+    t = secagg.default_threshold(cohort_size)
+    if cohort_size - num_dropped >= t:
+        b = secagg.protocol_bytes(cohort_size, num_dropped, t)
+        return int(b["total"]["up"]), int(b["total"]["down"])
+    b = secagg.protocol_bytes(cohort_size, 0, t)
+    phases = [b[k] for k in b if k not in ("total", "unmasking")]
+    return sum(int(p["up"]) for p in phases), sum(int(p["down"]) for p in phases)
 
 
 TRANSPORTS = {cls.name: cls for cls in (GatherTransport, AllreduceTransport)}
 
 
-def make_transport(name: str, num_params: int, num_extras: int, target: str) -> Transport:
+def make_transport(name: str, num_params: int, num_extras: int, target: str,
+                   secure: Optional[dict] = None) -> Transport:
+    """`secure`: seed, bits and clip_range of secure aggregation, which replaces the gather
+    transport (config validation allows it with gather only)."""
     try:
         cls = TRANSPORTS[name]
     except KeyError:
         raise ConfigError(f"system.transport: {name!r} is not one of {', '.join(sorted(TRANSPORTS))}") from None
+    if secure is not None:
+        return SecureGatherTransport(num_params, num_extras, target, **secure)
     return cls(num_params, num_extras, target)
 
 
-__all__ = ["AllreduceTransport", "GatherTransport", "Reduced", "TRANSPORTS", "Transport", "make_transport"]
+__all__ = ["AllreduceTransport", "GatherTransport", "Reduced", "SecureGatherTransport", "TRANSPORTS",
+           "Transport", "make_transport"]

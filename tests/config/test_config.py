@@ -172,6 +172,21 @@ server:
   tau: 0.001
   ema_decay: 0.9
   ema_warmup: true
+  aggregation: mean
+  trim_fraction: 0.1
+  num_byzantine: 1
+  num_selected: null
+privacy:
+  clip_norm: null
+  noise_multiplier: 0.0
+  delta: 1.0e-05
+  secure_aggregation: false
+  secagg_range: null
+attack:
+  kind: none
+  clients: []
+  fraction: 0.0
+  scale: 1.0
 personalization:
   steps: 0
   eval_size: 64

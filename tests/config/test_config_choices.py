@@ -48,6 +48,8 @@ NEEDS = {
     ("data", "dataset", "hdf5"): {"data": {"path": "x.h5"}},
     ("federation", "algorithm", "scaffold"): {"client": {"optimizer": "sgd", "momentum": 0.0,
                                                          "grad_clip": None}},
+    **{("attack", "kind", kind): {"attack": {"clients": [0]}}
+       for kind in ("sign_flip", "scaled", "gaussian", "label_flip")},
 }
 
 
@@ -58,7 +60,8 @@ def test_the_issue_s_choice_fields_are_all_literals():
         "client.optimizer", "client.lr_schedule", "compression.uplink", "compression.bits",
         "compression.topk_value_bits", "compression.lossless", "compression.fp16_format",
         "compression.target", "compression.downlink", "compression.downlink_bits",
-        "sampling.sampler", "system.placement", "system.transport"}
+        "sampling.sampler", "system.placement", "system.transport", "server.aggregation",
+        "attack.kind"}
     assert choices.choice_fields(type(Config().compression))  # the helper sees them too
     assert {f"{s}.{n}" for s, cls in SECTIONS for n, _ in choices.choice_fields(cls)} == set(IDS)
 
@@ -128,7 +131,8 @@ def _registries():
     from feddm_hpc import strategies
     from feddm_hpc.compression import COMPRESSORS, header, quantize, topk
     from feddm_hpc.diffusion import loss, samplers, schedule
-    from feddm_hpc.federation import transports
+    from feddm_hpc.federation import attacks, transports
+    from feddm_hpc.strategies import robust
     datasets = importlib.import_module("feddm_hpc.data.datasets")
     partition = importlib.import_module("feddm_hpc.data.partition")  # not the function of that name
     return [
@@ -145,6 +149,9 @@ def _registries():
         ("diffusion.samplers.SAMPLERS", samplers.SAMPLERS, choices.Sampler),
         ("data.datasets.DATASETS", datasets.DATASETS, choices.Dataset),
         ("data.partition.SCHEMES", partition.SCHEMES, choices.Partition),
+        ("strategies.robust.AGGREGATION_RULES", robust.AGGREGATION_RULES, choices.Aggregation),
+        ("none + federation.attacks.ATTACK_KINDS", ("none",) + tuple(attacks.ATTACK_KINDS),
+         choices.AttackKind),
     ]
 
 

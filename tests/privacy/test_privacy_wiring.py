@@ -1,0 +1,180 @@
+"""The privacy and robustness mechanisms as the simulator wires them: the client uplink (attack,
+clipping, masked encoding), the secure-aggregation transport and the per-round aggregation rules
+(serial communicator, no training)."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from feddm_hpc.comm import SerialCommunicator
+from feddm_hpc.compression import make_compressor
+from feddm_hpc.config import load_config
+from feddm_hpc.errors import ConfigError
+from feddm_hpc.federation import aggregation
+from feddm_hpc.federation import reports as wire
+from feddm_hpc.federation import server
+from feddm_hpc.federation.transports import SecureGatherTransport
+from feddm_hpc.federation.uplink import ClientUplink
+from feddm_hpc.privacy import accounting, dp, secagg
+
+from conftest import TINY
+
+N = 64
+
+
+def cfg(*sets):
+    return load_config(TINY, list(sets))
+
+
+def updates(k, seed=0, scale=0.01):
+    rng = np.random.default_rng(seed)
+    return {c: (scale * rng.standard_normal(N)).astype(np.float32) for c in range(k)}
+
+
+def test_attack_then_clip_act_only_on_the_named_clients():
+    c = cfg("attack.kind=sign_flip", "attack.clients=[1]", "privacy.clip_norm=0.05")
+    up = ClientUplink(c, make_compressor(c.compression))
+    u = updates(2, scale=1.0)
+    honest = up.prepare(u[0], 0, 0)
+    flipped = up.prepare(u[1], 1, 0)
+    np.testing.assert_allclose(honest, u[0] * (0.05 / np.linalg.norm(u[0].astype(np.float64))), rtol=1e-6)
+    np.testing.assert_allclose(flipped, -u[1] * (0.05 / np.linalg.norm(u[1].astype(np.float64))), rtol=1e-6)
+    assert up.last_norm == pytest.approx(np.linalg.norm(u[1].astype(np.float64)))
+    assert up.data_poison(1) is None   # sign_flip attacks the update, not the data
+
+
+def test_label_flip_poisons_only_the_attacked_clients_batches():
+    c = cfg("attack.kind=label_flip", "attack.clients=[2]")
+    up = ClientUplink(c, make_compressor(c.compression))
+    assert up.data_poison(0) is None and not up.transforms_update
+    x = np.array([-1.0, 0.25, 1.0])
+    np.testing.assert_array_equal(up.data_poison(2)(x), [1.0, -0.25, -1.0])
+
+
+def test_without_mechanisms_the_uplink_is_the_codec():
+    c = cfg("compression.uplink=quant", "compression.bits=8")
+    comp = make_compressor(c.compression)
+    up = ClientUplink(c, make_compressor(c.compression))
+    u = updates(1)[0]
+    assert not up.transforms_update and up.prepare(u, 0, 0) is u
+    from feddm_hpc import seeding
+    np.testing.assert_array_equal(up.encode(u, 0, 3, [0]),
+                                  comp.encode(u, 0, seeding.numpy_rng(c.seed, seeding.ENCODE, 3, 0)))
+
+
+def _secure_round(c, cohort, arrived, r=2):
+    """Clients encode through the uplink; returns (reduced, plain code sum of the arrivals)."""
+    up = ClientUplink(c, make_compressor(c.compression))
+    u = updates(max(cohort) + 1, seed=r)
+    reps, plain = [], np.zeros(N, dtype=np.uint32)
+    from feddm_hpc import seeding
+    for cid in arrived:
+        payload = up.encode(u[cid], cid, r, cohort)
+        codes = secagg.encode_grid(u[cid], c.compression.bits, c.privacy.secagg_range,
+                                   seeding.numpy_rng(c.seed, seeding.ENCODE, r, cid))
+        assert not np.array_equal(payload.view(np.uint32), codes)   # what travels is masked
+        plain += codes
+        reps.append(wire.make_report(cid, 100, 0.5, 0.1, payload, (), 0))
+    t = SecureGatherTransport(N, 0, "update", seed=c.seed, bits=c.compression.bits,
+                              clip_range=c.privacy.secagg_range)
+    rule = aggregation.round_aggregation(c, r, cohort)
+    return t.reduce(SerialCommunicator(), reps, np.zeros(N, np.float32), {}, rule), plain
+
+
+SECURE = ("privacy.secure_aggregation=true", "privacy.secagg_range=0.05", "compression.uplink=quant",
+          "compression.bits=8", "federation.num_clients=6")
+
+
+@pytest.mark.parametrize("arrived", [(0, 1, 2, 3, 4), (0, 2, 3, 4), (1, 3, 4)])
+def test_secure_aggregate_equals_the_unmasked_one_bit_for_bit(arrived, monkeypatch):
+    c = cfg(*SECURE)
+    decoded = []
+    real = secagg.decode_grid_sum
+
+    def spy(sum_codes, bits, clip_range, num_clients):
+        decoded.append((np.array(sum_codes), num_clients))
+        return real(sum_codes, bits, clip_range, num_clients)
+    monkeypatch.setattr(secagg, "decode_grid_sum", spy)
+    monkeypatch.setattr(server, "decode_payload", lambda *a, **k: pytest.fail("root decoded a payload"))
+    reduced, plain = _secure_round(c, (0, 1, 2, 3, 4), arrived)
+    # The root decoded exactly one thing: the sum over the arrivals, equal to the plain codes' sum.
+    assert len(decoded) == 1 and decoded[0][1] == len(arrived)
+    np.testing.assert_array_equal(decoded[0][0], plain)
+    expected = (real(plain, 8, 0.05, len(arrived)) / len(arrived)).astype(np.float32)  # uniform mean
+    np.testing.assert_array_equal(reduced.aggregate.mean_update, expected)
+    assert reduced.aggregate.accepted == list(arrived)
+    assert reduced.aggregate.protocol_bytes[0] > 0
+
+
+def test_secure_aggregation_below_threshold_aggregates_nothing_and_says_why():
+    reduced, _ = _secure_round(cfg(*SECURE), (0, 1, 2, 3, 4), (0, 4))
+    agg = reduced.aggregate
+    assert agg.mean_update is None and agg.accepted == []
+    assert "threshold" in agg.fields["secure_aggregation_failed"]
+
+
+def test_dp_mean_adds_seeded_noise_of_std_z_c_over_the_cohort_and_reports_epsilon():
+    c = cfg("privacy.clip_norm=0.5", "privacy.noise_multiplier=2.0", "federation.num_clients=10",
+            "federation.clients_per_round=4")
+    rule = aggregation.round_aggregation(c, 3, (1, 4, 6, 9))
+    total = np.zeros(200_000)
+    mean = rule.finish(total, 4.0)
+    # By hand: std z*C/m = 2 * 0.5 / 4 = 0.25, from the round's own stream.
+    assert np.std(mean) == pytest.approx(0.25, rel=0.01)
+    again = (dp.noise_rng(c.seed, 3).standard_normal(200_000) * 1.0 / 4).astype(np.float32)
+    np.testing.assert_array_equal(mean, again)
+    fields = rule.record_fields()
+    assert fields["epsilon"] == pytest.approx(accounting.epsilon(10, 4, 2.0, 4, c.privacy.delta))
+    assert rule.weight(1234) == 1.0
+
+
+def test_robust_rule_ignores_one_scaled_client_where_the_mean_does_not():
+    k = 5
+    u = updates(k, seed=4)
+    u[2] = u[2] * np.float32(1e4)
+    reps = {cid: wire.make_report(cid, 100, 0.5, 0.1, make_compressor(cfg().compression).encode(v, cid, None),
+                                  (), 0) for cid, v in u.items()}
+    start = np.zeros(N, np.float32)
+    mean = server.aggregate(reps, N, start, "update", 0).mean_update
+    c = cfg("server.aggregation=krum", "server.num_byzantine=1")
+    rule = aggregation.round_aggregation(c, 0, range(k))
+    agg = server.aggregate(reps, N, start, "update", 0, rule)
+    assert np.linalg.norm(mean) > 100 * np.linalg.norm(u[0])
+    assert agg.fields["selected_clients"] != [2]
+    honest = max(np.linalg.norm(u[i]) for i in (0, 1, 3, 4))
+    assert np.linalg.norm(agg.mean_update) <= honest
+    med = server.aggregate(reps, N, start, "update", 0,
+                           aggregation.round_aggregation(cfg("server.aggregation=median"), 0, range(k)))
+    assert np.abs(med.mean_update).max() <= max(np.abs(u[i]).max() for i in (0, 1, 3, 4))
+
+
+def test_krum_with_too_few_updates_falls_back_to_the_median_and_says_so():
+    u = updates(3, seed=5)
+    reps = {cid: wire.make_report(cid, 10, 0.5, 0.1, make_compressor(cfg().compression).encode(v, cid, None),
+                                  (), 0) for cid, v in u.items()}
+    rule = aggregation.round_aggregation(cfg("server.aggregation=krum", "server.num_byzantine=1"), 0, range(3))
+    agg = server.aggregate(reps, N, np.zeros(N, np.float32), "update", 0, rule)
+    np.testing.assert_array_equal(agg.mean_update, np.median(np.stack([u[0], u[1], u[2]]), axis=0)
+                                  .astype(np.float32))
+    assert "median" in agg.fields["aggregation_fallback"]
+
+
+@pytest.mark.parametrize("sets,field", [
+    (("server.aggregation=median", "system.transport=hierarchical"), "server.aggregation"),
+    (("server.aggregation=krum", "privacy.clip_norm=1.0"), "server.aggregation"),
+    (("privacy.clip_norm=1.0", "compression.target=weights"), "privacy.clip_norm"),
+    (("privacy.secure_aggregation=true", "privacy.secagg_range=0.1"), "privacy.secure_aggregation"),
+    (("privacy.secure_aggregation=true",), "privacy.secagg_range"),
+    (("privacy.noise_multiplier=1.0",), "privacy.noise_multiplier"),
+    (("attack.kind=scaled",), "attack.clients"),
+    (("attack.kind=scaled", "attack.clients=[7]"), "attack.clients"),
+])
+def test_mechanisms_that_cannot_work_together_are_config_errors_naming_the_field(sets, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        cfg(*sets)
+
+
+def test_defaults_change_nothing():
+    c = cfg()
+    assert isinstance(aggregation.round_aggregation(c, 0, (0, 1)), aggregation.WeightedMean)
+    assert dataclasses.asdict(c.privacy)["clip_norm"] is None and c.attack.kind == "none"
