@@ -10,9 +10,8 @@ from feddm_hpc.comm import SerialCommunicator
 from feddm_hpc.compression import make_compressor
 from feddm_hpc.config import load_config
 from feddm_hpc.errors import ConfigError
-from feddm_hpc.federation import aggregation
+from feddm_hpc.federation import aggregation, server
 from feddm_hpc.federation import reports as wire
-from feddm_hpc.federation import server
 from feddm_hpc.federation.transports import SecureGatherTransport
 from feddm_hpc.federation.uplink import ClientUplink
 from feddm_hpc.privacy import accounting, dp, secagg
