@@ -177,3 +177,17 @@ def test_defaults_change_nothing():
     c = cfg()
     assert isinstance(aggregation.round_aggregation(c, 0, (0, 1)), aggregation.WeightedMean)
     assert dataclasses.asdict(c.privacy)["clip_norm"] is None and c.attack.kind == "none"
+
+
+def test_privacy_command_calibrates_z_and_reports_epsilon(capsys):
+    from feddm_hpc.cli import main
+
+    assert main(["privacy", str(TINY), "--epsilon", "8", "--set", "federation.rounds=5"]) == 0
+    z = float(capsys.readouterr().out.split("privacy.noise_multiplier=")[1].split()[0])
+    assert accounting.epsilon(4, 4, z, 5, 1e-5) <= 8.0 + 1e-9
+    assert main(["privacy", str(TINY), "--set", "federation.rounds=5", "--set", "privacy.clip_norm=1",
+                 "--set", f"privacy.noise_multiplier={z}"]) == 0
+    eps = float(capsys.readouterr().out.split()[1])
+    assert eps == pytest.approx(8.0, rel=0.01)
+    assert main(["privacy", str(TINY)]) == 2   # no DP configured: a one-line error
+    assert "privacy.clip_norm" in capsys.readouterr().err
