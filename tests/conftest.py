@@ -92,8 +92,10 @@ MPI_TESTS = {
     "test_scaling.py": {"test_grid_writes_the_csv_and_the_plots",  # its tiny_study runs mpiexec
                         "test_rerun_reuses_finished_points_and_collect_rebuilds_the_csv"},
     "test_slurm.py": {"test_slurm_preemption_requeue_resumes_bit_identical"},
+    "test_privacy_runs.py": {"test_dp_with_secure_aggregation_and_an_attacker_is_rank_count_invariant"},
 }
 SLOW_TESTS = {
+    "test_privacy_runs.py": ALL,   # each test trains tiny runs
     "test_callbacks.py": ALL,   # each test trains a tiny run
     "test_cli.py": {"test_sample_writes_a_png"},
     "test_client.py": {"test_prox_step_differs_from_plain_by_lr_mu_distance",
@@ -104,6 +106,7 @@ SLOW_TESTS = {
                          "test_evaluate_run_writes_round_json"},
     "test_faults.py": {"test_writer_killed_mid_write_keeps_previous_checkpoint_and_resume_uses_it"},
     "test_features.py": {"test_training_is_deterministic_and_keyed"},
+    "test_memorization.py": {"test_evaluate_reports_memorization"},
     "test_simulation_features.py": {"test_resume_is_exact",
                                     "test_byte_accounting_equals_the_bytes_that_crossed"},
 }
