@@ -54,15 +54,19 @@ class Transport:
 class GatherTransport(Transport):
     name = "gather"
 
-    def reduce(self, comm, reports, start, phases, rule=None):
+    def _gather(self, comm, reports, phases) -> Optional[Dict[int, ClientReport]]:
+        """Every report with its payloads on the root, by client id; None on the other ranks."""
         t = time.perf_counter()
         scalars, blob = wire.pack(reports, self.num_extras)
         blobs = comm.gather_bytes(blob)
         scalar_parts = comm.gather_bytes(scalars)
         phases["gather"] = time.perf_counter() - t
-        if comm.rank != 0:
+        return wire.unpack(scalar_parts, blobs, self.num_extras) if comm.rank == 0 else None
+
+    def reduce(self, comm, reports, start, phases, rule=None):
+        by_id = self._gather(comm, reports, phases)
+        if by_id is None:
             return None
-        by_id = wire.unpack(scalar_parts, blobs, self.num_extras)
         t = time.perf_counter()
         agg = server.aggregate(by_id, self.num_params, start, self.target, self.num_extras, rule)
         phases["decode"] = agg.decode_s
@@ -120,14 +124,9 @@ class SecureGatherTransport(GatherTransport):
         self.seed, self.bits, self.clip_range = seed, bits, clip_range
 
     def reduce(self, comm, reports, start, phases, rule=None):
-        t = time.perf_counter()
-        scalars, blob = wire.pack(reports, self.num_extras)
-        blobs = comm.gather_bytes(blob)
-        scalar_parts = comm.gather_bytes(scalars)
-        phases["gather"] = time.perf_counter() - t
-        if comm.rank != 0:
+        by_id = self._gather(comm, reports, phases)
+        if by_id is None:
             return None
-        by_id = wire.unpack(scalar_parts, blobs, self.num_extras)
         t = time.perf_counter()
         survivors = sorted(c for c, rep in by_id.items() if rep.ok)
         cohort = sorted(rule.cohort)
