@@ -37,6 +37,9 @@ def register(sub) -> None:
                    help="LeNet feature-extractor training epochs (default 2)")
     e.add_argument("--extractor-train-subset", type=int, default=None, metavar="M",
                    help="train the extractor on the first M training images only (quick checks)")
+    e.add_argument("--no-memorization", action="store_true",
+                   help="skip the memorization audit (nearest training images of every sample, "
+                        "near copies per client; README: Evaluating samples offline)")
     add_set(e)
     e.set_defaults(run=cmd_evaluate)
 
@@ -53,6 +56,76 @@ def _check_flags(args, config) -> None:
         raise UserError("--extractor-epochs: must be >= 1")
     if args.extractor_train_subset is not None and args.extractor_train_subset < 100:
         raise UserError("--extractor-train-subset: must be >= 100")
+
+
+def _test_reference(config, train_images, n: int, notes: list):
+    """A seeded subset of n images of the test split (the genuinely-new baseline), or None with a
+    note when the dataset has no test split of the training images' shape."""
+    import numpy as np
+
+    from feddm_hpc.data import load_dataset
+    from feddm_hpc.errors import DataError
+    from feddm_hpc.evaluation.features import reference_indices
+    from feddm_hpc.evaluation.reference import REFERENCE_SEED
+
+    try:
+        test = load_dataset(config.data.dataset, config.data.path, "test")
+    except DataError as exc:
+        notes.append(f"no test-split reference: {exc}")
+        return None
+    if test.image_shape != tuple(np.asarray(train_images).shape[1:]):
+        notes.append(f"no test-split reference: its images are {test.image_shape}, the training "
+                     f"images {tuple(train_images.shape[1:])}")
+        return None
+    return test.images[reference_indices(len(test), min(n, len(test)), REFERENCE_SEED)]
+
+
+def memorization_audit(config, samples_u8, extractor, plot_path: Path) -> dict:
+    """Root only: the memorization audit of the generated samples against every image the run
+    trained on (the training split, data.subset applied), attributed to clients through the
+    run's partition (rebuilt from the config: partition.json holds sizes, not indices). Writes
+    the histogram to `plot_path`, logs one line on stderr, returns the JSON-able summary."""
+    import time
+
+    from feddm_hpc.evaluation.memorization import (
+        audit_memorization,
+        cached_train_features,
+        plot_nearest_distances,
+    )
+    from feddm_hpc.federation.setup import load_partitioned
+
+    t0 = time.perf_counter()
+    notes = []
+    try:
+        dataset, parts = load_partitioned(config)
+    except ConfigError as exc:  # a --set made the partition impossible: audit without clients
+        from feddm_hpc.data import load_dataset
+
+        d = config.data
+        dataset, parts = load_dataset(d.dataset, d.path, "train", subset=d.subset,
+                                      seed=config.seed), None
+        notes.append(f"no per-client attribution: {exc}")
+    if config.data.subset is not None:
+        notes.append(f"training set: the run's data.subset of {len(dataset)} images; indices "
+                     f"are into that subset")
+    reference = _test_reference(config, dataset.images, len(samples_u8), notes)
+    feats = None if extractor is None else \
+        cached_train_features(extractor, dataset.images, dataset.checksum)
+    if extractor is None:
+        notes.append("no feature extractor (unlabelled data): pixel space only")
+    audit = audit_memorization(samples_u8, dataset.images, extractor=extractor,
+                               reference_images=reference, parts=parts, train_features=feats)
+    audit.notes.extend(notes)
+    out = audit.summary()
+    # No plot path or timing in the result: it must not depend on --out or on the rank count.
+    try:
+        plot = plot_nearest_distances(audit, plot_path)
+    except ImportError:
+        plot = "no plot (matplotlib is not installed)"
+    print(f"[feddm_hpc] memorization: {out['near_copy_fraction']['pixel']:.1%} of samples are "
+          f"near copies in pixel space (k={out['k']}, ratio < {out['threshold']:.3g}; "
+          f"{time.perf_counter() - t0:.1f} s) -> {plot}", file=sys.stderr, flush=True)
+    return out
 
 
 def cmd_evaluate(args) -> int:
@@ -117,6 +190,16 @@ def evaluate_checkpoint(comm, args) -> int:
         per = client_histogram_distances(result["class_histogram"], hist)
         result["client_class_histogram_distance"] = per
     out = Path(args.out) if args.out else eval_json_path(ckpt_path)
+    if not args.no_memorization:
+        from feddm_hpc.evaluation.reference import load_reference
+
+        # The same key as evaluate_params' call: the process cache returns its extractor.
+        ref = load_reference(config.data.dataset, config.data.path,
+                             need_extractor=loaded.get("inception") is None,
+                             epochs=args.extractor_epochs, max_train=args.extractor_train_subset)
+        result["memorization"] = memorization_audit(
+            config, to_uint8_nhwc(samples), ref.extractor,
+            out.with_name(f"{out.stem}.memorization.png"))
     write_result(out, result)
     if args.save_samples:
         path = Path(args.save_samples)
