@@ -35,6 +35,7 @@ class ClientReport:
     # Payloads; None where the transport did not carry them to this rank.
     update: Optional[np.ndarray] = None
     extras: Optional[Tuple[np.ndarray, ...]] = None
+    update_norm: float = float("nan")   # L2 norm of the update before DP clipping (privacy.clip_norm only)
 
     @property
     def ok(self) -> bool:
@@ -61,7 +62,7 @@ def make_report(client_id: int, num_samples: int, loss: float, train_s: float,
 def wire_dtype(num_extras: int) -> np.dtype:
     """The structured dtype of one report's scalars (packed, little-endian, fixed per run)."""
     fields = [("client_id", "<i8"), ("num_samples", "<i8"), ("loss", "<f8"), ("train_s", "<f8"),
-              ("status", "<i8"), ("update_bytes", "<i8")]
+              ("status", "<i8"), ("update_bytes", "<i8"), ("update_norm", "<f8")]
     if num_extras:
         fields.append(("extra_bytes", "<i8", (num_extras,)))
     return np.dtype(fields)
@@ -77,6 +78,7 @@ def pack(reports: Sequence[ClientReport], num_extras: int) -> Tuple[np.ndarray, 
         records[i]["train_s"] = rep.train_s
         records[i]["status"] = rep.status
         records[i]["update_bytes"] = rep.update_bytes
+        records[i]["update_norm"] = rep.update_norm
         if num_extras:
             records[i]["extra_bytes"] = rep.extra_bytes
     pieces: List[np.ndarray] = []
@@ -98,7 +100,8 @@ def _records(raw: np.ndarray, num_extras: int) -> np.ndarray:
 def _scalars(rec, num_extras: int) -> ClientReport:
     return ClientReport(int(rec["client_id"]), int(rec["num_samples"]), float(rec["loss"]),
                         float(rec["train_s"]), int(rec["status"]), int(rec["update_bytes"]),
-                        tuple(int(b) for b in rec["extra_bytes"]) if num_extras else ())
+                        tuple(int(b) for b in rec["extra_bytes"]) if num_extras else (),
+                        update_norm=float(rec["update_norm"]))
 
 
 def unpack_scalars(raw_parts: Sequence[np.ndarray], num_extras: int) -> Dict[int, ClientReport]:

@@ -147,4 +147,9 @@ def round_record(r: int, plan, reports: Dict[int, ClientReport], agg: Aggregate,
     if agg.protocol_bytes != (0, 0):
         rec.update(protocol_uplink_bytes=proto_up, protocol_downlink_bytes=proto_down)
     rec.update(agg.fields)
+    norms = np.array([rep.update_norm for rep in accepted], dtype=np.float64)
+    if norms.size and np.isfinite(norms).all():   # DP clipping measured them (for choosing C)
+        rec["update_norm_median"] = round(float(np.median(norms)), 6)
+        if "clip_norm" in agg.fields:
+            rec["clipped_fraction"] = round(float(np.mean(norms > agg.fields["clip_norm"])), 6)
     return rec

@@ -188,13 +188,17 @@ class Simulation:
             t_end = time.perf_counter()
             phases.add("train", t_enc - t)
             phases.add("encode", t_end - t_enc)
-            reports.append(make_report(cid, result.num_samples, result.loss, t_enc - t, update,
-                                       extras, num_extras))
+            report = make_report(cid, result.num_samples, result.loss, t_enc - t, update, extras,
+                                 num_extras)
+            if self.uplink.last_norm is not None:
+                report.update_norm = self.uplink.last_norm
+            reports.append(report)
         return reports
 
     def _outgoing(self, local, start, cid, r) -> np.ndarray:
         """The vector the client encodes: its update (or weights, compression.target), after the
         uplink's attack and DP clipping, which act on the update."""
+        self.uplink.last_norm = None
         if not self.uplink.transforms_update:
             return local if self.cfg.compression.target == "weights" else local - start
         update = self.uplink.prepare(local - start, cid, r)

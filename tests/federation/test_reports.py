@@ -37,6 +37,7 @@ def test_scalars_and_payloads_round_trip_by_name_across_ranks_with_empty_reports
     np.testing.assert_array_equal(RAW.decode(got[7].update, N), d)
     np.testing.assert_array_equal(RAW.decode(got[2].extras[0], N), d)
     assert got[0].extra_bytes == (got[0].extras[0].size,)
+    assert np.isnan(got[2].update_norm)   # measured only under DP clipping
     scalars_only = wire.unpack_scalars([s for s, _ in packed], 1)
     assert scalars_only[2].uplink_bytes == got[2].uplink_bytes and scalars_only[2].update is None
 
@@ -51,7 +52,7 @@ def test_a_report_claiming_more_bytes_than_arrived_is_an_error():
 
 def test_the_wire_dtype_names_every_field():
     assert set(wire.wire_dtype(2).names) == {"client_id", "num_samples", "loss", "train_s", "status",
-                                             "update_bytes", "extra_bytes"}
+                                             "update_bytes", "update_norm", "extra_bytes"}
     assert wire.wire_dtype(2)["extra_bytes"].shape == (2,)
     assert "extra_bytes" not in wire.wire_dtype(0).names
 

@@ -67,3 +67,10 @@ def test_dp_with_secure_aggregation_and_an_attacker_is_rank_count_invariant(tmp_
         for key in ("train_loss", "epsilon", "uplink_bytes", "protocol_uplink_bytes", "arrived"):
             assert x[key] == y[key]
     assert all(line["protocol_uplink_bytes"] > 0 for line in a)
+
+
+def test_dp_metrics_carry_the_update_norms_that_guide_the_choice_of_c(tmp_path):
+    run = train_tiny(tmp_path / "norms", "--set", "privacy.clip_norm=1e-3", "--set",
+                     "federation.rounds=1")
+    line = _lines(run)[0]
+    assert line["update_norm_median"] > 1e-3 and line["clipped_fraction"] == 1.0
