@@ -191,3 +191,24 @@ def test_privacy_command_calibrates_z_and_reports_epsilon(capsys):
     assert eps == pytest.approx(8.0, rel=0.01)
     assert main(["privacy", str(TINY)]) == 2   # no DP configured: a one-line error
     assert "privacy.clip_norm" in capsys.readouterr().err
+
+
+def test_dp_mean_is_the_same_through_both_transports():
+    from feddm_hpc.federation.transports import AllreduceTransport, GatherTransport
+
+    c = cfg("privacy.clip_norm=0.5", "privacy.noise_multiplier=1.0", "federation.num_clients=6",
+            "federation.clients_per_round=4")
+    raw = make_compressor(cfg().compression)
+    u = updates(4, seed=7)
+    reps = [wire.make_report(cid, 10 * (cid + 1), 0.5, 0.1, raw.encode(v, cid, None), (), 0)
+            for cid, v in u.items()]
+    start = np.zeros(N, np.float32)
+    means = []
+    for cls in (GatherTransport, AllreduceTransport):
+        rule = aggregation.round_aggregation(c, 5, (0, 1, 2, 3))
+        means.append(cls(N, 0, "update").reduce(SerialCommunicator(), reps, start, {}, rule).aggregate.mean_update)
+    # Unweighted sum over the fixed cohort of 4 plus the round's noise, whatever the sample counts.
+    noise = dp.noise_rng(c.seed, 5).standard_normal(N) * 0.5
+    expected = ((sum(v.astype(np.float64) for v in u.values()) + noise) / 4).astype(np.float32)
+    np.testing.assert_allclose(means[0], expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(means[1], expected, rtol=1e-6, atol=1e-7)
