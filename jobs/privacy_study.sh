@@ -11,21 +11,22 @@
 #   BASE=configs/tiny.yaml EXTRA='--set federation.rounds=1' RUNS=/tmp/p OUT=/tmp/p/out N=16 \
 #     SEEDS=0 ROBUST_SEEDS=0 jobs/privacy_study.sh   # a quick dry run
 #
-# Cells (on top of BASE, default configs/privacy/base.yaml: 20 clients, 10 sampled per round):
+# Cells (on top of BASE, default configs/privacy/base.yaml: 20 clients, 5 sampled per round):
 #   nodp            no clipping, no noise
 #   clip            privacy.clip_norm=$CLIP, no noise (what clipping alone costs)
 #   dp-z<Z>         clip_norm $CLIP and noise_multiplier Z for Z in $ZS; epsilon at delta 1e-5
 #                   comes from the metrics (feddm-hpc privacy BASE --set ... prints it upfront)
 #   <rule>-clean, <rule>-attacked   server.aggregation=<rule> for mean, median, trimmed_mean,
-#                   krum with all 10 of 10 clients per round; attacked: client 3 sends its update
-#                   scaled by $ATTACK_SCALE (attack.kind=scaled), clean: no attack
+#                   krum with all 10 of 10 clients per round and $ROBUST_STEPS local steps (the
+#                   same client steps per round as the DP cells); attacked: client 3 sends its
+#                   update scaled by $ATTACK_SCALE (attack.kind=scaled), clean: no attack
 # Runs are named <cell>-s<seed>: the DP cells with SEEDS, the robust ones with ROBUST_SEEDS.
 # Order: seed by seed, the robust cells last. Resumable and stoppable like jobs/feddm_study.sh
 # (the run pool is jobs/lib/study_pool.sh): rerun it to go on; complete copies are skipped.
 #
 # Variables (besides those of jobs/feddm_study.sh: BASE RUNS OUT SEEDS N JOBS THREADS ONLY
-# EXTRA PYTHON): CLIP (default 0.5), ZS (default "0.01 0.1 1"), ROBUST_SEEDS (default 0),
-# ATTACK_SCALE (default 100).
+# EXTRA PYTHON): CLIP (default 1.0), ZS (default "0.01 0.1 1"), ROBUST_SEEDS (default 0),
+# ROBUST_STEPS (default 50), ATTACK_SCALE (default 100).
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -38,9 +39,10 @@ N=${N:-1000}
 EVAL_ROUNDS=final
 JOBS=${JOBS:-2}
 THREADS=${THREADS:-1}
-CLIP=${CLIP:-0.5}
+CLIP=${CLIP:-1.0}
 ZS=${ZS:-0.01 0.1 1}
 ATTACK_SCALE=${ATTACK_SCALE:-100}
+ROBUST_STEPS=${ROBUST_STEPS:-50}
 ONLY=${ONLY:-}
 EXTRA=${EXTRA:-}
 if [ -z "${PYTHON:-}" ]; then
@@ -65,6 +67,7 @@ cell_sets() {
         dp-z*)     echo "--set privacy.clip_norm=$CLIP --set privacy.noise_multiplier=${1#dp-z}" ;;
         *-clean|*-attacked)
             local rule=${1%-*} sets="--set federation.num_clients=10 --set federation.clients_per_round=null"
+            sets="$sets --set client.local_steps=$ROBUST_STEPS"
             sets="$sets --set server.aggregation=$rule"
             [ "${1##*-}" = attacked ] && sets="$sets --set attack.kind=scaled --set attack.clients=[3] --set attack.scale=$ATTACK_SCALE"
             echo "$sets" ;;
@@ -79,7 +82,7 @@ for rule in mean median trimmed_mean krum; do ROBUST_CELLS+=("$rule-clean" "$rul
 mkdir -p "$RUNS/logs" "$OUT/runs"
 {
     echo "# $(date '+%F %T') on $(hostname), git $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo '?')"
-    echo "BASE=$BASE RUNS=$RUNS OUT=$OUT SEEDS='$SEEDS' ROBUST_SEEDS='$ROBUST_SEEDS' N=$N JOBS=$JOBS THREADS=$THREADS CLIP=$CLIP ZS='$ZS' ATTACK_SCALE=$ATTACK_SCALE ONLY='$ONLY' EXTRA='$EXTRA' $0 $*"
+    echo "BASE=$BASE RUNS=$RUNS OUT=$OUT SEEDS='$SEEDS' ROBUST_SEEDS='$ROBUST_SEEDS' N=$N JOBS=$JOBS THREADS=$THREADS CLIP=$CLIP ZS='$ZS' ATTACK_SCALE=$ATTACK_SCALE ROBUST_STEPS=$ROBUST_STEPS ONLY='$ONLY' EXTRA='$EXTRA' $0 $*"
     echo "# per run: train (or resume RUN_DIR), then evaluate the last checkpoint; then: python -m feddm_hpc.evaluation.privacy_report $OUT"
 } > "$OUT/COMMAND.txt"
 
