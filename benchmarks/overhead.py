@@ -5,10 +5,15 @@
     training steps per rank, with no federation at all.
 Both are timed end to end as whole `mpiexec` commands (process start, imports, data loading
 included, the same for both), alternating a, b, a, b ... and keeping the best of each.
+Both run on the device the config's system.device selects (plain_train.py uses the simulator's
+select_device), so with `device: auto` on a GPU machine both train on the GPU; a whole process
+is timed, and its exit waits for its GPU work, so no torch.cuda.synchronize is needed here.
+mpiexec: $MPIEXEC, else the one beside the interpreter, else the first on PATH.
 The last line is `overhead_ratio=<a/b>`.
 """
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from feddm_hpc.config import clients_have_state, load_config  # noqa: E402
 from feddm_hpc.federation.client import local_steps_for  # noqa: E402
 from feddm_hpc.federation.participation import plan_round  # noqa: E402
-from feddm_hpc.federation.placement import assign_clients, round_placement  # noqa: E402
+from feddm_hpc.federation.placement import assign_clients, round_placement, select_device  # noqa: E402
 from feddm_hpc.federation.setup import load_partitioned  # noqa: E402
 from feddm_hpc.seeding import sample_cohort  # noqa: E402
 
@@ -46,6 +51,14 @@ def steps_per_rank(cfg, nprocs):
     return steps
 
 
+def find_mpiexec(python: str) -> str:
+    beside = Path(python).parent / "mpiexec"
+    found = os.environ.get("MPIEXEC") or (str(beside) if beside.exists() else shutil.which("mpiexec"))
+    if not found:
+        sys.exit("mpiexec not found: set MPIEXEC, or install the mpich extra (make setup)")
+    return found
+
+
 def timed(cmd, env):
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -66,11 +79,13 @@ def main():
     cfg = load_config(ROOT / args.config, overrides)
     steps = steps_per_rank(cfg, args.np)
     py = sys.executable
-    mpiexec = str(Path(py).parent / "mpiexec")
-    launch = [mpiexec, "-n", str(args.np), py, "-m", "mpi4py"]
+    launch = [find_mpiexec(py), "-n", str(args.np), py, "-m", "mpi4py"]
     sets = [x for o in overrides for x in ("--set", o)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    print(f"config {args.config}, {args.np} ranks, {cfg.federation.rounds} rounds, training steps per rank {steps}")
+    path = os.environ.get("PYTHONPATH")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + (os.pathsep + path if path else ""))
+    device = select_device(cfg.system.device, 0)
+    print(f"config {args.config}, {args.np} ranks, {cfg.federation.rounds} rounds, training steps "
+          f"per rank {steps}, device of local rank 0: {device} (both commands)")
     best_a = best_b = float("inf")
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):

@@ -301,6 +301,9 @@ class SystemConfig:
     placement: Placement = "auto"       # who trains a cohort client (README)
     transport: Transport = "gather"     # gather: root decodes every payload in client-id order (rank-invariant)
                                         # hierarchical: ranks pre-sum their clients, then Allreduce
+    deterministic: bool = False         # GPU: deterministic kernels, no TF32 (README: 3. GPUs)
+    device_data_max_mb: int = 1024      # training images on the GPU up to this size (MiB per
+                                        # rank), above it in pinned host memory
 
     def validate(self) -> None:
         """placement per_round against stateful clients is checked in validation.py."""
@@ -311,6 +314,8 @@ class SystemConfig:
         require(self.threads >= 0, "system.threads: must be >= 0")
         require(self.collective_timeout_s >= 0,
                 "system.collective_timeout_s: must be >= 0 (0: no timeout)")
+        require(self.device_data_max_mb >= 0,
+                "system.device_data_max_mb: must be >= 0 (0: never on the GPU)")
 
 
 @dataclass(frozen=True)

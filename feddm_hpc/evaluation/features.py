@@ -90,11 +90,17 @@ def _deterministic_one_thread():
 
 
 class FeatureExtractor:
-    """A trained LeNet in eval mode; `.features()` gives [N, 128] float64 numpy arrays."""
+    """A trained LeNet in eval mode; `.features()` gives [N, 128] float64 numpy arrays.
+
+    `device` is where inference runs (default cpu: every evaluation number in this repository
+    is a CPU number, and a GPU's kernels round differently); inputs move there batch by batch
+    and the outputs come back to host memory. Training always runs on the CPU.
+    """
 
     def __init__(self, model: LeNet, name: str, test_accuracy: float, settings: dict,
-                 path: Path | None = None):
-        self.model = model.eval()
+                 path: Path | None = None, device: str = "cpu"):
+        self.device = str(device)
+        self.model = model.eval().to(self.device)
         self.name = name
         self.test_accuracy = float(test_accuracy)
         self.settings = settings
@@ -108,16 +114,23 @@ class FeatureExtractor:
             raise ValueError(f"{self.name} expects images of shape (C,H,W)={self._shape}, "
                              f"got {tuple(x.shape[1:])}")
         for s in range(0, x.shape[0], _BATCH_EVAL):
-            yield x[s:s + _BATCH_EVAL]
+            yield x[s:s + _BATCH_EVAL].to(self.device)
+
+    def to(self, device: str) -> "FeatureExtractor":
+        """Run inference on `device` from now on (the weights move; the cache file does not)."""
+        self.device = str(device)
+        self.model.to(self.device)
+        return self
 
     @torch.no_grad()
     def features(self, images) -> np.ndarray:
-        out = [self.model.features(b).double().numpy() for b in self._batches(images)]
+        # float32 -> float64 is exact, so converting after the copy to the host changes nothing.
+        out = [self.model.features(b).cpu().double().numpy() for b in self._batches(images)]
         return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM))
 
     @torch.no_grad()
     def predict(self, images) -> np.ndarray:
-        out = [self.model(b).argmax(1).numpy() for b in self._batches(images)]
+        out = [self.model(b).argmax(1).cpu().numpy() for b in self._batches(images)]
         return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)
 
 
@@ -150,12 +163,13 @@ def get_feature_extractor(dataset_name: str, train_images, train_labels, test_im
                           checksum: str, cache_dir=None, epochs: int = 2, *,
                           num_classes: int | None = None, max_train: int | None = None,
                           batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
-                          verbose: bool = False) -> FeatureExtractor:
+                          verbose: bool = False, device: str = "cpu") -> FeatureExtractor:
     """Load the cached LeNet for this dataset and settings, or train it once and cache it.
 
     `train_images` / `test_images` are uint8 [N,H,W,C]. `max_train` trains on the first
     `max_train` training images only (for quick tests). `checksum` identifies the dataset files:
-    a different checksum (other data) never reuses weights.
+    a different checksum (other data) never reuses weights. Training and the cached test
+    accuracy are CPU work whatever `device` is; `device` is where the returned extractor runs.
     """
     train_images = np.asarray(train_images)
     if train_images.ndim == 3:
@@ -181,7 +195,7 @@ def get_feature_extractor(dataset_name: str, train_images, train_labels, test_im
             blob = torch.load(path, map_location="cpu", weights_only=True)
             if blob.get("key") == key:
                 model.load_state_dict(blob["state_dict"])
-                return FeatureExtractor(model, name, blob["test_accuracy"], settings, path)
+                return FeatureExtractor(model, name, blob["test_accuracy"], settings, path, device)
         except Exception as exc:  # a truncated or foreign file: retrain and overwrite it
             warnings.warn(f"ignoring unreadable feature-extractor cache {path}: {exc}")
 
@@ -206,7 +220,7 @@ def get_feature_extractor(dataset_name: str, train_images, train_labels, test_im
     torch.save({"key": key, "settings": json.dumps(settings), "test_accuracy": ext.test_accuracy,
                 "state_dict": model.state_dict()}, tmp)
     os.replace(tmp, path)
-    return ext
+    return ext.to(device)
 
 
 def reference_indices(num_images: int, n: int = DEFAULT_REFERENCE_N, seed: int = 0) -> np.ndarray:

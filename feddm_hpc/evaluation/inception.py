@@ -184,10 +184,14 @@ class InceptionV3Features(nn.Module):
 
 
 class InceptionExtractor:
-    """Loaded weights in eval mode; `.features(images)` -> float64 [N, 2048]."""
+    """Loaded weights in eval mode; `.features(images)` -> float64 [N, 2048] in host memory.
 
-    def __init__(self, model: InceptionV3Features, variant: str, path: Path):
-        self.model, self.variant, self.path = model.eval(), variant, path
+    `device` (default cpu, where every FID in this repository was computed) is where the
+    network runs; images move there batch by batch, resized there."""
+
+    def __init__(self, model: InceptionV3Features, variant: str, path: Path, device: str = "cpu"):
+        self.variant, self.path, self.device = variant, path, str(device)
+        self.model = model.eval().to(self.device)
 
     @torch.no_grad()
     def features(self, images) -> np.ndarray:
@@ -196,18 +200,19 @@ class InceptionExtractor:
         x = _to_nchw_float(images)
         out = []
         for s in range(0, x.shape[0], _BATCH):
-            b = (x[s:s + _BATCH] + 1.0) / 2.0          # [0, 1], as pytorch-fid reads PNGs
+            b = (x[s:s + _BATCH].to(self.device) + 1.0) / 2.0   # [0, 1], as pytorch-fid reads PNGs
             if b.shape[1] == 1:
                 b = b.repeat(1, 3, 1, 1)
             elif b.shape[1] != 3:
                 raise ValueError(f"Inception needs 1 or 3 channels, got {b.shape[1]}")
             b = F.interpolate(b, size=(299, 299), mode="bilinear", align_corners=False)
-            out.append(self.model(2.0 * b - 1.0).double().numpy())
+            out.append(self.model(2.0 * b - 1.0).cpu().double().numpy())  # float64: exact either way
         return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM))
 
 
-def load_inception(path) -> InceptionExtractor:
-    """Read a pytorch-fid or torchvision Inception-v3 state dict; a bad file is a UserError."""
+def load_inception(path, device: str = "cpu") -> InceptionExtractor:
+    """Read a pytorch-fid or torchvision Inception-v3 state dict; a bad file is a UserError.
+    `device`: where the network runs (InceptionExtractor)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--inception-weights: {path}: file not found")
@@ -231,4 +236,4 @@ def load_inception(path) -> InceptionExtractor:
                         f"({len(missing)} missing, {len(bad)} mis-shaped tensors, e.g. "
                         f"{(missing + bad)[0]})")
     model.load_state_dict({k: state[k] for k in wanted})
-    return InceptionExtractor(model, "pytorch-fid" if fid else "torchvision", path)
+    return InceptionExtractor(model, "pytorch-fid" if fid else "torchvision", path, device)

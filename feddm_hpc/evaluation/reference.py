@@ -40,15 +40,16 @@ def no_labels_message(dataset: str, path) -> str:
 
 def load_reference(dataset: str, path=None, *, need_extractor: bool = True, cache_dir=None,
                    epochs: int = DEFAULT_EXTRACTOR_EPOCHS, max_train: Optional[int] = None,
-                   verbose: bool = False) -> Reference:
+                   verbose: bool = False, device: str = "cpu") -> Reference:
     """The training split of `dataset` and, when it is labelled, its cached LeNet extractor
-    (trained on first use, which takes ~30-60 s for MNIST-size data on one core).
+    (trained on first use, which takes ~30-60 s for MNIST-size data on one core), running its
+    inference on `device` (default cpu: the repository's numbers are CPU numbers).
 
     Unlabelled data with `need_extractor` is a DataError (exit 2) naming the way out.
     """
     from feddm_hpc.data import load_dataset
 
-    key = (dataset, str(path), str(cache_dir), int(epochs), max_train, need_extractor)
+    key = (dataset, str(path), str(cache_dir), int(epochs), max_train, need_extractor, str(device))
     if key in _CACHE:
         return _CACHE[key]
     train = load_dataset(dataset, path, "train")
@@ -72,7 +73,7 @@ def load_reference(dataset: str, path=None, *, need_extractor: bool = True, cach
         extractor = get_feature_extractor(dataset, tr_img, tr_lab, te_img, te_lab, train.checksum,
                                           cache_dir=cache_dir, epochs=epochs,
                                           num_classes=train.num_classes, max_train=max_train,
-                                          verbose=verbose)
+                                          verbose=verbose, device=device)
     ref = Reference(dataset, train.checksum, train.images, train.num_classes, extractor)
     _CACHE[key] = ref
     return ref

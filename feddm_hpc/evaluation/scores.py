@@ -77,10 +77,14 @@ FID_UNAVAILABLE = ("standard FID (Inception-v3) not computed: its weights cannot
 
 def _inception_fid(inception, real_u8: np.ndarray, fake_u8: np.ndarray, dataset_checksum: str,
                    cache_dir) -> float:
-    """Standard FID; the real statistics are cached per (weights file, real image set)."""
+    """Standard FID; the real statistics are cached per (weights file, real image set), and per
+    device type off the CPU (a GPU's statistics differ in the last bits and must not replace the
+    CPU's)."""
     h = hashlib.sha256(inception.path.read_bytes()).hexdigest()[:16]
     r = hashlib.sha256(np.ascontiguousarray(real_u8).data).hexdigest()[:16]
-    cache = Path(cache_dir or default_cache_dir()) / f"inception-{h}-{dataset_checksum[:8]}-{r}.npz"
+    kind = str(getattr(inception, "device", "cpu")).split(":")[0]
+    tag = "" if kind == "cpu" else f"-{kind}"
+    cache = Path(cache_dir or default_cache_dir()) / f"inception-{h}-{dataset_checksum[:8]}-{r}{tag}.npz"
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             mu_r, s_r = z["mu"], z["sigma"]

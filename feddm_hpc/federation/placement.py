@@ -75,6 +75,22 @@ def select_device(setting: str, local_rank: int, cuda_available: Optional[bool] 
     return setting
 
 
+def bind_device(device: str) -> None:
+    """Make cuda:N the process's current device, once at start-up, before any CUDA work.
+
+    Tensors placed with an explicit `cuda:N` land there anyway, but whatever uses the current
+    device does not: `torch.Generator(device="cuda")`, bare `.cuda()` calls, library
+    workspaces, and the CUDA context torch makes first, which would otherwise all be on cuda:0,
+    so every rank sharing a node would also hold a context (hundreds of MB) on GPU 0.
+    Nothing on a CPU.
+    """
+    device = str(device)
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(int(device.split(":", 1)[1]) if ":" in device else 0)
+
+
 def threads_per_rank(setting: int, local_size: int, env: Optional[dict] = None,
                      cores: Optional[int] = None) -> int:
     """One compute thread per owned core: oversubscription was measured at 9x slower.

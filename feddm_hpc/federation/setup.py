@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 from feddm_hpc import seeding
-from feddm_hpc.data import label_histograms, load_dataset, partition, summarize_partition, to_device_uint8
+from feddm_hpc.data import label_histograms, load_dataset, partition, summarize_partition
 from feddm_hpc.diffusion.schedule import NoiseSchedule, make_schedule
 from feddm_hpc.diffusion.unet import build_unet
 from feddm_hpc.errors import ConfigError
-from feddm_hpc.federation.placement import assign_clients, select_device, threads_per_rank
+from feddm_hpc.federation.cuda_env import apply_determinism, check_gpu_sharing, image_store
+from feddm_hpc.federation.placement import assign_clients, bind_device, select_device, threads_per_rank
 from feddm_hpc.params import ParamSpec, flatten
 
 
@@ -26,7 +27,8 @@ class RunSetup:
     dataset_name: str
     dataset_checksum: str
     image_shape: tuple              # (C, H, W)
-    images: torch.Tensor            # uint8 [N, C, H, W] on `device` (data.select_batch -> [-1, 1])
+    images: torch.Tensor            # uint8 [N, C, H, W] on `device` (data.select_batch -> [-1, 1]),
+                                    # or a cuda_env.HostStore above system.device_data_max_mb
     parts: List[np.ndarray]         # client id -> indices into images
     hosted: List[List[int]]         # rank -> client ids
     histogram: Optional[np.ndarray]  # [clients, classes] or None (unlabelled data)
@@ -58,12 +60,25 @@ def load_partitioned(config):
     return dataset, parts
 
 
-def build_setup(config, comm, log) -> RunSetup:
-    threads = threads_per_rank(config.system.threads, comm.local_size)
+def prepare_device(config, comm, log):
+    """(device, threads) of this rank, in the order CUDA needs: the deterministic switch before
+    any CUDA work, the GPU-sharing check (collective) before the first CUDA context, then the
+    rank's GPU made current (placement.bind_device)."""
+    system = config.system
+    apply_determinism(system.deterministic)
+    threads = threads_per_rank(system.threads, comm.local_size)
     torch.set_num_threads(threads)
-    device = select_device(config.system.device, comm.local_rank)
+    device = select_device(system.device, comm.local_rank)
+    if system.device != "cpu":  # the same on every rank, so all or none join the collective
+        check_gpu_sharing(comm, device, log)
+    bind_device(device)
     if comm.size > 1 and device.startswith("cuda"):
         log.rank_warn(f"device {device}, {threads} thread(s)")
+    return device, threads
+
+
+def build_setup(config, comm, log) -> RunSetup:
+    device, threads = prepare_device(config, comm, log)
 
     fed, data_cfg = config.federation, config.data
     if comm.size > fed.num_clients:
@@ -83,7 +98,11 @@ def build_setup(config, comm, log) -> RunSetup:
              f"device {device}, {threads} thread(s) per rank")
     if histogram is not None:
         log.info(summarize_partition(histogram))
-    images = to_device_uint8(dataset.images, device)
+    images = image_store(dataset.images, device, config.system.device_data_max_mb)
+    if not isinstance(images, torch.Tensor):
+        log.info(f"training images ({dataset.images.nbytes / 2 ** 20:.0f} MiB) kept in pinned host "
+                 f"memory, batches copied to {device} (system.device_data_max_mb="
+                 f"{config.system.device_data_max_mb})")
     schedule = make_schedule(config.diffusion.schedule, config.diffusion.timesteps,
                              config.diffusion.beta_start, config.diffusion.beta_end).to(device)
     return RunSetup(device=device, threads=threads, dataset_name=dataset.name,

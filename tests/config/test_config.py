@@ -211,6 +211,8 @@ system:
   collective_timeout_s: 0.0
   placement: auto
   transport: gather
+  deterministic: false
+  device_data_max_mb: 1024
 """
 
 
