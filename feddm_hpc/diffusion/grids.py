@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from feddm_hpc import seeding
+from feddm_hpc import generators, seeding
 from feddm_hpc.diffusion.samplers import sample
 from feddm_hpc.params import unflatten_into
 
@@ -14,9 +14,7 @@ def draw_samples(model, schedule, params: np.ndarray, image_shape, num: int, sam
                  eta: float = 0.0, prediction: str = "eps") -> torch.Tensor:
     """Loads `params` into `model` (the caller reloads its own weights afterwards) and samples."""
     unflatten_into(params, model)
-    gen_device = "cuda" if str(device).startswith("cuda") else "cpu"
-    generator = torch.Generator(device=gen_device)
-    generator.manual_seed(seeding.seed_for(seed, seeding.SAMPLE, round_index))
+    generator = generators.make_generator(device, seeding.seed_for(seed, seeding.SAMPLE, round_index))
     out = []
     for start in range(0, num, batch):
         n = min(batch, num - start)

@@ -2,6 +2,10 @@
 
 A rank holds one model instance however many clients it hosts: each client starts by loading the
 global vector into it and a fresh optimizer (clients are stateless across rounds, as in FedAvg).
+
+On a GPU no step waits for the host: all of a client's batch indices are drawn before its first
+step and cross to the device in one copy, the noise is drawn on the model's device
+(feddm_hpc.generators), and the loss is read once, after the last step.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from feddm_hpc import seeding
+from feddm_hpc import generators, seeding
 from feddm_hpc.data import select_batch
 from feddm_hpc.diffusion.loss import training_loss  # the default loss_fn (L_simple)
 from feddm_hpc.params import flatten_into, unflatten_into
@@ -80,6 +84,22 @@ class BatchStream:
         return batch
 
 
+def batch_plan(batches: BatchStream, steps: int) -> np.ndarray:
+    """The stream's next `steps` batches, drawn in order: [steps, batch_size]."""
+    return np.stack([batches.next() for _ in range(steps)])
+
+
+def to_device(array: np.ndarray, device) -> torch.Tensor:
+    """`array` on `device` in one copy; to CUDA from page-locked memory, without blocking."""
+    tensor = torch.from_numpy(array)
+    device = torch.device(device)
+    if device.type != "cuda":
+        return tensor.to(device)
+    pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    pinned.copy_(tensor)
+    return pinned.to(device, non_blocking=True)
+
+
 def add_gradient_terms(params, terms) -> None:
     """Add the strategy's gradient terms (strategies/terms.py: FedProx's proximal term,
     SCAFFOLD's correction) to the gradients, in place and in order, before gradient clipping, as
@@ -126,17 +146,16 @@ class LocalTrainer:
         purpose, drop_purpose = streams
         batches = BatchStream(indices, self.cfg.batch_size,
                               seeding.numpy_rng(self.seed, purpose, round_index, client_id))
-        gen_device = "cuda" if str(self.device).startswith("cuda") else "cpu"
-        noise_gen = torch.Generator(device=gen_device)
-        noise_gen.manual_seed(seeding.seed_for(self.seed, purpose, round_index, client_id))
+        noise_gen = generators.make_generator(
+            self.device, seeding.seed_for(self.seed, purpose, round_index, client_id))
         # Dropout draws from torch's global generator: seed it per client as well.
         torch.manual_seed(seeding.seed_for(self.seed, drop_purpose, round_index, client_id))
         if steps is None:
             steps = local_steps_for(self.cfg, indices.size)
         self.model.train()
         total = torch.zeros((), device=self.device)
-        for _ in range(steps):
-            batch = torch.from_numpy(batches.next()).to(self.images.device)
+        plan = to_device(batch_plan(batches, steps), self.images.device)
+        for batch in plan.unbind(0):
             x0 = select_batch(self.images, batch)
             if poison is not None:
                 x0 = poison(x0)

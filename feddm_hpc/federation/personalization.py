@@ -20,10 +20,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from feddm_hpc import seeding
+from feddm_hpc import generators, seeding
 from feddm_hpc.data import select_batch
 from feddm_hpc.diffusion.loss import training_loss
-from feddm_hpc.federation.client import round_lr
+from feddm_hpc.federation.client import round_lr, to_device
 from feddm_hpc.params import unflatten_into
 from feddm_hpc.strategies.terms import proximal_terms
 
@@ -40,13 +40,12 @@ def eval_loss(model, schedule, images: torch.Tensor, vector: np.ndarray, idx: np
               seed: int, client_id: int, device: str, loss_fn=training_loss) -> float:
     """Diffusion loss of `vector` on images[idx], with timesteps and noise fixed per client."""
     unflatten_into(vector, model)
-    gen = torch.Generator(device="cuda" if str(device).startswith("cuda") else "cpu")
-    gen.manual_seed(seeding.seed_for(seed, seeding.PERSONAL_EVAL, 0, client_id))
+    gen = generators.make_generator(device, seeding.seed_for(seed, seeding.PERSONAL_EVAL, 0, client_id))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            x0 = select_batch(images, torch.from_numpy(idx).to(images.device))
+            x0 = select_batch(images, to_device(idx, images.device))
             return float(loss_fn(model, x0, schedule, gen).item())
     finally:
         model.train(was_training)
