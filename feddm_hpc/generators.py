@@ -1,11 +1,12 @@
 """Where random draws happen: the one factory of seeded torch generators.
 
-Policy. Training noise (a client's timesteps and noise, personalization's evaluation noise, the
-run's sample grids) is drawn on the device the model runs on, on exactly that device, index
+Policy. Training noise (a client's timesteps and noise, personalization's evaluation noise) is
+drawn on the device the model runs on, on exactly that device, index
 included (`torch.Generator(device="cuda:1")` on a rank placed on cuda:1): drawing on the CPU and
 copying would cost a host->device transfer every step, and a bare "cuda" would draw every rank's
-numbers on cuda:0. Evaluation and sampling noise (evaluation/generation.py) is drawn on the CPU,
-so a GPU run's samples start from the same x_T as a CPU run's.
+numbers on cuda:0. Evaluation and sampling noise (evaluation/generation.py, the sample grids of
+diffusion/grids.py and `feddm-hpc sample`) is drawn on the CPU, so a GPU run's samples start
+from the same x_T as a CPU run's.
 
 A CPU run draws on the CPU either way, so its numbers do not depend on this policy. Tests replace
 `make_generator` (monkeypatch feddm_hpc.generators.make_generator) to see which device each caller

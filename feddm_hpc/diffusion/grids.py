@@ -12,9 +12,11 @@ from feddm_hpc.params import unflatten_into
 def draw_samples(model, schedule, params: np.ndarray, image_shape, num: int, sampler: str,
                  steps: int, seed: int, round_index: int, device: str, batch: int = 256,
                  eta: float = 0.0, prediction: str = "eps") -> torch.Tensor:
-    """Loads `params` into `model` (the caller reloads its own weights afterwards) and samples."""
+    """Loads `params` into `model` (the caller reloads its own weights afterwards) and samples.
+    The noise is drawn on the CPU, as evaluation's is (generators.py): a GPU run's grid starts
+    from the same x_T as a CPU run's, and the samplers copy each draw without blocking."""
     unflatten_into(params, model)
-    generator = generators.make_generator(device, seeding.seed_for(seed, seeding.SAMPLE, round_index))
+    generator = generators.make_generator("cpu", seeding.seed_for(seed, seeding.SAMPLE, round_index))
     out = []
     for start in range(0, num, batch):
         n = min(batch, num - start)

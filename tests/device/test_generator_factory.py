@@ -67,12 +67,12 @@ def test_client_training_draws_on_the_model_device(asked, parts):
     assert asked == [("cuda:1", seeding.seed_for(3, seeding.TRAIN, 2, 5))]
 
 
-def test_sample_grids_draw_on_the_model_device(asked, parts):
+def test_sample_grids_draw_on_the_cpu_like_evaluation(asked, parts):
     model, _, schedule, w0 = parts
     with pytest.raises(_Asked):
         draw_samples(model, schedule, w0, (1, 8, 8), 4, "ddim", 2, seed=3, round_index=7,
                      device="cuda:1")
-    assert asked == [("cuda:1", seeding.seed_for(3, seeding.SAMPLE, 7))]
+    assert asked == [("cpu", seeding.seed_for(3, seeding.SAMPLE, 7))]
 
 
 def test_personalization_evaluation_draws_on_the_model_device(asked, parts):
