@@ -14,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+from feddm_hpc import generators
 from feddm_hpc.config import load_config
 from feddm_hpc.data import load_dataset, select_batch
 from feddm_hpc.diffusion.loss import make_loss
@@ -51,7 +52,7 @@ def main():
     opt = make_optimizer(cfg.client, list(model.parameters()))
     loss_fn = make_loss(cfg.diffusion)   # the same loss as the simulator's clients
     rng = np.random.default_rng(comm.rank)
-    gen = torch.Generator(device=device).manual_seed(comm.rank)  # noise drawn where the model is
+    gen = generators.make_generator(device, comm.rank)  # noise drawn where the model is (generators.py)
     synchronize(device)
     comm.Barrier()
     t0 = time.perf_counter()

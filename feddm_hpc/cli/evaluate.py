@@ -142,7 +142,8 @@ def evaluate_checkpoint(comm, args) -> int:
     from feddm_hpc.evaluation.per_client import client_histogram_distances, read_label_histogram
     from feddm_hpc.evaluation.results import eval_json_path, write_result
     from feddm_hpc.evaluation.scores import FID_UNAVAILABLE
-    from feddm_hpc.federation.placement import select_device, threads_per_rank
+    from feddm_hpc.federation.cuda_env import apply_determinism
+    from feddm_hpc.federation.placement import bind_device, select_device, threads_per_rank
     from feddm_hpc.federation.setup import build_model
     from feddm_hpc.params import ParamSpec
     from feddm_hpc.rundir.checkpoint import load_checkpoint
@@ -156,7 +157,9 @@ def evaluate_checkpoint(comm, args) -> int:
     config = config_from_yaml_text(data.config_yaml, args.overrides)
     _check_flags(args, config)
     torch.set_num_threads(threads_per_rank(config.system.threads, comm.local_size))
+    apply_determinism(config.system.deterministic)
     device = select_device(args.device or config.system.device, comm.local_rank)
+    bind_device(device)
     model = build_model(config, data.image_shape, device)
     if ParamSpec.from_model(model).fingerprint() != data.param_fingerprint:
         raise ConfigError("model: --set changed the model's shape; the checkpoint's parameters do "

@@ -22,7 +22,8 @@ def cmd_sample(args) -> int:
     from feddm_hpc.config import config_from_yaml_text
     from feddm_hpc.diffusion.grids import draw_samples
     from feddm_hpc.diffusion.schedule import make_schedule
-    from feddm_hpc.federation.placement import select_device
+    from feddm_hpc.federation.cuda_env import apply_determinism
+    from feddm_hpc.federation.placement import bind_device, select_device
     from feddm_hpc.federation.setup import build_model
     from feddm_hpc.rundir.checkpoint import load_checkpoint
     from feddm_hpc.rundir.imaging import save_image_grid
@@ -31,7 +32,9 @@ def cmd_sample(args) -> int:
         raise UserError("--num: must be >= 1")
     data = load_checkpoint(args.checkpoint)
     config = config_from_yaml_text(data.config_yaml)
+    apply_determinism(config.system.deterministic)
     device = select_device(args.device, 0)
+    bind_device(device)
     model = build_model(config, data.image_shape, device)
     d = config.diffusion
     schedule = make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end).to(device)

@@ -265,7 +265,9 @@ def cached_train_features(extractor, images, checksum: str, cache_dir=None) -> n
 
     stem = extractor.path.stem if extractor.path is not None else extractor.name
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    path = folder / f"{stem}-features-{checksum[:16]}-{len(images)}.npy"
+    device = getattr(extractor, "device", "cpu")   # GPU features never replace the CPU ones
+    tag = "" if str(device) == "cpu" else f"-{str(device).replace(':', '')}"
+    path = folder / f"{stem}-features-{checksum[:16]}-{len(images)}{tag}.npy"
     if path.is_file():
         try:
             feats = np.load(path, allow_pickle=False)
