@@ -45,20 +45,8 @@ ATTACK_SCALE=${ATTACK_SCALE:-100}
 ROBUST_STEPS=${ROBUST_STEPS:-50}
 ONLY=${ONLY:-}
 EXTRA=${EXTRA:-}
-if [ -z "${PYTHON:-}" ]; then
-    if [ -x "$here/.venv/bin/python" ]; then PYTHON=$here/.venv/bin/python; else PYTHON=python3; fi
-fi
-
-if [ "${1:-}" = "--background" ]; then
-    mkdir -p "$OUT"
-    detach=(nohup)
-    command -v setsid > /dev/null && detach=(setsid nohup)
-    "${detach[@]}" "$0" > "$OUT/study.log" 2>&1 < /dev/null &
-    echo "started in the background: pid $!, log $OUT/study.log (stop it with: kill $!)"
-    exit 0
-fi
-
 source "$here/jobs/lib/study_pool.sh"
+detach_if_asked "$0" "$@"
 
 cell_sets() {
     case $1 in

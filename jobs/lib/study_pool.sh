@@ -2,8 +2,23 @@
 # train (or resume) one run, evaluate its kept checkpoints, copy its small outputs to
 # $OUT/runs/NAME/ with DONE last; at most $JOBS runs at once; stop on INT/TERM at the next round
 # end; rerunning skips complete copies. Sourced, not run: the caller sets BASE RUNS OUT N
-# EVAL_ROUNDS JOBS THREADS ONLY EXTRA PYTHON, writes $OUT/COMMAND.txt's header, then calls
+# EVAL_ROUNDS JOBS THREADS ONLY EXTRA (PYTHON defaults to the repo's .venv), calls
+# `detach_if_asked "$0" "$@"`, writes $OUT/COMMAND.txt's header, then calls
 # `submit NAME SETS` per run and `pool_finish` at the end (it fills the arrays failed and stopped).
+
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$here/.venv/bin/python" ]; then PYTHON=$here/.venv/bin/python; else PYTHON=python3; fi
+fi
+
+detach_if_asked() {  # SCRIPT ARGS...: with --background, run SCRIPT detached and exit
+    [ "${2:-}" = "--background" ] || return 0
+    mkdir -p "$OUT"
+    local detach=(nohup)
+    command -v setsid > /dev/null && detach=(setsid nohup)
+    "${detach[@]}" "$1" > "$OUT/study.log" 2>&1 < /dev/null &
+    echo "started in the background: pid $!, log $OUT/study.log (stop it with: kill $!)"
+    exit 0
+}
 
 feddm() { "$PYTHON" -m feddm_hpc "$@"; }
 log() { echo "[$(date '+%F %T')] $*"; }
