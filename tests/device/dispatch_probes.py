@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
@@ -119,3 +120,12 @@ def move_to_fake(module: torch.nn.Module, device: str) -> torch.nn.Module:
         for name, b in list(sub.named_buffers(recurse=False)):
             setattr(sub, name, torch.empty_like(b, device=device))
     return module
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train faster on one thread; two contend with whatever else the cores run."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -4,6 +4,7 @@ its model's device string. The factory is replaced here, so no GPU is needed."""
 import numpy as np
 import pytest
 import torch
+from dispatch_probes import one_thread  # noqa: F401 (an autouse fixture: tiny models on one thread)
 
 from feddm_hpc import generators, seeding
 from feddm_hpc.config import ClientConfig
@@ -14,15 +15,6 @@ from feddm_hpc.federation.personalization import eval_loss
 from feddm_hpc.params import flatten
 
 pytestmark = pytest.mark.device
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread; two contend with whatever else the cores run."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class _Asked(Exception):

@@ -8,7 +8,7 @@ the host and a second device), so they run without a GPU.
 import numpy as np
 import pytest
 import torch
-from dispatch_probes import DeviceRecorder
+from dispatch_probes import DeviceRecorder, one_thread  # noqa: F401 (one_thread: autouse fixture)
 
 from feddm_hpc import generators
 from feddm_hpc.config import ClientConfig, ModelConfig
@@ -20,15 +20,6 @@ from feddm_hpc.federation.client import LocalTrainer
 from feddm_hpc.params import flatten
 
 pytestmark = pytest.mark.device
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread; two contend with whatever else the cores run."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _tiny_unet():
