@@ -39,7 +39,7 @@ def steps_per_rank(cfg, nprocs):
     steps = [0] * nprocs
     f = cfg.federation
     for r in range(f.rounds):
-        cohort = sample_cohort(cfg.seed, r, f.num_clients, f.clients_per_round)
+        cohort = sample_cohort(cfg.seed, r, f.num_clients, f.clients_per_round, f.cohort_sampling)
         steps_of = lambda c: local_steps_for(cfg.client, parts[int(c)].size)  # noqa: E731
         arrived = list(plan_round(cfg.seed, r, cohort, f, steps_of).arrived)
         if cfg.system.placement != "static" and not clients_have_state(cfg):

@@ -14,6 +14,8 @@ COHORT, TRAIN, DROPOUT, ENCODE, SAMPLE, PARTITION, INIT = range(7)
 PARTICIPATION, SPEED, CONTROL_ENCODE = range(7, 10)
 PERSONAL_SPLIT, PERSONAL_TRAIN, PERSONAL_DROPOUT, PERSONAL_EVAL = range(10, 14)
 DP_NOISE = 14  # the server's Gaussian noise of client-level DP (feddm_hpc.privacy.dp)
+# 15 is federation.attacks.ATTACK_PURPOSE.
+COHORT_PASS = 16  # the permutation of one pass of shuffled cohorts (sample_cohort)
 
 
 def seed_for(seed: int, purpose: int, round_index: int = 0, client_id: int = 0) -> int:
@@ -27,9 +29,26 @@ def numpy_rng(seed: int, purpose: int, round_index: int = 0, client_id: int = 0)
         np.random.SeedSequence([int(seed), int(purpose), int(round_index), int(client_id)])))
 
 
-def sample_cohort(seed: int, round_index: int, num_clients: int, per_round) -> np.ndarray:
-    """The clients of one round, sorted by id; identical on every rank without communication."""
+def sample_cohort(seed: int, round_index: int, num_clients: int, per_round,
+                  scheme: str = "uniform") -> np.ndarray:
+    """The clients of one round, sorted by id; identical on every rank without communication.
+
+    uniform: m of the N clients uniformly without replacement, independently each round (what the
+    DP accounting assumes). shuffled: random reshuffling; a pass of ceil(N/m) rounds cuts one
+    seeded permutation of the clients into cohorts, so every client takes part once per pass and
+    a few rounds cannot leave whole clients (and the labels only they hold) out of training. When m
+    does not divide N, the pass's last cohort is topped up with the permutation's first clients,
+    so every cohort still has m members. Both are functions of (seed, round) alone: resumable and
+    rank-invariant.
+    """
     if per_round is None or per_round >= num_clients:
         return np.arange(num_clients, dtype=np.int64)
+    if scheme == "shuffled":
+        rounds_per_pass = -(-num_clients // per_round)
+        pass_index, k = divmod(int(round_index), rounds_per_pass)
+        perm = numpy_rng(seed, COHORT_PASS, pass_index).permutation(num_clients)
+        chunk = perm[k * per_round:(k + 1) * per_round]
+        chunk = np.concatenate([chunk, perm[:per_round - len(chunk)]])
+        return np.sort(chunk).astype(np.int64)
     rng = numpy_rng(seed, COHORT, round_index)
     return np.sort(rng.choice(num_clients, size=per_round, replace=False)).astype(np.int64)

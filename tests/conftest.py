@@ -82,6 +82,7 @@ ALL = "*"
 MPI_TESTS = {
     "test_mpi.py": ALL,
     "test_mpi_features.py": ALL,
+    "test_mpi_client_groups.py": ALL,
     "test_hierarchical.py": ALL,
     "test_cli.py": {"test_more_ranks_than_clients_fails_fast_under_mpi"},
     "test_evaluate.py": {"test_generate_samples_identical_under_mpiexec",

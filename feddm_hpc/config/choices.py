@@ -22,6 +22,7 @@ LossWeighting = Literal["none", "min_snr"]                             # diffusi
 Algorithm = Literal["fedadagrad", "fedadam", "fedavg", "fedavgm", "fedprox", "fedyogi",
                     "scaffold"]                                        # strategies.STRATEGIES
 Straggler = Literal["none", "lognormal"]                               # participation.py
+CohortSampling = Literal["uniform", "shuffled"]                        # seeding.sample_cohort
 Optimizer = Literal["adam", "adamw", "sgd"]                            # client.make_optimizer
 LrSchedule = Literal["constant", "cosine"]                             # client.round_lr
 Uplink = Literal["none", "quant", "topk"]                              # compression.COMPRESSORS

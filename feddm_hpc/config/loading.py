@@ -23,9 +23,20 @@ from feddm_hpc.errors import ConfigError
 def _coerce(value: Any, annotation: Any, name: str) -> Any:
     """Check `value` against a field's type; the only conversions are int->float and list->tuple."""
     origin = typing.get_origin(annotation)
-    if origin is typing.Union:  # Optional[X]
-        inner = [a for a in typing.get_args(annotation) if a is not type(None)][0]
-        return None if value is None else _coerce(value, inner, name)
+    if origin is typing.Union:  # Optional[X], or a union such as Union[int, Literal["auto"]]
+        args = typing.get_args(annotation)
+        inner = [a for a in args if a is not type(None)]
+        if value is None and len(inner) < len(args):
+            return None
+        if len(inner) == 1:
+            return _coerce(value, inner[0], name)
+        for option in inner:
+            try:
+                return _coerce(value, option, name)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{name}: expected {' or '.join(_describe(a) for a in inner)}, "
+                          f"got {value!r}")
     if origin is Literal:  # the value's type first (same messages as a plain field), then the set
         return check_choice(_coerce(value, literal_base(annotation), name), annotation, name)
     if origin in (tuple, Tuple):
@@ -54,6 +65,13 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
             raise ConfigError(f"{name}: expected a string, got {value!r}")
         return value
     raise AssertionError(f"unsupported annotation {annotation}")
+
+
+def _describe(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return " or ".join(repr(v) for v in typing.get_args(annotation))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        annotation, str(annotation))
 
 
 def _build(cls, data: Any, prefix: str):

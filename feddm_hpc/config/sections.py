@@ -7,13 +7,14 @@ Checks that read several sections live in validation.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Literal, Optional, Tuple, Union
 
 from feddm_hpc.config.choices import (
     Aggregation,
     Algorithm,
     AttackKind,
     Bits,
+    CohortSampling,
     Dataset,
     Downlink,
     Fp16Format,
@@ -92,6 +93,9 @@ class DiffusionConfig:
 class FederationConfig:
     num_clients: int = 10
     clients_per_round: Optional[int] = None   # None: every client, every round
+    # uniform: a fresh uniform cohort each round; shuffled: every client once per pass of
+    # ceil(num_clients / clients_per_round) rounds (seeding.sample_cohort)
+    cohort_sampling: CohortSampling = "uniform"
     rounds: int = 10
     algorithm: Algorithm = "fedavg"
     # Realism (participation.py). Every draw comes from (seed, round, client_id), never the rank.
@@ -304,6 +308,9 @@ class SystemConfig:
     deterministic: bool = False         # GPU: deterministic kernels, no TF32 (README: 3. GPUs)
     device_data_max_mb: int = 1024      # training images on the GPU up to this size (MiB per
                                         # rank), above it in pinned host memory
+    # Clients a rank trains at once as one vectorized computation (federation/client_groups.py);
+    # auto: 1 on the CPU (measured no faster there), placement.GROUP_SIZE_AUTO_CUDA on a GPU.
+    client_group_size: Union[int, Literal["auto"]] = 1
 
     def validate(self) -> None:
         """placement per_round against stateful clients is checked in validation.py."""
@@ -316,6 +323,8 @@ class SystemConfig:
                 "system.collective_timeout_s: must be >= 0 (0: no timeout)")
         require(self.device_data_max_mb >= 0,
                 "system.device_data_max_mb: must be >= 0 (0: never on the GPU)")
+        require(self.client_group_size == "auto" or self.client_group_size >= 1,
+                "system.client_group_size: must be >= 1 or auto")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,9 @@ def check_cross_section(c: Config) -> None:
     require(not (c.system.placement == "per_round" and clients_have_state(c)),
             "system.placement: per_round needs stateless clients (no compression.error_feedback "
             "with a lossy uplink, no scaffold); use auto or static")
+    require(c.system.client_group_size in ("auto", 1) or c.model.dropout == 0,
+            "system.client_group_size: clients trained together need model.dropout 0 (their "
+            "dropout masks would not come from each client's own generator)")
     check_privacy_and_robustness(c)
     from feddm_hpc.compression import make_compressor  # late; the codec builds here (zstd installed)
     make_compressor(c.compression)
@@ -38,6 +41,9 @@ def check_privacy_and_robustness(c: Config) -> None:
                 "(DP clips the client's update, not its weights)")
         require(c.federation.algorithm != "scaffold", "privacy.clip_norm: not with scaffold (its "
                 "control deltas would leave the clients unclipped and unnoised)")
+        require(c.federation.cohort_sampling == "uniform" or c.federation.clients_per_round is None,
+                "federation.cohort_sampling: the privacy accounting assumes uniform cohorts; "
+                "use uniform with privacy.clip_norm")
     if s.aggregation != "mean":
         require(c.system.transport == "gather", f"server.aggregation: {s.aggregation} needs every "
                 "update at the root: use system.transport=gather")

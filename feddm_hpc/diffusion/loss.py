@@ -22,6 +22,13 @@ def training_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, generator: t
         min(SNR_t, gamma) / (SNR_t + 1) for v (Hang et al. 2023): both equal min(SNR, gamma)
         times the x0 error, so the many nearly noise-free timesteps stop dominating the gradient.
     """
+    x_t, t, target = noised_inputs(x0, schedule, generator, prediction)
+    return score_output(model(x_t, t), target, t, schedule, prediction, weighting, min_snr_gamma)
+
+
+def noised_inputs(x0: torch.Tensor, schedule: NoiseSchedule, generator: torch.Generator,
+                  prediction: str = "eps"):
+    """training_loss's random half: (x_t, t, target) for a batch, drawing t then the noise."""
     b = x0.shape[0]
     t = torch.randint(0, schedule.timesteps, (b,), generator=generator, device=generator.device)
     noise = randn(x0.shape, generator, x0.device, x0.dtype)
@@ -35,15 +42,29 @@ def training_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, generator: t
         target = sqrt_a * noise - sqrt_1ma * x0
     else:
         raise ValueError(f"unknown prediction {prediction!r}; valid: {', '.join(PREDICTIONS)}")
-    if weighting == "none":
-        return F.mse_loss(model(x_t, t), target)
-    if weighting != "min_snr":
-        raise ValueError(f"unknown loss weighting {weighting!r}; valid: {', '.join(LOSS_WEIGHTINGS)}")
+    return x_t, t, target
+
+
+def example_weights(t: torch.Tensor, schedule: NoiseSchedule, prediction: str,
+                    min_snr_gamma: float, like: torch.Tensor) -> torch.Tensor:
+    """The min-SNR weight of each example [B], in `like`'s device and dtype."""
     ac = schedule.alphas_cumprod[t.to(schedule.alphas_cumprod.device)]
     snr = ac / (1.0 - ac)                      # float64 on the schedule's device
     weight = snr.clamp(max=min_snr_gamma) / (snr if prediction == "eps" else snr + 1.0)
-    per_example = (model(x_t, t) - target).pow(2).flatten(1).mean(dim=1)
-    return (weight.to(device=x0.device, dtype=x0.dtype) * per_example).mean()
+    return weight.to(device=like.device, dtype=like.dtype)
+
+
+def score_output(output: torch.Tensor, target: torch.Tensor, t: torch.Tensor,
+                 schedule: NoiseSchedule, prediction: str = "eps", weighting: str = "none",
+                 min_snr_gamma: float = 5.0) -> torch.Tensor:
+    """training_loss's deterministic half: the (weighted) mean squared error of the model output."""
+    if weighting == "none":
+        return F.mse_loss(output, target)
+    if weighting != "min_snr":
+        raise ValueError(f"unknown loss weighting {weighting!r}; valid: {', '.join(LOSS_WEIGHTINGS)}")
+    weight = example_weights(t, schedule, prediction, min_snr_gamma, output)
+    per_example = (output - target).pow(2).flatten(1).mean(dim=1)
+    return (weight * per_example).mean()
 
 
 def make_loss(diffusion_cfg):

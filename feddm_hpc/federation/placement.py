@@ -50,6 +50,39 @@ def round_placement(arrived: Sequence[int], steps: Sequence[int], num_ranks: int
     return [sorted(int(arrived[i]) for i in g) for g in groups]
 
 
+# `auto` on a GPU. Not yet measured on one (benchmarks/client_groups.py, run by gpu_check.sh, is
+# what should set it): small U-Nets are kernel-launch bound there, which vectorizing addresses.
+GROUP_SIZE_AUTO_CUDA = 8
+
+
+def resolve_group_size(setting, device: str, model_dropout: float) -> int:
+    """system.client_group_size as a number: auto is 1 on the CPU, where vectorized clients were
+    measured slower (benchmarks/client_groups.py), and without dropout-free models."""
+    if setting != "auto":
+        return int(setting)
+    if torch_device_type(device) != "cuda" or model_dropout > 0:
+        return 1
+    return GROUP_SIZE_AUTO_CUDA
+
+
+def torch_device_type(device: str) -> str:
+    return device.split(":", 1)[0]
+
+
+def assign_blocks(sample_counts: Sequence[int], num_ranks: int, block: int) -> List[List[int]]:
+    """Static hosting for client groups: blocks of `block` consecutive ids [kG, (k+1)G) stay on one
+    rank (so a group's per-client state is where the group trains), balanced by samples."""
+    n = len(sample_counts)
+    starts = list(range(0, n, block))
+    if num_ranks > len(starts):
+        raise ConfigError(f"system.client_group_size: {n} clients make {len(starts)} fixed groups of "
+                          f"{block}, fewer than the {num_ranks} MPI ranks; lower the group size or "
+                          f"launch at most {len(starts)} ranks")
+    loads = [sum(sample_counts[s:s + block]) for s in starts]
+    return [sorted(c for b in blocks for c in range(starts[b], min(starts[b] + block, n)))
+            for blocks in balance(loads, num_ranks)]
+
+
 def client_to_rank(hosted: List[List[int]]) -> Dict[int, int]:
     return {c: r for r, clients in enumerate(hosted) for c in clients}
 

@@ -11,12 +11,20 @@ import numpy as np
 import torch
 
 from feddm_hpc import seeding
+from feddm_hpc.config import clients_have_state
 from feddm_hpc.data import label_histograms, load_dataset, partition, summarize_partition
 from feddm_hpc.diffusion.schedule import NoiseSchedule, make_schedule
 from feddm_hpc.diffusion.unet import build_unet
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.federation.cuda_env import apply_determinism, check_gpu_sharing, image_store
-from feddm_hpc.federation.placement import assign_clients, bind_device, select_device, threads_per_rank
+from feddm_hpc.federation.placement import (
+    assign_blocks,
+    assign_clients,
+    bind_device,
+    resolve_group_size,
+    select_device,
+    threads_per_rank,
+)
 from feddm_hpc.params import ParamSpec, flatten
 
 
@@ -36,6 +44,7 @@ class RunSetup:
     schedule: NoiseSchedule
     spec: ParamSpec
     initial_params: np.ndarray
+    group_size: int = 1             # system.client_group_size resolved for this device
 
 
 def build_model(config, image_shape, device: str):
@@ -77,6 +86,11 @@ def prepare_device(config, comm, log):
     return device, threads
 
 
+def fixed_hosts(config) -> bool:
+    """Clients stay on the rank that hosts them (their state lives there, or placement says so)."""
+    return config.system.placement == "static" or clients_have_state(config)
+
+
 def build_setup(config, comm, log) -> RunSetup:
     device, threads = prepare_device(config, comm, log)
 
@@ -85,7 +99,11 @@ def build_setup(config, comm, log) -> RunSetup:
         raise ConfigError(f"federation.num_clients: {fed.num_clients} clients cannot occupy {comm.size} "
                           f"MPI ranks; launch at most {fed.num_clients} ranks")
     dataset, parts = load_partitioned(config)
-    hosted = assign_clients([p.size for p in parts], comm.size)
+    group_size = resolve_group_size(config.system.client_group_size, device, config.model.dropout)
+    if group_size > 1 and fixed_hosts(config):
+        hosted = assign_blocks([p.size for p in parts], comm.size, group_size)
+    else:
+        hosted = assign_clients([p.size for p in parts], comm.size)
     histogram = None
     if dataset.labels is not None:
         histogram = label_histograms(dataset.labels, parts, dataset.num_classes)
@@ -108,4 +126,5 @@ def build_setup(config, comm, log) -> RunSetup:
     return RunSetup(device=device, threads=threads, dataset_name=dataset.name,
                     dataset_checksum=dataset.checksum, image_shape=image_shape, images=images,
                     parts=parts, hosted=hosted, histogram=histogram, model=model, schedule=schedule,
-                    spec=spec, initial_params=flatten(model))
+                    spec=spec, initial_params=flatten(model),
+                    group_size=group_size)

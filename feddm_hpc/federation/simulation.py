@@ -26,13 +26,14 @@ from feddm_hpc.federation import server
 from feddm_hpc.federation.aggregation import round_aggregation
 from feddm_hpc.federation.callbacks import RoundCallback, RunView, read_only, standard_callbacks
 from feddm_hpc.federation.client import LocalTrainer, local_steps_for
+from feddm_hpc.federation.client_groups import GroupTrainer, Member, form_groups, place_groups
 from feddm_hpc.federation.downlink import Downlink
 from feddm_hpc.federation.participation import plan_round
 from feddm_hpc.federation.phases import Phases
 from feddm_hpc.federation.placement import round_placement
 from feddm_hpc.federation.reports import ClientReport, make_report
 from feddm_hpc.federation.server import ema_decay_at
-from feddm_hpc.federation.setup import RunSetup, build_setup
+from feddm_hpc.federation.setup import RunSetup, build_setup, fixed_hosts
 from feddm_hpc.federation.transports import make_transport
 from feddm_hpc.federation.uplink import ClientUplink
 from feddm_hpc.rundir import checkpoint as ckpt
@@ -78,6 +79,7 @@ class Simulation:
         self.trainer = LocalTrainer(s.model, s.schedule, config.client, s.images, s.device, config.seed,
                                     loss_fn=make_loss(config.diffusion),
                                     total_rounds=config.federation.rounds)
+        self.group_trainer = GroupTrainer(self.trainer, config.diffusion) if s.group_size > 1 else None
         self.start_round = 0
 
     # ------------------------------------------------------------------ resume
@@ -133,7 +135,8 @@ class Simulation:
         t_round = time.perf_counter()
         phases = Phases()
         cohort = seeding.sample_cohort(cfg.seed, r, cfg.federation.num_clients,
-                                       cfg.federation.clients_per_round)
+                                       cfg.federation.clients_per_round,
+                                       cfg.federation.cohort_sampling)
         plan = plan_round(cfg.seed, r, cohort, cfg.federation, self._steps_of)
         comm.context = f"round {r}, broadcast"  # named in a collective-timeout message
         with phases.timed("broadcast"):
@@ -163,37 +166,60 @@ class Simulation:
         return record
 
     def _train_clients(self, r, plan, start, phases) -> List[ClientReport]:
-        """Local training, encoding and the strategy's extra uploads of this rank's arrivals.
+        """Local training, encoding and the strategy's extra uploads of this rank's arrivals, one
+        client or one group of clients (client_groups.py) at a time.
         Phases: train and encode (wall s), train_cpu (CPU s of this process in local training,
         meaningful when other jobs share the cores; benchmarks/recipe.py reads it)."""
-        cfg, strategy = self.cfg, self.strategy
-        hosted = set(self._trainers_of_round(plan)[self.comm.rank])
-        inject = set(cfg.federation.inject_nan_clients)
-        num_extras = len(strategy.upload_names)
         reports: List[ClientReport] = []
         for name in ("train", "encode", "train_cpu"):   # present even on a rank with no client
             phases.add(name, 0.0)
-        for cid in (c for c in plan.arrived if c in hosted):
+        for group in self._groups_of_round(plan):
             t, t_cpu = time.perf_counter(), time.process_time()
-            local, result = self.trainer.train(start, cid, self.setup.parts[cid], r,
-                                               terms=strategy.gradient_terms(cid),
-                                               poison=self.uplink.data_poison(cid))
-            if cid in inject:  # testing aid: one NaN and one Inf, as a diverged client would send
-                local[local.size // 2], local[-1] = np.nan, np.inf
-            t_enc = time.perf_counter()
+            trained = self._train_group(group, start, r)
+            train_s = time.perf_counter() - t
             phases.add("train_cpu", time.process_time() - t_cpu)
-            vec = self._outgoing(local, start, cid, r)
-            update = self.uplink.encode(vec, cid, r, plan.cohort)
-            extras = () if update is None else strategy.client_uploads(cid, r, start, local, result.steps)
-            t_end = time.perf_counter()
-            phases.add("train", t_enc - t)
-            phases.add("encode", t_end - t_enc)
-            report = make_report(cid, result.num_samples, result.loss, t_enc - t, update, extras,
-                                 num_extras)
-            if self.uplink.last_norm is not None:
-                report.update_norm = self.uplink.last_norm
-            reports.append(report)
+            phases.add("train", train_s)
+            for local, result in trained:   # each member's result was ready when its group was
+                reports.append(self._report(local, result, train_s, start, r, plan, phases))
         return reports
+
+    def _groups_of_round(self, plan) -> List[List[int]]:
+        """This rank's clients of the round as training groups, in id order: groups of one, or
+        groups of system.client_group_size formed from the whole round and placed whole."""
+        g = self.setup.group_size
+        if g == 1:
+            hosted = set(self._trainers_of_round(plan)[self.comm.rank])
+            return [[c] for c in plan.arrived if c in hosted]
+        if fixed_hosts(self.cfg):   # state lives on the block's rank: groups are blocks
+            hosted = set(self.setup.hosted[self.comm.rank])
+            return [grp for grp in form_groups(plan.arrived, g, blocks=True) if grp[0] in hosted]
+        return place_groups(form_groups(plan.arrived, g), self._steps_of, self.comm.size)[self.comm.rank]
+
+    def _train_group(self, group: List[int], start, r) -> list:
+        strategy, parts = self.strategy, self.setup.parts
+        if len(group) == 1:   # the one-at-a-time path, exactly as without groups
+            cid = group[0]
+            return [self.trainer.train(start, cid, parts[cid], r, terms=strategy.gradient_terms(cid),
+                                       poison=self.uplink.data_poison(cid))]
+        members = [Member(c, parts[c], strategy.gradient_terms(c), self.uplink.data_poison(c))
+                   for c in group]
+        return self.group_trainer.train_group(start, members, r)
+
+    def _report(self, local, result, train_s, start, r, plan, phases) -> ClientReport:
+        cid = result.client_id
+        if cid in self.cfg.federation.inject_nan_clients:  # testing aid: one NaN and one Inf,
+            local[local.size // 2], local[-1] = np.nan, np.inf   # as a diverged client would send
+        t_enc = time.perf_counter()
+        vec = self._outgoing(local, start, cid, r)
+        update = self.uplink.encode(vec, cid, r, plan.cohort)
+        extras = () if update is None else \
+            self.strategy.client_uploads(cid, r, start, local, result.steps)
+        phases.add("encode", time.perf_counter() - t_enc)
+        report = make_report(cid, result.num_samples, result.loss, train_s, update, extras,
+                             len(self.strategy.upload_names))
+        if self.uplink.last_norm is not None:
+            report.update_norm = self.uplink.last_norm
+        return report
 
     def _outgoing(self, local, start, cid, r) -> np.ndarray:
         """The vector the client encodes: its update (or weights, compression.target), after the

@@ -216,7 +216,8 @@ class RunModel:
         from feddm_hpc.seeding import sample_cohort
 
         f = self.config.federation
-        cohort = sample_cohort(self.config.seed, r, f.num_clients, f.clients_per_round)
+        cohort = sample_cohort(self.config.seed, r, f.num_clients, f.clients_per_round,
+                               f.cohort_sampling)
         return plan_round(self.config.seed, r, cohort, f, self.steps_of)
 
     def records(self) -> List[dict]:

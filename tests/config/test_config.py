@@ -130,6 +130,7 @@ diffusion:
 federation:
   num_clients: 10
   clients_per_round: null
+  cohort_sampling: uniform
   rounds: 10
   algorithm: fedavg
   dropout_prob: 0.0
@@ -213,6 +214,7 @@ system:
   transport: gather
   deterministic: false
   device_data_max_mb: 1024
+  client_group_size: 1
 """
 
 

@@ -57,6 +57,7 @@ def test_the_issue_s_choice_fields_are_all_literals():
     assert set(IDS) == {
         "data.dataset", "data.partition", "diffusion.schedule", "diffusion.prediction",
         "diffusion.loss_weighting", "federation.algorithm", "federation.straggler",
+        "federation.cohort_sampling",
         "client.optimizer", "client.lr_schedule", "compression.uplink", "compression.bits",
         "compression.topk_value_bits", "compression.lossless", "compression.fp16_format",
         "compression.target", "compression.downlink", "compression.downlink_bits",

@@ -1,0 +1,219 @@
+"""Several clients of a round trained at once, as one vectorized computation (system.client_group_size).
+
+Each client of a group starts from the same global vector; its parameters become one row of
+stacked tensors [G, ...] (torch.func.stack_module_state's layout), the model runs once per step
+under torch.func.vmap over (parameters, batch), and one optimizer steps the stacked tensors.
+Nothing couples the rows: Adam, AdamW and SGD are elementwise, the loss is the sum of the
+clients' own mean losses (so each row's gradient is its client's gradient), gradient clipping
+uses each client's own norm, and the strategy's terms act row by row. Each client draws its
+batches and noise from its own generators in the same order as the one-at-a-time trainer
+(client.LocalTrainer), so a client's update equals its one-at-a-time update up to float
+rounding (the vectorized kernels sum in another order).
+
+Unequal step counts: the group steps until its longest client is done; a client's vector is
+taken right after its own last step, and later steps of its row (fed its last inputs again)
+never reach its result.
+
+Groups are formed from the round's clients in id order (form_groups) and placed on ranks whole,
+so which clients share a group, and with it every float, depends on G and never on the rank count.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+
+from feddm_hpc import generators, seeding
+from feddm_hpc.data import select_batch
+from feddm_hpc.diffusion.loss import example_weights, noised_inputs
+from feddm_hpc.federation.client import (
+    BatchStream,
+    LocalResult,
+    batch_plan,
+    local_steps_for,
+    make_optimizer,
+    round_lr,
+    to_device,
+)
+from feddm_hpc.federation.placement import balance
+from feddm_hpc.params import unflatten_into
+
+
+@dataclass(frozen=True)
+class Member:
+    """One client of a group: what LocalTrainer.train takes for it."""
+    client_id: int
+    indices: np.ndarray
+    terms: Sequence = ()
+    poison: Callable | None = None
+
+
+def form_groups(clients: Sequence[int], group_size: int,
+                blocks: bool = False) -> list[list[int]]:
+    """The round's clients as groups of at most `group_size`, in id order.
+
+    blocks=False: consecutive chunks of the sorted clients (stateless clients: any rank can train
+    any group). blocks=True: the clients of each fixed id block [kG, (k+1)G), for clients whose
+    state lives on the rank of their block (placement.assign_blocks); with every client in the
+    round both rules give the same groups.
+    """
+    ids = sorted(int(c) for c in clients)
+    if blocks:
+        out: dict = {}
+        for c in ids:
+            out.setdefault(c // group_size, []).append(c)
+        return [out[k] for k in sorted(out)]
+    return [ids[i:i + group_size] for i in range(0, len(ids), group_size)]
+
+
+def place_groups(groups: list[list[int]], steps_of: Callable[[int], int],
+                 num_ranks: int) -> list[list[list[int]]]:
+    """Groups dealt to ranks whole, balanced by each group's cost (its longest client's steps
+    times its size: the padded work it does)."""
+    loads = [max(steps_of(c) for c in g) * len(g) for g in groups]
+    return [[groups[i] for i in sorted(idx)] for idx in balance(loads, num_ranks)]
+
+
+class StackedProximal:
+    """FedProx's mu (w - w_global) on stacked rows: every client's anchor is the same global model."""
+
+    def __init__(self, mu: float, stacked: Sequence[torch.Tensor]):
+        self.mu = mu
+        self.anchor = [p.detach().clone() for p in stacked]
+
+    def add_to(self, stacked):
+        for p, a in zip(stacked, self.anchor):
+            p.grad.add_(p - a, alpha=self.mu)
+
+
+class StackedCorrection:
+    """SCAFFOLD's fixed c - c_i, one row per client."""
+
+    def __init__(self, vectors: Sequence[np.ndarray], stacked: Sequence[torch.Tensor]):
+        matrix = torch.from_numpy(np.ascontiguousarray(np.stack(vectors), dtype=np.float32))
+        matrix = matrix.to(stacked[0].device)
+        self.parts, offset = [], 0
+        for p in stacked:
+            n = p[0].numel()
+            self.parts.append(matrix[:, offset:offset + n].reshape(p.shape))
+            offset += n
+
+    def add_to(self, stacked):
+        for p, c in zip(stacked, self.parts):
+            p.grad.add_(c)
+
+
+def stack_terms(per_client: Sequence[Sequence], stacked: Sequence[torch.Tensor]) -> list:
+    """The group's terms: the k-th term of every client, merged into one acting on the rows."""
+    from feddm_hpc.strategies.terms import ConstantCorrection, ProximalTerm
+
+    counts = {len(t) for t in per_client}
+    if len(counts) != 1:
+        raise ValueError("clients of one group must carry the same kinds of gradient terms")
+    merged = []
+    for k in range(counts.pop()):
+        column = [terms[k] for terms in per_client]
+        if all(isinstance(t, ProximalTerm) for t in column):
+            mus = {t.mu for t in column}
+            if len(mus) != 1:
+                raise ValueError("clients of one group must share the proximal mu")
+            merged.append(StackedProximal(mus.pop(), stacked))
+        elif all(isinstance(t, ConstantCorrection) for t in column):
+            merged.append(StackedCorrection([t.vector for t in column], stacked))
+        else:
+            raise ValueError(f"no vectorized form of gradient term {type(column[0]).__name__}")
+    return merged
+
+
+def clip_rows_(stacked: Sequence[torch.Tensor], max_norm: float) -> None:
+    """torch.nn.utils.clip_grad_norm_ applied to each row (client) on its own."""
+    norms = torch.stack([p.grad.flatten(1).norm(dim=1) for p in stacked])   # [P, G]
+    total = norms.norm(dim=0)                                                # [G]
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for p in stacked:
+        p.grad.mul_(coef.view(-1, *([1] * (p.dim() - 1))))
+
+
+class GroupTrainer:
+    """Trains groups of clients with the rank's model (LocalTrainer's) as a functional template."""
+
+    def __init__(self, trainer, diffusion_cfg):
+        self.t = trainer
+        self.diffusion = diffusion_cfg
+        self.names = [n for n, _ in trainer.model.named_parameters()]
+        self.sizes = [p.numel() for _, p in trainer.model.named_parameters()]
+
+        def forward(params, x, t):
+            return functional_call(trainer.model, params, (x, t))
+        self.batched = vmap(forward, in_dims=(0, 0, 0))
+
+    def _stacked_start(self, global_vector: np.ndarray, g: int):
+        unflatten_into(global_vector, self.t.model)
+        params, _ = stack_module_state([self.t.model] * g)
+        return {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+
+    def _row_vector(self, stacked: Sequence[torch.Tensor], row: int) -> np.ndarray:
+        flat = torch.cat([p[row].detach().reshape(-1) for p in stacked])
+        return flat.cpu().numpy().astype(np.float32, copy=True)
+
+    def train_group(self, global_vector: np.ndarray, members: Sequence[Member],
+                    round_index: int) -> list[tuple]:
+        """[(local vector, LocalResult)] of each member, in the members' order."""
+        tr, d, cfg = self.t, self.diffusion, self.t.cfg
+        g = len(members)
+        params = self._stacked_start(global_vector, g)
+        stacked = [params[n] for n in self.names]
+        terms = stack_terms([m.terms for m in members], stacked)
+        optimizer = make_optimizer(cfg, stacked, round_lr(cfg, round_index, tr.total_rounds))
+        steps = [local_steps_for(cfg, m.indices.size) for m in members]
+        plans, gens = [], []
+        for m, s in zip(members, steps):
+            rng = seeding.numpy_rng(tr.seed, seeding.TRAIN, round_index, m.client_id)
+            plans.append(to_device(batch_plan(BatchStream(m.indices, cfg.batch_size, rng), s),
+                                   tr.images.device))
+            gens.append(generators.make_generator(
+                tr.device, seeding.seed_for(tr.seed, seeding.TRAIN, round_index, m.client_id)))
+        # Which rows are still training at each step, built once: indexing it needs no host sync.
+        active_at = torch.from_numpy(np.arange(max(steps))[:, None] < np.array(steps)[None, :])
+        active_at = active_at.to(tr.device)
+        tr.model.train()
+        totals = torch.zeros(g, device=tr.device)
+        results: list[np.ndarray | None] = [None] * g
+        last: list[tuple | None] = [None] * g
+        for step in range(max(steps)):
+            for i, m in enumerate(members):
+                if step < steps[i]:        # a finished client's row is fed its last inputs again
+                    x0 = select_batch(tr.images, plans[i][step])
+                    if m.poison is not None:
+                        x0 = m.poison(x0)
+                    last[i] = noised_inputs(x0, tr.schedule, gens[i], d.prediction)
+            x_t, t, target = (torch.stack(parts) for parts in zip(*last))
+            losses = self._losses(self.batched(params, x_t, t), target, t)     # [G]
+            optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            with torch.no_grad():
+                for term in terms:
+                    term.add_to(stacked)
+            if cfg.grad_clip is not None:
+                clip_rows_(stacked, cfg.grad_clip)
+            optimizer.step()
+            totals += torch.where(active_at[step], losses.detach(), torch.zeros_like(totals))
+            for i, s in enumerate(steps):
+                if s == step + 1:
+                    results[i] = self._row_vector(stacked, i)
+        mean = (totals.cpu() / torch.tensor(steps, dtype=totals.dtype)).tolist()
+        return [(results[i], LocalResult(m.client_id, int(m.indices.size), float(mean[i]), steps[i]))
+                for i, m in enumerate(members)]
+
+    def _losses(self, output: torch.Tensor, target: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Each client's mean (weighted) squared error: [G], as diffusion.loss.score_output."""
+        d = self.diffusion
+        per_example = (output - target).pow(2).flatten(2).mean(dim=2)          # [G, B]
+        if d.loss_weighting == "none":
+            return per_example.mean(dim=1)
+        weight = example_weights(t.reshape(-1), self.t.schedule, d.prediction, d.min_snr_gamma,
+                                 output).view_as(per_example)
+        return (weight * per_example).mean(dim=1)
