@@ -31,8 +31,8 @@ from feddm_hpc.federation.setup import build_model, load_partitioned
 from feddm_hpc.params import flatten
 
 
-def prepare(config_path, device, clients, steps):
-    cfg = load_config(config_path, [f"federation.num_clients={clients}",
+def prepare(config_path, device, clients, steps, overrides=()):
+    cfg = load_config(config_path, [*overrides, f"federation.num_clients={clients}",
                                     "federation.clients_per_round=null",
                                     f"client.local_steps={steps}", "client.local_epochs=null"])
     dataset, parts = load_partitioned(cfg)
@@ -74,11 +74,13 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every config, e.g. data.path=DIR (repeatable)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     summary = {}
     for path in args.configs:
-        cfg, trainer, parts, w0 = prepare(ROOT / path, args.device, args.clients, args.steps)
+        cfg, trainer, parts, w0 = prepare(ROOT / path, args.device, args.clients, args.steps, args.set)
         group_trainer = GroupTrainer(trainer, cfg.diffusion)
         name = Path(path).stem
         for g in args.groups:   # warm-up: first calls allocate and (vmap) trace

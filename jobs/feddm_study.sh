@@ -21,6 +21,9 @@
 #                 choose again) and is in every prox-iid run's config.yaml and in table.md
 #   scaffold      SCAFFOLD with plain SGD clients (it needs them): client.optimizer=sgd,
 #                 momentum 0, grad_clip null, client.lr=$SCAFFOLD_LR
+#   sgd           FedAvg with the same plain SGD clients as scaffold: the like-for-like baseline
+#                 of SCAFFOLD's correction (the report pairs scaffold with sgd)
+#   scaffold-lr<LR>, sgd-lr<LR>   both at client lr LR, for LR in SGD_LRS (shards only)
 #   q8            8-bit quantized uplink        q4     4-bit, no error feedback (iid only)
 #   q4ef          4-bit + error feedback        q2ef   2-bit, stochastic rounding + EF (iid only)
 #   topk1ef       top-1% sparsified uplink + error feedback (iid only)
@@ -29,8 +32,9 @@
 #   central       num_clients 1, iid, local_steps = num_clients x the base local_steps, same
 #                 rounds: as many gradient steps as one federated run's clients together
 #   partitions    iid (data.partition=iid), shards (data.partition=shards, 2 classes per client)
-#   grid          iid and shards: fedavg, prox, scaffold, q8, q4ef, post8; iid: q4, q2ef,
-#                 topk1ef; shards: the prox-mu sweep; plus central. Each x SEEDS (--set seed=S).
+#   grid          iid and shards: fedavg, prox, scaffold, sgd, q8, q4ef, post8; iid: q4, q2ef,
+#                 topk1ef; shards: the prox-mu sweep and the SGD_LRS cells; plus central. Each x
+#                 SEEDS (--set seed=S).
 #
 # Order: seed by seed, so an interrupted study has whole seeds: every cell's first seed before
 # any cell's second one. Exception: the prox sweep's later seeds run right after the first seed of
@@ -60,6 +64,7 @@
 #   THREADS  torch threads per run           (default 1)
 #   PROX_MUS the prox sweep's mu values      (default "0.001 0.01 0.1")
 #   SCAFFOLD_LR  SCAFFOLD's client SGD lr    (default 0.1)
+#   SGD_LRS  more SGD lrs for scaffold and sgd on shards (default none, e.g. "0.03 0.3")
 #   ONLY     regex: run only matching run names (default all)
 #   EXTRA    more arguments for every train, e.g. '--set federation.rounds=2'
 #   PYTHON   interpreter                     (default .venv/bin/python when present, else python3)
@@ -76,20 +81,26 @@ JOBS=${JOBS:-2}
 THREADS=${THREADS:-1}
 PROX_MUS=${PROX_MUS:-0.001 0.01 0.1}
 SCAFFOLD_LR=${SCAFFOLD_LR:-0.1}
+SGD_LRS=${SGD_LRS:-}
 ONLY=${ONLY:-}
 EXTRA=${EXTRA:-}
 source "$here/jobs/lib/study_pool.sh"
 detach_if_asked "$0" "$@"
 
 # ---------------------------------------------------------------------------- the cells
+sgd_sets() {  # LR: plain SGD clients, as SCAFFOLD's option II needs them
+    echo "--set client.optimizer=sgd --set client.momentum=0 --set client.grad_clip=null --set client.lr=$1"
+}
 cell_sets() {
     local q="--set federation.algorithm=fedavg --set compression.uplink=quant"
     case $1 in
         fedavg)   echo "--set federation.algorithm=fedavg" ;;
         prox-mu*) echo "--set federation.algorithm=fedprox --set client.prox_mu=${1#prox-mu}" ;;
         prox)     echo "--set federation.algorithm=fedprox --set client.prox_mu=$PROX_MU" ;;
-        scaffold) echo "--set federation.algorithm=scaffold --set client.optimizer=sgd" \
-                       "--set client.momentum=0 --set client.grad_clip=null --set client.lr=$SCAFFOLD_LR" ;;
+        scaffold) echo "--set federation.algorithm=scaffold $(sgd_sets "$SCAFFOLD_LR")" ;;
+        scaffold-lr*) echo "--set federation.algorithm=scaffold $(sgd_sets "${1#scaffold-lr}")" ;;
+        sgd)      echo "--set federation.algorithm=fedavg $(sgd_sets "$SCAFFOLD_LR")" ;;
+        sgd-lr*)  echo "--set federation.algorithm=fedavg $(sgd_sets "${1#sgd-lr}")" ;;
         q8)       echo "$q --set compression.bits=8" ;;
         q4)       echo "$q --set compression.bits=4 --set compression.error_feedback=false" ;;
         q4ef)     echo "$q --set compression.bits=4 --set compression.error_feedback=true" ;;
@@ -112,9 +123,10 @@ partition_sets() {
 SWEEP=() OTHERS=()        # (cell partition) pairs, in the order of a seed's runs
 for mu in $PROX_MUS; do SWEEP+=("prox-mu$mu shards"); done
 for p in iid shards; do
-    for m in fedavg scaffold q8 q4ef post8; do OTHERS+=("$m $p"); done
+    for m in fedavg scaffold sgd q8 q4ef post8; do OTHERS+=("$m $p"); done
     if [ "$p" = iid ]; then for m in q4 q2ef topk1ef; do OTHERS+=("$m $p"); done; fi
 done
+for lr in $SGD_LRS; do OTHERS+=("scaffold-lr$lr shards" "sgd-lr$lr shards"); done
 # shellcheck disable=SC2086  # EXTRA is meant to split into arguments
 central_steps=$("$PYTHON" -c 'import sys; from feddm_hpc.config import load_config
 c = load_config(sys.argv[1], [a for a in sys.argv[2:] if a != "--set"])
@@ -128,7 +140,7 @@ run_name() {  # CELL PARTITION SEED
 mkdir -p "$RUNS/logs" "$OUT/runs"
 {
     echo "# $(date '+%F %T') on $(hostname), git $(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo '?')"
-    echo "BASE=$BASE RUNS=$RUNS OUT=$OUT SEEDS='$SEEDS' N=$N EVAL_ROUNDS=$EVAL_ROUNDS JOBS=$JOBS THREADS=$THREADS PROX_MUS='$PROX_MUS' SCAFFOLD_LR=$SCAFFOLD_LR ONLY='$ONLY' EXTRA='$EXTRA' $0 $*"
+    echo "BASE=$BASE RUNS=$RUNS OUT=$OUT SEEDS='$SEEDS' N=$N EVAL_ROUNDS=$EVAL_ROUNDS JOBS=$JOBS THREADS=$THREADS PROX_MUS='$PROX_MUS' SCAFFOLD_LR=$SCAFFOLD_LR SGD_LRS='$SGD_LRS' ONLY='$ONLY' EXTRA='$EXTRA' $0 $*"
     echo "# per run: train (or resume RUN_DIR), then evaluate each kept checkpoint; then: python -m feddm_hpc.evaluation.study_report $OUT"
 } > "$OUT/COMMAND.txt"
 

@@ -57,6 +57,23 @@ def paired_table(cells) -> List[dict]:
         stats = paired_delta(final_fd_by_seed(c), base[c.panel])
         if stats is not None:
             rows.append({"cell": c.name, "baseline": f"fedavg-{c.panel}", **stats})
+    return rows + like_for_like(cells)
+
+
+def like_for_like(cells) -> List[dict]:
+    """SCAFFOLD against FedAvg with the same plain SGD clients (cells sgd / sgd-lr<LR> beside
+    scaffold / scaffold-lr<LR> on one partition): what its correction itself changes."""
+    by_key = {(c.method, c.panel): c for c in cells}
+    rows = []
+    for c in cells:
+        if not c.method.startswith("scaffold"):
+            continue
+        twin = by_key.get(("sgd" + c.method[len("scaffold"):], c.panel))
+        if twin is None:
+            continue
+        stats = paired_delta(final_fd_by_seed(c), final_fd_by_seed(twin))
+        if stats is not None:
+            rows.append({"cell": c.name, "baseline": twin.name, **stats})
     return rows
 
 
@@ -64,8 +81,9 @@ def markdown(rows: List[dict]) -> List[str]:
     if not rows:
         return []
     lines = ["", "## Paired differences against fedavg (final FD, same seeds)", "",
-             "ΔFD = FD(cell) - FD(fedavg) per seed; positive is worse. 95% interval: Student t "
-             "over the seeds' differences.", "",
+             "ΔFD = FD(cell) - FD(baseline) per seed; positive is worse. The baseline is fedavg on "
+             "the same partition, and for SCAFFOLD also FedAvg with the same SGD clients (sgd). "
+             "95% interval: Student t over the seeds' differences.", "",
              "| cell | vs | seeds | ΔFD mean ± std | 95% interval | per seed | verdict |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -49,7 +49,7 @@ from feddm_hpc.evaluation.study_paired import paired_table
 SEED_SUFFIX = re.compile(r"^(?P<cell>.+)-s(?P<seed>\d+)$")
 PARTITIONS = ("iid", "shards")
 # Table and legend order of the study's methods; cells of other names come after, sorted.
-METHOD_ORDER = ("fedavg", "prox", "prox-mu0.001", "prox-mu0.01", "prox-mu0.1", "scaffold",
+METHOD_ORDER = ("fedavg", "prox", "prox-mu0.001", "prox-mu0.01", "prox-mu0.1", "scaffold", "sgd",
                 "q8", "q4", "q4ef", "q2ef", "topk1ef", "post8", "central")
 METRICS = ("fd", "kid", "precision", "recall", "coverage", "uplink_ratio", "uplink_bytes")
 DONE = "DONE"

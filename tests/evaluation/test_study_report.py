@@ -200,3 +200,26 @@ def test_paired_differences_remove_the_shared_seed_effect(tmp_path):
     assert study_report.write_study_report(tmp_path) == 0
     table = (tmp_path / "table.md").read_text()
     assert "| q8-iid | fedavg-iid | 3 | +2.0 ± 0.0 | [+2.0, +2.0] | +2.0, +2.0, +2.0 | worse |" in table
+
+
+def test_scaffold_is_also_paired_with_fedavg_on_the_same_sgd_clients(tmp_path):
+    """scaffold vs sgd (FedAvg, the same SGD clients) is the row about SCAFFOLD's correction;
+    scaffold-lr<LR> pairs with sgd-lr<LR>, and a scaffold cell without its twin gets no such row."""
+    base = {"algorithm": "fedavg", "partition": "shards", "mu": 0.0, "uplink": "none"}
+    scaffold = dict(base, algorithm="scaffold")
+    for seed, fd in enumerate([200.0, 210.0, 230.0]):
+        make_run(tmp_path, f"fedavg-shards-s{seed}", _config(seed, base), (fd, 1, 0.3, 0.2))
+        make_run(tmp_path, f"sgd-shards-s{seed}", _config(seed, base), (fd + 50, 1, 0.3, 0.2))
+        make_run(tmp_path, f"scaffold-shards-s{seed}", _config(seed, scaffold), (fd + 40, 1, 0.3, 0.2))
+        make_run(tmp_path, f"sgd-lr0.3-shards-s{seed}", _config(seed, base), (fd + 20, 1, 0.3, 0.2))
+        make_run(tmp_path, f"scaffold-lr0.3-shards-s{seed}", _config(seed, scaffold),
+                 (fd + [21, 19, 26][seed], 1, 0.3, 0.2))
+        make_run(tmp_path, f"scaffold-lr0.03-shards-s{seed}", _config(seed, scaffold), (fd, 1, 0.3, 0.2))
+    from feddm_hpc.evaluation.study_paired import paired_table
+    rows = [(r["cell"], r["baseline"], r) for r in paired_table(study_report.load_study(tmp_path))]
+    twins = {(c, b): r for c, b, r in rows if not b.startswith("fedavg")}
+    assert set(twins) == {("scaffold-shards", "sgd-shards"), ("scaffold-lr0.3-shards", "sgd-lr0.3-shards")}
+    better = twins[("scaffold-shards", "sgd-shards")]
+    assert better["deltas"] == pytest.approx([-10.0, -10.0, -10.0]) and better["verdict"] == "better"
+    assert twins[("scaffold-lr0.3-shards", "sgd-lr0.3-shards")]["verdict"] == "not resolved"
+    assert ("scaffold-shards", "fedavg-shards") in {(c, b) for c, b, _ in rows}   # still vs Adam too
