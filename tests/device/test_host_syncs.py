@@ -116,3 +116,36 @@ def test_local_training_copies_to_the_device_once_per_client(monkeypatch, optimi
     # the global vector (tensor by tensor: meta is not CUDA) and the batch plan, nothing per step
     assert len(transfers) == n_params + 1
     assert device_reads == ["meta"] and mixed == []     # the loss, once
+
+
+def _group_reads(tiny, monkeypatch, steps: int, unequal: bool) -> int:
+    """Values read into Python while a group of 3 clients trains (client_groups.py), less the
+    optimizer's step counters, which torch keeps on the CPU."""
+    from feddm_hpc.config import DiffusionConfig
+    from feddm_hpc.federation import client_groups
+    from feddm_hpc.federation.client_groups import GroupTrainer, Member
+
+    model, images, schedule, w0 = tiny
+    made = []
+    real_make = client_groups.make_optimizer
+    monkeypatch.setattr(client_groups, "make_optimizer",
+                        lambda *a, **k: made.append(real_make(*a, **k)) or made[-1])
+    cfg = ClientConfig(local_steps=None if unequal else steps, local_epochs=steps / 2 if unequal
+                       else None, batch_size=8, optimizer="adam", lr=1e-3, grad_clip=1.0)
+    trainer = LocalTrainer(model, schedule, cfg, images, "cpu", seed=3)
+    group = GroupTrainer(trainer, DiffusionConfig(timesteps=10, loss_weighting="min_snr"))
+    sizes = (16, 8, 16) if unequal else (8, 8, 8)   # local_epochs: steps = epochs x size / 8
+    members, start = [], 0
+    for cid, size in enumerate(sizes):
+        members.append(Member(cid, np.arange(start, start + size)))
+        start = (start + size) % 16
+    with DeviceRecorder() as rec:
+        group.train_group(w0, members, 0)
+    counters = {id(state["step"]) for state in made[0].state.values() if "step" in state}
+    return sum(1 for _, tensor in rec.reads if id(tensor) not in counters)
+
+
+@pytest.mark.parametrize("unequal", [False, True])
+def test_group_training_reads_do_not_grow_with_steps(tiny, monkeypatch, unequal):
+    # The losses are read once, at the end; the rows still training are known without a read.
+    assert _group_reads(tiny, monkeypatch, 2, unequal) == _group_reads(tiny, monkeypatch, 6, unequal)
