@@ -40,7 +40,7 @@ def test_shuffled_with_a_remainder_tops_up_the_last_cohort():
 
 
 def test_uniform_leaves_clients_out_where_shuffled_does_not():
-    # The quickstart's case: 10 clients, 2 a round, 10 rounds.
+    # The quickstart before shuffled cohorts: 10 clients, 2 a round, 10 rounds.
     seen_uniform = set(np.concatenate(cohorts("uniform", 10, 2, 10)).tolist())
     seen_shuffled = set(np.concatenate(cohorts("shuffled", 10, 2, 10)).tolist())
     assert seen_shuffled == set(range(10))
