@@ -99,6 +99,8 @@ SLOW_TESTS = {
     "test_privacy_runs.py": ALL,   # each test trains tiny runs
     "test_callbacks.py": ALL,   # each test trains a tiny run
     "test_cli.py": {"test_sample_writes_a_png"},
+    "test_client_groups.py": {"test_each_member_equals_its_one_at_a_time_update",
+                              "test_unequal_steps_padding_never_reaches_the_shorter_client"},
     "test_client.py": {"test_prox_step_differs_from_plain_by_lr_mu_distance",
                        "test_scaffold_correction_shifts_each_step_by_lr_times_correction"},
     "test_diffusion.py": {"test_a_few_adam_steps_on_one_batch_reduce_the_loss",
