@@ -40,6 +40,7 @@ from feddm_hpc.federation.client import (
 )
 from feddm_hpc.federation.placement import balance
 from feddm_hpc.params import unflatten_into
+from feddm_hpc.strategies.terms import ConstantCorrection, ProximalTerm
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,6 @@ class StackedCorrection:
 
 def stack_terms(per_client: Sequence[Sequence], stacked: Sequence[torch.Tensor]) -> list:
     """The group's terms: the k-th term of every client, merged into one acting on the rows."""
-    from feddm_hpc.strategies.terms import ConstantCorrection, ProximalTerm
-
     counts = {len(t) for t in per_client}
     if len(counts) != 1:
         raise ValueError("clients of one group must carry the same kinds of gradient terms")
@@ -144,7 +143,6 @@ class GroupTrainer:
         self.t = trainer
         self.diffusion = diffusion_cfg
         self.names = [n for n, _ in trainer.model.named_parameters()]
-        self.sizes = [p.numel() for _, p in trainer.model.named_parameters()]
 
         def forward(params, x, t):
             return functional_call(trainer.model, params, (x, t))
@@ -155,9 +153,10 @@ class GroupTrainer:
         params, _ = stack_module_state([self.t.model] * g)
         return {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
 
-    def _row_vector(self, stacked: Sequence[torch.Tensor], row: int) -> np.ndarray:
-        flat = torch.cat([p[row].detach().reshape(-1) for p in stacked])
-        return flat.cpu().numpy().astype(np.float32, copy=True)
+    @staticmethod
+    def _row_vector(stacked: Sequence[torch.Tensor], row: int) -> torch.Tensor:
+        """A copy of one client's parameters as one flat tensor, on the device (no host wait)."""
+        return torch.cat([p[row].detach().reshape(-1) for p in stacked])
 
     def train_group(self, global_vector: np.ndarray, members: Sequence[Member],
                     round_index: int) -> list[tuple]:
@@ -181,7 +180,7 @@ class GroupTrainer:
         active_at = active_at.to(tr.device)
         tr.model.train()
         totals = torch.zeros(g, device=tr.device)
-        results: list[np.ndarray | None] = [None] * g
+        results: list[torch.Tensor | None] = [None] * g
         last: list[tuple | None] = [None] * g
         for step in range(max(steps)):
             for i, m in enumerate(members):
@@ -205,7 +204,8 @@ class GroupTrainer:
                 if s == step + 1:
                     results[i] = self._row_vector(stacked, i)
         mean = (totals.cpu() / torch.tensor(steps, dtype=totals.dtype)).tolist()
-        return [(results[i], LocalResult(m.client_id, int(m.indices.size), float(mean[i]), steps[i]))
+        vectors = torch.stack(results).cpu().numpy()   # one copy to the host for the whole group
+        return [(vectors[i], LocalResult(m.client_id, int(m.indices.size), float(mean[i]), steps[i]))
                 for i, m in enumerate(members)]
 
     def _losses(self, output: torch.Tensor, target: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
