@@ -60,13 +60,9 @@ def resolve_group_size(setting, device: str, model_dropout: float) -> int:
     measured slower (benchmarks/client_groups.py), and without dropout-free models."""
     if setting != "auto":
         return int(setting)
-    if torch_device_type(device) != "cuda" or model_dropout > 0:
+    if not device.startswith("cuda") or model_dropout > 0:
         return 1
     return GROUP_SIZE_AUTO_CUDA
-
-
-def torch_device_type(device: str) -> str:
-    return device.split(":", 1)[0]
 
 
 def assign_blocks(sample_counts: Sequence[int], num_ranks: int, block: int) -> List[List[int]]:

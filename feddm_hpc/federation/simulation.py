@@ -19,7 +19,7 @@ import numpy as np
 
 from feddm_hpc import seeding
 from feddm_hpc.compression import make_compressor
-from feddm_hpc.config import Config, clients_have_state, dump_yaml
+from feddm_hpc.config import Config, dump_yaml
 from feddm_hpc.diffusion.loss import make_loss
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.federation import server
@@ -121,7 +121,7 @@ class Simulation:
     def _trainers_of_round(self, plan) -> List[List[int]]:
         """rank -> clients it trains this round: dealt afresh when clients carry no state
         (system.placement auto/per_round), else the static, checkpointed placement."""
-        if self.cfg.system.placement == "static" or clients_have_state(self.cfg):
+        if fixed_hosts(self.cfg):
             return self.setup.hosted
         arrived = list(plan.arrived)
         return round_placement(arrived, [self._steps_of(c) for c in arrived], self.comm.size)
