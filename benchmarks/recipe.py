@@ -49,7 +49,7 @@ RECIPES = {
                 "client.lr_schedule=cosine", "client.lr_warmup_rounds=1", "client.lr_min_ratio=0.1",
                 "server.ema_decay=0.9", "server.ema_warmup=true"],
     # Screening candidates on top of "new" (README "Training recipe" gives what they measured).
-    "new_lr5": None, "new_cosine_noise": None,
+    "new_lr5": None, "new_cosine_noise": None, "new_bf16": None, "new_lr5_bf16": None,
     "min_snr_only": ["diffusion.prediction=eps", "diffusion.loss_weighting=min_snr",
                      "diffusion.min_snr_gamma=5.0", "client.lr=0.001",
                      "client.lr_schedule=constant", "client.lr_warmup_rounds=0",
@@ -58,6 +58,8 @@ RECIPES = {
 
 RECIPES["new_lr5"] = [s for s in RECIPES["new"] if not s.startswith("client.lr=")] + ["client.lr=0.005"]
 RECIPES["new_cosine_noise"] = RECIPES["new"] + ["diffusion.schedule=cosine"]
+RECIPES["new_bf16"] = RECIPES["new"] + ["system.precision=bf16"]
+RECIPES["new_lr5_bf16"] = RECIPES["new_lr5"] + ["system.precision=bf16"]
 
 
 def feddm(*args: str) -> list:

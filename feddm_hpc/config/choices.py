@@ -36,6 +36,7 @@ Downlink = Literal["none", "quant"]
 Sampler = Literal["ddim", "ddpm"]                                      # diffusion.SAMPLERS
 Transport = Literal["gather", "hierarchical"]                          # transports.TRANSPORTS
 Placement = Literal["auto", "static", "per_round"]
+Precision = Literal["fp32", "bf16"]                                    # federation.precision.PRECISIONS
 Aggregation = Literal["mean", "median", "trimmed_mean", "krum", "multi_krum"]  # strategies.robust.AGGREGATION_RULES
 AttackKind = Literal["none", "sign_flip", "scaled", "gaussian", "label_flip"]  # federation.attacks.ATTACK_KINDS + none
 

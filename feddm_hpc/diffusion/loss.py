@@ -23,7 +23,9 @@ def training_loss(model, x0: torch.Tensor, schedule: NoiseSchedule, generator: t
         times the x0 error, so the many nearly noise-free timesteps stop dominating the gradient.
     """
     x_t, t, target = noised_inputs(x0, schedule, generator, prediction)
-    return score_output(model(x_t, t), target, t, schedule, prediction, weighting, min_snr_gamma)
+    # .float(): under bf16 autocast the loss is still taken in float32 (a no-op otherwise)
+    return score_output(model(x_t, t).float(), target, t, schedule, prediction, weighting,
+                        min_snr_gamma)
 
 
 def noised_inputs(x0: torch.Tensor, schedule: NoiseSchedule, generator: torch.Generator,

@@ -19,6 +19,7 @@ import torch
 from feddm_hpc import generators, seeding
 from feddm_hpc.data import select_batch
 from feddm_hpc.diffusion.loss import training_loss  # the default loss_fn (L_simple)
+from feddm_hpc.federation.precision import forward_precision
 from feddm_hpc.params import flatten_into, unflatten_into
 
 
@@ -115,10 +116,11 @@ class LocalTrainer:
     """Owns the rank's single model instance and the dataset tensor on the rank's device."""
 
     def __init__(self, model, schedule, client_cfg, images: torch.Tensor, device: str, seed: int,
-                 loss_fn=training_loss, total_rounds: int = 1):
+                 loss_fn=training_loss, total_rounds: int = 1, precision: str = "fp32"):
         self.model, self.schedule, self.cfg = model, schedule, client_cfg
         self.loss_fn = loss_fn        # (model, x0, schedule, generator) -> loss: the diffusion recipe
         self.total_rounds = total_rounds
+        self.precision = precision    # the forward's autocast (federation/precision.py)
         self.images = images          # uint8 [N,C,H,W] on `device`; batches converted by select_batch
         self.device, self.seed = device, seed
         self.params = [p for p in model.parameters()]
@@ -159,7 +161,8 @@ class LocalTrainer:
             x0 = select_batch(self.images, batch)
             if poison is not None:
                 x0 = poison(x0)
-            loss = self.loss_fn(self.model, x0, self.schedule, noise_gen)
+            with forward_precision(self.device, self.precision):
+                loss = self.loss_fn(self.model, x0, self.schedule, noise_gen)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             add_gradient_terms(self.params, terms)

@@ -39,6 +39,7 @@ from feddm_hpc.federation.client import (
     to_device,
 )
 from feddm_hpc.federation.placement import balance
+from feddm_hpc.federation.precision import forward_precision
 from feddm_hpc.params import unflatten_into
 from feddm_hpc.strategies.terms import ConstantCorrection, ProximalTerm
 
@@ -190,7 +191,9 @@ class GroupTrainer:
                         x0 = m.poison(x0)
                     last[i] = noised_inputs(x0, tr.schedule, gens[i], d.prediction)
             x_t, t, target = (torch.stack(parts) for parts in zip(*last))
-            losses = self._losses(self.batched(params, x_t, t), target, t)     # [G]
+            with forward_precision(tr.device, tr.precision):
+                output = self.batched(params, x_t, t)
+            losses = self._losses(output.float(), target, t)                     # [G]
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
             with torch.no_grad():

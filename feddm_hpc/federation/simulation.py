@@ -78,7 +78,8 @@ class Simulation:
                                         secure)
         self.trainer = LocalTrainer(s.model, s.schedule, config.client, s.images, s.device, config.seed,
                                     loss_fn=make_loss(config.diffusion),
-                                    total_rounds=config.federation.rounds)
+                                    total_rounds=config.federation.rounds,
+                                    precision=config.system.precision)
         self.group_trainer = GroupTrainer(self.trainer, config.diffusion) if s.group_size > 1 else None
         self.start_round = 0
 

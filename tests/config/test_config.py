@@ -215,6 +215,7 @@ system:
   deterministic: false
   device_data_max_mb: 1024
   client_group_size: 1
+  precision: fp32
 """
 
 

@@ -61,7 +61,8 @@ def test_the_issue_s_choice_fields_are_all_literals():
         "client.optimizer", "client.lr_schedule", "compression.uplink", "compression.bits",
         "compression.topk_value_bits", "compression.lossless", "compression.fp16_format",
         "compression.target", "compression.downlink", "compression.downlink_bits",
-        "sampling.sampler", "system.placement", "system.transport", "server.aggregation",
+        "sampling.sampler", "system.placement", "system.transport", "system.precision",
+        "server.aggregation",
         "attack.kind"}
     assert choices.choice_fields(type(Config().compression))  # the helper sees them too
     assert {f"{s}.{n}" for s, cls in SECTIONS for n, _ in choices.choice_fields(cls)} == set(IDS)
@@ -132,13 +133,14 @@ def _registries():
     from feddm_hpc import strategies
     from feddm_hpc.compression import COMPRESSORS, header, quantize, topk
     from feddm_hpc.diffusion import loss, samplers, schedule
-    from feddm_hpc.federation import attacks, transports
+    from feddm_hpc.federation import attacks, precision, transports
     from feddm_hpc.strategies import robust
     datasets = importlib.import_module("feddm_hpc.data.datasets")
     partition = importlib.import_module("feddm_hpc.data.partition")  # not the function of that name
     return [
         ("strategies.STRATEGIES", strategies.STRATEGIES, choices.Algorithm),
         ("transports.TRANSPORTS", transports.TRANSPORTS, choices.Transport),
+        ("federation.precision.PRECISIONS", precision.PRECISIONS, choices.Precision),
         ("compression.COMPRESSORS", COMPRESSORS, choices.Uplink),
         ("compression.header.LOSSLESS_IDS", header.LOSSLESS_IDS, choices.Lossless),
         ("compression.topk.VALUE_BITS", topk.VALUE_BITS, choices.TopkValueBits),
