@@ -50,6 +50,7 @@ RECIPES = {
                 "server.ema_decay=0.9", "server.ema_warmup=true"],
     # Screening candidates on top of "new" (README "Training recipe" gives what they measured).
     "new_lr5": None, "new_cosine_noise": None, "new_bf16": None, "new_lr5_bf16": None,
+    "new_b16": None,
     "min_snr_only": ["diffusion.prediction=eps", "diffusion.loss_weighting=min_snr",
                      "diffusion.min_snr_gamma=5.0", "client.lr=0.001",
                      "client.lr_schedule=constant", "client.lr_warmup_rounds=0",
@@ -59,6 +60,7 @@ RECIPES = {
 RECIPES["new_lr5"] = [s for s in RECIPES["new"] if not s.startswith("client.lr=")] + ["client.lr=0.005"]
 RECIPES["new_cosine_noise"] = RECIPES["new"] + ["diffusion.schedule=cosine"]
 RECIPES["new_bf16"] = RECIPES["new"] + ["system.precision=bf16"]
+RECIPES["new_b16"] = RECIPES["new"] + ["client.batch_size=16"]
 RECIPES["new_lr5_bf16"] = RECIPES["new_lr5"] + ["system.precision=bf16"]
 
 
