@@ -12,6 +12,7 @@
 # timeout_s=600); $OUT/gpu_check.txt and $OUT/gpu_check_logs.tar.gz come back.
 # Steps: tiny and quickstart (2 rounds) on CUDA at 1 rank and at 2 ranks sharing the GPU, the
 # overhead benchmark, the client-group benchmark (if benchmarks/client_groups.py exists),
+# fp32 vs bf16 steps/s (benchmarks/precision.py),
 # `evaluate` at N=1000 on the GPU and on the CPU, one client's training under
 # torch.cuda.set_sync_debug_mode, then system.deterministic (repeatability, the host-memory
 # image store, 1 vs 2 ranks).
@@ -233,6 +234,12 @@ fi
 if step client-groups 200 "$PY" benchmarks/client_groups.py --device "$DEV" --groups 1 4 16 64 \
         --clients 64 --steps 10 --repeats 1 "${DATA[@]}"; then
     grep -E " G=|^client_groups=" "$WORK/logs/client-groups.log" | sed 's/^/    /' | tee -a "$SUMMARY"
+fi
+
+# fp32 against bf16 autocast (system.precision): the quickstart's U-Net, 100 local steps.
+if step precision 120 "$PY" benchmarks/precision.py --device "$DEV" --configs configs/quickstart.yaml \
+        --steps 100 --repeats 2 "${DATA[@]}"; then
+    grep -E " (fp32|bf16) |^precision=" "$WORK/logs/precision.log" | sed 's/^/    /' | tee -a "$SUMMARY"
 fi
 
 ckpt=$(ls "$WORK"/runs/tiny-1rank/checkpoints/round-*.h5 2>/dev/null | tail -n 1)

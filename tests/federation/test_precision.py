@@ -1,6 +1,11 @@
 """system.precision: bf16 runs the forward under bfloat16 autocast and changes the update by
 rounding only: float32 parameters out, deterministic, close to the float32 update, and the same
 for a client trained alone or in a group."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -89,3 +94,16 @@ def test_fp32_is_no_autocast_and_bf16_autocasts_on_the_device_type():
 def test_config_rejects_an_unknown_precision_naming_the_field():
     with pytest.raises(ConfigError, match=r"^system\.precision: invalid value 'fp16'"):
         config_from_tree({"system": {"precision": "fp16"}})
+
+
+def test_precision_benchmark_reports_both_precisions(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "precision.py"), "--configs",
+                          "configs/tiny.yaml", "--steps", "2", "--repeats", "1"],
+                         capture_output=True, text=True, cwd=root, timeout=300)
+    assert out.returncode == 0, out.stderr
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("precision=")
+    rows = json.loads(last.split("=", 1)[1])["tiny"]["precisions"]
+    assert set(rows) == {"fp32", "bf16"} and rows["fp32"]["vs_fp32"] == 1.0
+    assert all(r["steps_per_s"] > 0 for r in rows.values())
