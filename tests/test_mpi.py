@@ -161,6 +161,17 @@ def test_sampled_cohorts_are_rank_invariant_with_either_placement(cohort_referen
     assert np.array_equal(final_params(run_dir), final_params(cohort_reference))
 
 
+def test_bf16_training_is_rank_invariant_and_not_the_fp32_run(cohort_reference, tmp_path):
+    runs = {}
+    for nprocs in (1, 3):
+        runs[nprocs] = tmp_path / f"bf16-{nprocs}"
+        out = run_cli(["train", str(TINY), "--run-dir", str(runs[nprocs]), *DETERMINISTIC, *COHORT,
+                       "--set", "system.precision=bf16"], nprocs=nprocs)
+        assert out.returncode == 0, out.stderr
+    assert np.array_equal(final_params(runs[1]), final_params(runs[3]))
+    assert not np.array_equal(final_params(runs[1]), final_params(cohort_reference))
+
+
 def test_a_hung_rank_aborts_the_run_with_exit_4_naming_round_and_phase(tmp_path):
     """A real hang: rank processes frozen with SIGSTOP mid-run; the root's collective times out."""
     run_dir = tmp_path / "hung"
