@@ -13,7 +13,7 @@ the budget divided by the CPU-seconds at which the new recipe first reaches the 
 FD (linear interpolation in log FD between evaluated points). Above 1 the new recipe needs less
 compute; a new recipe that never reaches it prints a factor below 1 (budget / budget).
 
-    .venv/bin/python benchmarks/recipe.py --out results/recipe            # ~40 min on 2 cores
+    .venv/bin/python benchmarks/recipe.py --seed 0 --out results/recipe/s0   # ~20 min on 2 cores (+8 per --eta)
     .venv/bin/python benchmarks/recipe.py --rounds 2 --steps-per-round 20 --num-samples 200 \\
         --out /tmp/recipe-try                                              # a quick dry run
 """
