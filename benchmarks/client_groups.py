@@ -46,6 +46,14 @@ def prepare(config_path, device, clients, steps, overrides=()):
     return cfg, trainer, parts, flatten(model).copy()
 
 
+def add_device_args(p) -> None:
+    """--device, --threads and --set, shared with benchmarks/precision.py."""
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every config, e.g. data.path=DIR (repeatable)")
+
+
 def sync(device):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -72,10 +80,7 @@ def main(argv=None):
     p.add_argument("--clients", type=int, default=8, help="clients trained per measurement")
     p.add_argument("--steps", type=int, default=10, help="local steps of every client")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every config, e.g. data.path=DIR (repeatable)")
+    add_device_args(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     summary = {}

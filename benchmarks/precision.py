@@ -20,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.client_groups import prepare, sync  # noqa: E402  (same setup, same shards)
+from benchmarks.client_groups import add_device_args, prepare, sync  # noqa: E402  (same setup, same shards)
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -40,10 +40,7 @@ def main(argv=None):
     p.add_argument("--configs", nargs="+", default=["configs/recipe/base.yaml", "configs/quickstart.yaml"])
     p.add_argument("--steps", type=int, default=30, help="local steps per measurement")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every config, e.g. data.path=DIR (repeatable)")
+    add_device_args(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     summary = {}
