@@ -48,7 +48,6 @@ RECIPES = {
     "lr_only": ["diffusion.prediction=eps", "diffusion.loss_weighting=none", "client.lr=0.002",
                 "client.lr_schedule=cosine", "client.lr_warmup_rounds=1", "client.lr_min_ratio=0.1",
                 "server.ema_decay=0.9", "server.ema_warmup=true"],
-    "new_fp32": None, "new_lr5": None, "new_cosine_noise": None, "new_b16": None,
     "min_snr_only": ["diffusion.prediction=eps", "diffusion.loss_weighting=min_snr",
                      "diffusion.min_snr_gamma=5.0", "client.lr=0.001",
                      "client.lr_schedule=constant", "client.lr_warmup_rounds=0",
