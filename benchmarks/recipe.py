@@ -60,6 +60,11 @@ RECIPES["new_fp32"] = [s for s in RECIPES["new"] if s != "system.precision=bf16"
 RECIPES["new_lr5"] = [s for s in RECIPES["new_fp32"] if not s.startswith("client.lr=")] + ["client.lr=0.005"]
 RECIPES["new_cosine_noise"] = RECIPES["new_fp32"] + ["diffusion.schedule=cosine"]
 RECIPES["new_b16"] = RECIPES["new_fp32"] + ["client.batch_size=16"]
+# Screened on top of "new" (bf16), this session: batch 64 at lr 3e-3 (twice the step cost), and
+# v-prediction (min-SNR weights min(SNR, 5) / (SNR + 1)).
+RECIPES["new_b64"] = ([s for s in RECIPES["new"] if not s.startswith("client.lr=")]
+                      + ["client.lr=0.003", "client.batch_size=64"])
+RECIPES["new_v"] = [s for s in RECIPES["new"] if s != "diffusion.prediction=eps"] + ["diffusion.prediction=v"]
 
 
 def feddm(*args: str) -> list:
