@@ -1,19 +1,28 @@
 """Old vs new training recipe, centrally (one client, all of Fashion-MNIST): FD against CPU-seconds.
 
 Each recipe trains the same U-Net (configs/recipe/base.yaml) for the same number of gradient steps
-at the same batch size, as a one-client federation through the simulator itself (so the recipe
+(at batch 32 unless the recipe sets another), as a one-client federation through the simulator itself (so the recipe
 measured is the one users get), one process and one torch thread per recipe, the recipes side by
 side on separate cores. Every `--eval-every` rounds the EMA model is scored with
 `feddm-hpc evaluate` at N=1000 (LeNet features, the same sampler for every recipe). The x axis is
 the training process's own CPU seconds in local training (`phases.train_cpu` of metrics.jsonl),
 which other load on the machine does not inflate the way wall time is.
 
-The last line is `compute_to_reference_fd=<factor>`: the old recipe's CPU-seconds at the end of
-the budget divided by the CPU-seconds at which the new recipe first reaches the old recipe's final
-FD (linear interpolation in log FD between evaluated points). Above 1 the new recipe needs less
-compute; a new recipe that never reaches it prints a factor below 1 (budget / budget).
+The new recipe's cosine learning rate follows the run's length, so only its last checkpoint is
+annealed: a user with half the compute sets half the rounds, and that run ends better than the
+full run's checkpoint half way. So every recipe but the reference is also trained for the
+shorter `--budgets` (rounds), each under its own schedule, and their final FDs join the full run's
+checkpoints as that recipe's frontier (what each amount of compute buys). The old recipe's
+constant learning rate and EMA make its checkpoint after r rounds the same model as an r-round
+run, so its curve is its frontier already.
 
-    .venv/bin/python benchmarks/recipe.py --seed 0 --out results/recipe/s0   # ~20 min on 2 cores (+8 per --eta)
+The last line is `compute_to_reference_fd=<factor>`: the old recipe's CPU-seconds at the end of
+the budget divided by the CPU-seconds at which the new recipe's frontier first reaches the old
+recipe's final FD (linear interpolation in log FD between points in CPU order). The line before,
+`compute_to_reference_fd_single_run`, uses the full run's checkpoints alone. Above 1 the new recipe
+needs less compute; a new recipe that never reaches it prints `<1`.
+
+    .venv/bin/python benchmarks/recipe.py --seed 0 --out results/recipe/s0   # ~28 min on 2 cores (+9 per --eta)
     .venv/bin/python benchmarks/recipe.py --rounds 2 --steps-per-round 20 --num-samples 200 \\
         --out /tmp/recipe-try                                              # a quick dry run
 """
@@ -71,14 +80,16 @@ def feddm(*args: str) -> list:
     return [sys.executable, "-m", "feddm_hpc", *args]
 
 
-def train(name: str, args, run_dir: Path) -> None:
-    final = run_dir / "checkpoints" / f"round-{args.rounds - 1:06d}.h5"
+def train(name: str, args, run_dir: Path, rounds: int | None = None) -> None:
+    """Trains recipe `name` for `rounds` (default --rounds) in run_dir, resuming what is there."""
+    rounds = rounds or args.rounds
+    final = run_dir / "checkpoints" / f"round-{rounds - 1:06d}.h5"
     if final.exists():
         return
     sets = [*RECIPES[name], "federation.num_clients=1", "federation.clients_per_round=null",
-            "data.partition=iid", f"federation.rounds={args.rounds}",
+            "data.partition=iid", f"federation.rounds={rounds}",
             f"client.local_steps={args.steps_per_round}", "client.local_epochs=null",
-            f"checkpoint.every={args.eval_every}", f"checkpoint.keep_last={args.rounds}",
+            f"checkpoint.every={args.eval_every}", f"checkpoint.keep_last={rounds}",
             "system.threads=1", "system.progress=false", "sampling.num_samples=64",
             f"seed={args.seed}"]
     cmd = feddm("train", str(args.config), "--run-dir", str(run_dir))
@@ -86,7 +97,7 @@ def train(name: str, args, run_dir: Path) -> None:
         cmd += ["--set", s]
     if (run_dir / "checkpoints").is_dir():
         cmd = feddm("resume", str(run_dir))
-    with open(run_dir.parent / f"{name}.train.log", "a") as log:
+    with open(run_dir.parent / f"{run_dir.name}.train.log", "a") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=log, cwd=HERE)
 
 
@@ -94,15 +105,17 @@ def sampler_tag(args) -> str:
     return f"{args.sampler}{args.sampling_steps}-eta{args.eta:g}"
 
 
-def evaluate(name: str, args, run_dir: Path) -> None:
-    for ckpt in sorted((run_dir / "checkpoints").glob("round-*.h5")):
+def evaluate(name: str, args, run_dir: Path, last_only: bool = False) -> None:
+    """Scores run_dir's checkpoints (only its last with last_only) with --sampler at N=--num-samples."""
+    ckpts = sorted((run_dir / "checkpoints").glob("round-*.h5"))
+    for ckpt in ckpts[-1:] if last_only else ckpts:
         out = run_dir / "eval" / f"{ckpt.stem}-{sampler_tag(args)}.json"
         if out.exists() and json.loads(out.read_text()).get("num_samples") == args.num_samples:
             continue
         cmd = feddm("evaluate", str(ckpt), "--num-samples", str(args.num_samples),
                     "--sampler", args.sampler, "--steps", str(args.sampling_steps),
                     "--eta", str(args.eta), "--out", str(out), "--set", "system.threads=1")
-        with open(run_dir.parent / f"{name}.eval.log", "a") as log:
+        with open(run_dir.parent / f"{run_dir.name}.eval.log", "a") as log:
             subprocess.run(cmd, check=True, stdout=log, stderr=log, cwd=HERE)
 
 
@@ -134,13 +147,28 @@ def cpu_to_reach(points: list, target: float) -> float | None:
     return None
 
 
-def plot(curves: dict, path: Path, reference: float, title: str) -> None:
+def frontier(points: list, budget_points: list) -> list:
+    """The points a user with a given compute budget can have: the full run's checkpoints and the
+    final checkpoints of the shorter runs (each trained under its own, shorter schedule), by CPU-s.
+
+    A recipe whose learning rate follows the run's length (cosine) is only annealed at the end of
+    its run, so its intermediate checkpoints understate what that much compute buys; a run
+    scheduled for that budget does not."""
+    return sorted(points + budget_points)
+
+
+def plot(curves: dict, path: Path, reference: float, title: str, budget_points: dict | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for name, pts in curves.items():
-        ax.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=name)
+        line, = ax.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=name)
+        extra = (budget_points or {}).get(name)
+        if extra:
+            ax.plot([p[0] for p in extra], [p[2] for p in extra], marker="s", ls="none",
+                    color=line.get_color(), mfc="none", ms=8,
+                    label=f"{name}, shorter runs ({', '.join(str(p[1] + 1) for p in extra)} rounds)")
     ax.axhline(reference, color="grey", lw=0.8, ls="--", label=f"old final FD {reference:.1f}")
     ax.set_yscale("log")
     ax.set_xlabel("training CPU-seconds (one thread)")
@@ -164,6 +192,9 @@ def main() -> int:
     ap.add_argument("--sampler", default="ddim")
     ap.add_argument("--sampling-steps", type=int, default=20)
     ap.add_argument("--eta", type=float, default=1.0)
+    ap.add_argument("--budgets", default="4,6,8,10",
+                    help="shorter runs (rounds, comma-separated; '' for none) of every recipe but the "
+                         "reference, each under its own schedule; their final FDs join the frontier")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=2, help="recipes trained at once (one core each)")
     ap.add_argument("--runs", default=HERE / "runs/recipe", type=Path)
@@ -176,13 +207,24 @@ def main() -> int:
         return 2
     args.runs.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    try:
+        budgets = sorted({int(b) for b in args.budgets.split(",") if b.strip()})
+    except ValueError:
+        budgets = [0]
+    if any(not 0 < b < args.rounds for b in budgets):
+        print(f"error: --budgets: round counts between 1 and --rounds - 1 ({args.rounds - 1})", file=sys.stderr)
+        return 2
     dirs = {n: args.runs / f"{n}-s{args.seed}" for n in names}
+    short = [(n, b, args.runs / f"{n}-s{args.seed}-r{b}") for n in names[1:] for b in budgets]
     t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:   # threads only wait on subprocesses
         list(pool.map(lambda n: train(n, args, dirs[n]), names))
+        list(pool.map(lambda job: train(job[0], args, job[2], rounds=job[1]), short))
         t_train = time.time() - t0
         list(pool.map(lambda n: evaluate(n, args, dirs[n]), names))
+        list(pool.map(lambda job: evaluate(job[0], args, job[2], last_only=True), short))
     curves = {n: curve(dirs[n], sampler_tag(args)) for n in names}
+    budget_points = {n: [curve(d, sampler_tag(args))[-1] for m, _, d in short if m == n] for n in names[1:]}
     ref_name = names[0]
     ref_cpu, _, ref_fd = curves[ref_name][-1]
     summary = {"config": str(args.config.relative_to(HERE) if args.config.is_absolute() else args.config),
@@ -193,25 +235,35 @@ def main() -> int:
                "recipes": {n: RECIPES[n] for n in names},
                "curves": {n: [{"cpu_s": round(c, 1), "round": r, "steps": (r + 1) * args.steps_per_round,
                                "fd": round(f, 2)} for c, r, f in pts] for n, pts in curves.items()},
+               "budget_runs": {n: [{"rounds": r + 1, "cpu_s": round(c, 1), "fd": round(f, 2)}
+                                   for c, r, f in pts] for n, pts in budget_points.items() if pts},
                "reference": {"recipe": ref_name, "final_fd": round(ref_fd, 2), "cpu_s": round(ref_cpu, 1)},
                "factors": {}}
     print(f"{'recipe':<14} " + " ".join(f"{'r' + str(r):>8}" for _, r, _ in curves[ref_name]))
     for n, pts in curves.items():
         print(f"{n:<14} " + " ".join(f"{f:8.1f}" for _, _, f in pts)
               + f"   (cpu {pts[-1][0]:.0f}s)")
+    for n, pts in budget_points.items():
+        if pts:
+            print(f"{n:<14} shorter runs: " + ", ".join(f"{r + 1} rounds {f:.1f} (cpu {c:.0f}s)"
+                                                        for c, r, f in pts))
     for n in names[1:]:
-        reach = cpu_to_reach(curves[n], ref_fd)
-        factor = ref_cpu / reach if reach else None
-        summary["factors"][n] = {"cpu_s_to_reference_fd": None if reach is None else round(reach, 1),
-                                 "factor": None if factor is None else round(factor, 3)}
-        print(f"{n}: reaches the {ref_name} recipe's final FD {ref_fd:.1f} after "
-              + (f"{reach:.0f} CPU-s of {ref_cpu:.0f}" if reach else "never (within the budget)"))
+        entry = {}
+        for key, pts in (("", curves[n]), ("frontier_", frontier(curves[n], budget_points[n]))):
+            reach = cpu_to_reach(pts, ref_fd)
+            entry[key + "cpu_s_to_reference_fd"] = None if reach is None else round(reach, 1)
+            entry[key + "factor"] = None if reach is None else round(ref_cpu / reach, 3)
+            print(f"{n}{' (frontier)' if key else ''}: reaches the {ref_name} recipe's final FD "
+                  f"{ref_fd:.1f} after " + (f"{reach:.0f} CPU-s of {ref_cpu:.0f}" if reach else "never (within the budget)"))
+        summary["factors"][n] = entry
     (args.out / f"recipe-{sampler_tag(args)}.json").write_text(json.dumps(summary, indent=1))
     title = (f"{args.config.name}: 1 client, {args.rounds}x{args.steps_per_round} steps, "
              f"N={args.num_samples}, {args.sampler} {args.sampling_steps} eta {args.eta}")
-    plot(curves, args.out / f"fd_vs_cpu-{sampler_tag(args)}.png", ref_fd, title)
-    main_factor = summary["factors"].get("new", summary["factors"][names[1]])["factor"]
-    print(f"compute_to_reference_fd={main_factor if main_factor is not None else '<1'}")
+    plot(curves, args.out / f"fd_vs_cpu-{sampler_tag(args)}.png", ref_fd, title, budget_points)
+    main = summary["factors"].get("new", summary["factors"][names[1]])
+    single, best = main["factor"], main["frontier_factor"]
+    print(f"compute_to_reference_fd_single_run={single if single is not None else '<1'}")
+    print(f"compute_to_reference_fd={best if best is not None else '<1'}")
     return 0
 
 
