@@ -25,6 +25,7 @@ from feddm_hpc.federation.placement import (
     select_device,
     threads_per_rank,
 )
+from feddm_hpc.federation.precision import cpu_flags, slow_bf16_warning
 from feddm_hpc.params import ParamSpec, flatten
 
 
@@ -83,6 +84,9 @@ def prepare_device(config, comm, log):
     bind_device(device)
     if comm.size > 1 and device.startswith("cuda"):
         log.rank_warn(f"device {device}, {threads} thread(s)")
+    slow = slow_bf16_warning(device, system.precision, cpu_flags())
+    if slow:
+        log.info(f"warning: {slow}")
     return device, threads
 
 

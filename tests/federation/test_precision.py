@@ -17,7 +17,7 @@ from feddm_hpc.diffusion.unet import build_unet
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.federation.client import LocalTrainer
 from feddm_hpc.federation.client_groups import GroupTrainer, Member
-from feddm_hpc.federation.precision import forward_precision
+from feddm_hpc.federation.precision import cpu_flags, forward_precision, slow_bf16_warning
 from feddm_hpc.params import flatten
 
 CLIENT = ClientConfig(local_steps=6, batch_size=8, optimizer="adam", lr=2e-3, grad_clip=1.0)
@@ -107,3 +107,27 @@ def test_precision_benchmark_reports_both_precisions(tmp_path):
     rows = json.loads(last.split("=", 1)[1])["tiny"]["precisions"]
     assert set(rows) == {"fp32", "bf16"} and rows["fp32"]["vs_fp32"] == 1.0
     assert all(r["steps_per_s"] > 0 for r in rows.values())
+
+
+def test_cpu_flags_reads_the_flags_line(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma avx512_bf16\n")
+    assert cpu_flags(info) == {"fpu", "avx2", "fma", "avx512_bf16"}
+    assert cpu_flags(tmp_path / "missing") is None
+    info.write_text("processor\t: 0\n")
+    assert cpu_flags(info) is None
+
+
+@pytest.mark.parametrize("device, precision, flags, warns", [
+    ("cpu", "bf16", {"avx2", "fma"}, True),            # emulated: the x0.12 case
+    ("cpu", "bf16", {"avx2", "avx512_bf16"}, False),
+    ("cpu", "bf16", {"avx2", "amx_bf16"}, False),
+    ("cpu", "bf16", None, False),                      # cannot tell: say nothing
+    ("cpu", "fp32", {"avx2"}, False),
+    ("cuda:0", "bf16", {"avx2"}, False),               # the GPU does the arithmetic
+])
+def test_slow_bf16_warning_only_for_emulated_cpu_bf16(device, precision, flags, warns):
+    message = slow_bf16_warning(device, precision, flags)
+    assert (message is not None) == warns
+    if warns:
+        assert message.startswith("system.precision: bf16") and "\n" not in message
