@@ -22,7 +22,7 @@ recipe's final FD (linear interpolation in log FD between points in CPU order). 
 `compute_to_reference_fd_single_run`, uses the full run's checkpoints alone. Above 1 the new recipe
 needs less compute; a new recipe that never reaches it prints `<1`.
 
-    .venv/bin/python benchmarks/recipe.py --seed 0 --out results/recipe/s0   # ~28 min on 2 cores (+9 per --eta)
+    .venv/bin/python benchmarks/recipe.py --seed 0 --out results/recipe/s0   # ~28 min on 2 cores (51 on a 2x slower VM; +9 per --eta)
     .venv/bin/python benchmarks/recipe.py --rounds 2 --steps-per-round 20 --num-samples 200 \\
         --out /tmp/recipe-try                                              # a quick dry run
 """
