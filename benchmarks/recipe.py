@@ -9,8 +9,8 @@ the training process's own CPU seconds in local training (`phases.train_cpu` of 
 which other load on the machine does not inflate the way wall time is.
 
 The new recipe's cosine learning rate follows the run's length, so only its last checkpoint is
-annealed: a user with half the compute sets half the rounds, and that run ends better than the
-full run's checkpoint half way. So every recipe but the reference is also trained for the
+annealed: a user with half the compute sets half the rounds, and that run may end better than the
+full run's checkpoint half way (measured once, results/recipe/frontier_fp32_s0: it did not). So every recipe but the reference is also trained for the
 shorter `--budgets` (rounds), each under its own schedule, and their final FDs join the full run's
 checkpoints as that recipe's frontier (what each amount of compute buys). The old recipe's
 constant learning rate and EMA make its checkpoint after r rounds the same model as an r-round
@@ -69,8 +69,9 @@ RECIPES["new_fp32"] = [s for s in RECIPES["new"] if s != "system.precision=bf16"
 RECIPES["new_lr5"] = [s for s in RECIPES["new_fp32"] if not s.startswith("client.lr=")] + ["client.lr=0.005"]
 RECIPES["new_cosine_noise"] = RECIPES["new_fp32"] + ["diffusion.schedule=cosine"]
 RECIPES["new_b16"] = RECIPES["new_fp32"] + ["client.batch_size=16"]
-# Screened on top of "new" (bf16), this session: batch 64 at lr 3e-3 (twice the step cost), and
-# v-prediction (min-SNR weights min(SNR, 5) / (SNR + 1)).
+# Candidates on top of "new" (bf16), not measured yet (their screen was stopped: bf16 ran
+# emulated on that VM): batch 64 at lr 3e-3 (twice the step cost), and v-prediction (min-SNR
+# weights min(SNR, 5) / (SNR + 1)).
 RECIPES["new_b64"] = ([s for s in RECIPES["new"] if not s.startswith("client.lr=")]
                       + ["client.lr=0.003", "client.batch_size=64"])
 RECIPES["new_v"] = [s for s in RECIPES["new"] if s != "diffusion.prediction=eps"] + ["diffusion.prediction=v"]
