@@ -106,7 +106,7 @@ def sampler_tag(args) -> str:
     return f"{args.sampler}{args.sampling_steps}-eta{args.eta:g}"
 
 
-def evaluate(name: str, args, run_dir: Path, last_only: bool = False) -> None:
+def evaluate(args, run_dir: Path, last_only: bool = False) -> None:
     """Scores run_dir's checkpoints (only its last with last_only) with --sampler at N=--num-samples."""
     ckpts = sorted((run_dir / "checkpoints").glob("round-*.h5"))
     for ckpt in ckpts[-1:] if last_only else ckpts:
@@ -222,8 +222,8 @@ def main() -> int:
         list(pool.map(lambda n: train(n, args, dirs[n]), names))
         list(pool.map(lambda job: train(job[0], args, job[2], rounds=job[1]), short))
         t_train = time.time() - t0
-        list(pool.map(lambda n: evaluate(n, args, dirs[n]), names))
-        list(pool.map(lambda job: evaluate(job[0], args, job[2], last_only=True), short))
+        list(pool.map(lambda n: evaluate(args, dirs[n]), names))
+        list(pool.map(lambda job: evaluate(args, job[2], last_only=True), short))
     curves = {n: curve(dirs[n], sampler_tag(args)) for n in names}
     budget_points = {n: [curve(d, sampler_tag(args))[-1] for m, _, d in short if m == n] for n in names[1:]}
     ref_name = names[0]
