@@ -1,7 +1,7 @@
 """Old vs new training recipe, centrally (one client, all of Fashion-MNIST): FD against CPU-seconds.
 
-Each recipe trains the same U-Net (configs/recipe/base.yaml) for the same number of gradient steps
-(at batch 32 unless the recipe sets another), as a one-client federation through the simulator itself (so the recipe
+Each recipe trains the same U-Net (configs/recipe/base.yaml) for the same number of rounds (of
+--steps-per-round gradient steps at batch 32, unless the recipe sets its own steps or batch), as a one-client federation through the simulator itself (so the recipe
 measured is the one users get), one process and one torch thread per recipe, the recipes side by
 side on separate cores. Every `--eval-every` rounds the EMA model is scored with
 `feddm-hpc evaluate` at N=1000 (LeNet features, the same sampler for every recipe). The x axis is
@@ -75,6 +75,16 @@ RECIPES["new_b16"] = RECIPES["new_fp32"] + ["client.batch_size=16"]
 RECIPES["new_b64"] = ([s for s in RECIPES["new"] if not s.startswith("client.lr=")]
                       + ["client.lr=0.003", "client.batch_size=64"])
 RECIPES["new_v"] = [s for s in RECIPES["new"] if s != "diffusion.prediction=eps"] + ["diffusion.prediction=v"]
+# fp32 screen on a CPU without native bf16: batch 64 at half the steps per round (the same images
+# per round, so the same eval points and about the same compute), lr 3e-3 (~sqrt(2) x 2e-3).
+RECIPES["new_b64_half"] = ([s for s in RECIPES["new_fp32"] if not s.startswith("client.lr=")]
+                           + ["client.lr=0.003", "client.batch_size=64", "client.local_steps=100"])
+
+
+def steps_per_round(name: str, args) -> int:
+    """A recipe's own client.local_steps if it sets one, else --steps-per-round."""
+    own = [s.split("=", 1)[1] for s in RECIPES[name] if s.startswith("client.local_steps=")]
+    return int(own[-1]) if own else args.steps_per_round
 
 
 def feddm(*args: str) -> list:
@@ -87,12 +97,12 @@ def train(name: str, args, run_dir: Path, rounds: int | None = None) -> None:
     final = run_dir / "checkpoints" / f"round-{rounds - 1:06d}.h5"
     if final.exists():
         return
-    sets = [*RECIPES[name], "federation.num_clients=1", "federation.clients_per_round=null",
+    sets = ["federation.num_clients=1", "federation.clients_per_round=null",
             "data.partition=iid", f"federation.rounds={rounds}",
             f"client.local_steps={args.steps_per_round}", "client.local_epochs=null",
             f"checkpoint.every={args.eval_every}", f"checkpoint.keep_last={rounds}",
             "system.threads=1", "system.progress=false", "sampling.num_samples=64",
-            f"seed={args.seed}"]
+            f"seed={args.seed}", *RECIPES[name]]   # last, so a recipe may set its own client.local_steps
     cmd = feddm("train", str(args.config), "--run-dir", str(run_dir))
     for s in sets:
         cmd += ["--set", s]
@@ -234,7 +244,7 @@ def main() -> int:
                "sampling_steps": args.sampling_steps, "eta": args.eta,
                "wall_train_s": round(t_train, 1), "wall_total_s": round(time.time() - t0, 1),
                "recipes": {n: RECIPES[n] for n in names},
-               "curves": {n: [{"cpu_s": round(c, 1), "round": r, "steps": (r + 1) * args.steps_per_round,
+               "curves": {n: [{"cpu_s": round(c, 1), "round": r, "steps": (r + 1) * steps_per_round(n, args),
                                "fd": round(f, 2)} for c, r, f in pts] for n, pts in curves.items()},
                "budget_runs": {n: [{"rounds": r + 1, "cpu_s": round(c, 1), "fd": round(f, 2)}
                                    for c, r, f in pts] for n, pts in budget_points.items() if pts},
