@@ -77,6 +77,8 @@ RECIPES["new_b64"] = ([s for s in RECIPES["new"] if not s.startswith("client.lr=
 RECIPES["new_v"] = [s for s in RECIPES["new"] if s != "diffusion.prediction=eps"] + ["diffusion.prediction=v"]
 # fp32 screen on a CPU without native bf16: batch 64 at half the steps per round (the same images
 # per round, so the same eval points and about the same compute), lr 3e-3 (~sqrt(2) x 2e-3).
+# Measured with v_min_snr (results/recipe/screening/v_and_b64_fp32-*): it learned far less per
+# image; v_min_snr about as much per step as new_fp32.
 RECIPES["new_b64_half"] = ([s for s in RECIPES["new_fp32"] if not s.startswith("client.lr=")]
                            + ["client.lr=0.003", "client.batch_size=64", "client.local_steps=100"])
 
