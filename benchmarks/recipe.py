@@ -1,9 +1,9 @@
 """Old vs new training recipe, centrally (one client, all of Fashion-MNIST): FD against CPU-seconds.
 
 Each recipe trains the same U-Net (configs/recipe/base.yaml) for the same number of rounds (of
---steps-per-round gradient steps at batch 32, unless the recipe sets its own steps or batch), as a one-client federation through the simulator itself (so the recipe
-measured is the one users get), one process and one torch thread per recipe, the recipes side by
-side on separate cores. Every `--eval-every` rounds the EMA model is scored with
+--steps-per-round gradient steps at batch 32, unless the recipe sets its own steps or batch), as
+a one-client federation through the simulator itself (so the recipe measured is the one users
+get), one process and one torch thread per recipe, the recipes side by side on separate cores. Every `--eval-every` rounds the EMA model is scored with
 `feddm-hpc evaluate` at N=1000 (LeNet features, the same sampler for every recipe). The x axis is
 the training process's own CPU seconds in local training (`phases.train_cpu` of metrics.jsonl),
 which other load on the machine does not inflate the way wall time is.
