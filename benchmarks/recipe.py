@@ -1,20 +1,21 @@
 """Old vs new training recipe, centrally (one client, all of Fashion-MNIST): FD against CPU-seconds.
 
 Each recipe trains the same U-Net (configs/recipe/base.yaml) for the same number of rounds (of
---steps-per-round gradient steps at batch 32, unless the recipe sets its own steps or batch), as
-a one-client federation through the simulator itself (so the recipe measured is the one users
-get), one process and one torch thread per recipe, the recipes side by side on separate cores. Every `--eval-every` rounds the EMA model is scored with
-`feddm-hpc evaluate` at N=1000 (LeNet features, the same sampler for every recipe). The x axis is
-the training process's own CPU seconds in local training (`phases.train_cpu` of metrics.jsonl),
-which other load on the machine does not inflate the way wall time is.
+--steps-per-round gradient steps at batch 32, unless the recipe sets its own steps or batch), as a
+one-client federation through the simulator itself (so the recipe measured is the one users get),
+one process and one torch thread per recipe, the recipes side by side on separate cores. Every
+`--eval-every` rounds the EMA model is scored with `feddm-hpc evaluate` at N=1000 (LeNet features,
+the same sampler for every recipe). The x axis is the training process's own CPU seconds in local
+training (`phases.train_cpu` of metrics.jsonl), which other load on the machine does not inflate
+the way wall time is.
 
 The new recipe's cosine learning rate follows the run's length, so only its last checkpoint is
 annealed: a user with half the compute sets half the rounds, and that run may end better than the
-full run's checkpoint half way (measured once, results/recipe/frontier_fp32_s0: it did not). So every recipe but the reference is also trained for the
-shorter `--budgets` (rounds), each under its own schedule, and their final FDs join the full run's
-checkpoints as that recipe's frontier (what each amount of compute buys). The old recipe's
-constant learning rate and EMA make its checkpoint after r rounds the same model as an r-round
-run, so its curve is its frontier already.
+full run's checkpoint half way (measured once, results/recipe/frontier_fp32_s0: it did not). So
+every recipe but the reference is also trained for the shorter `--budgets` (rounds), each under its
+own schedule, and their final FDs join the full run's checkpoints as that recipe's frontier (what
+each amount of compute buys). The old recipe's constant learning rate and EMA make its checkpoint
+after r rounds the same model as an r-round run, so its curve is its frontier already.
 
 The last line is `compute_to_reference_fd=<factor>`: the old recipe's CPU-seconds at the end of
 the budget divided by the CPU-seconds at which the new recipe's frontier first reaches the old
@@ -222,9 +223,10 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         budgets = sorted({int(b) for b in args.budgets.split(",") if b.strip()})
+        ok = all(0 < b < args.rounds for b in budgets)
     except ValueError:
-        budgets = [0]
-    if any(not 0 < b < args.rounds for b in budgets):
+        ok = False
+    if not ok:
         print(f"error: --budgets: round counts between 1 and --rounds - 1 ({args.rounds - 1})", file=sys.stderr)
         return 2
     dirs = {n: args.runs / f"{n}-s{args.seed}" for n in names}
@@ -273,8 +275,8 @@ def main() -> int:
     title = (f"{args.config.name}: 1 client, {args.rounds}x{args.steps_per_round} steps, "
              f"N={args.num_samples}, {args.sampler} {args.sampling_steps} eta {args.eta}")
     plot(curves, args.out / f"fd_vs_cpu-{sampler_tag(args)}.png", ref_fd, title, budget_points)
-    main = summary["factors"].get("new", summary["factors"][names[1]])
-    single, best = main["factor"], main["frontier_factor"]
+    headline = summary["factors"].get("new", summary["factors"][names[1]])
+    single, best = headline["factor"], headline["frontier_factor"]
     print(f"compute_to_reference_fd_single_run={single if single is not None else '<1'}")
     print(f"compute_to_reference_fd={best if best is not None else '<1'}")
     return 0
