@@ -5,17 +5,46 @@ and nothing carries hidden generator state across rounds, so a resume needs no R
 """
 from __future__ import annotations
 
+import enum
+
 import numpy as np
+
 
 # Distinct streams for distinct purposes, so that e.g. the cohort draw never correlates with training.
 # DROPOUT is the model's dropout layers; PARTICIPATION is client dropout (failing to report).
-# New purposes are appended: renumbering would change every existing run's random draws.
-COHORT, TRAIN, DROPOUT, ENCODE, SAMPLE, PARTITION, INIT = range(7)
-PARTICIPATION, SPEED, CONTROL_ENCODE = range(7, 10)
-PERSONAL_SPLIT, PERSONAL_TRAIN, PERSONAL_DROPOUT, PERSONAL_EVAL = range(10, 14)
-DP_NOISE = 14  # the server's Gaussian noise of client-level DP (feddm_hpc.privacy.dp)
-# 15 is federation.attacks.ATTACK_PURPOSE.
-COHORT_PASS = 16  # the permutation of one pass of shuffled cohorts (sample_cohort)
+# Every purpose of the package is a member here: @unique refuses two purposes sharing a number at
+# import, and tests/test_seeding.py fails on a purpose number defined anywhere else. New purposes
+# are appended: renumbering would change every existing run's random draws.
+@enum.unique
+class Purpose(enum.IntEnum):
+    COHORT = 0
+    TRAIN = 1
+    DROPOUT = 2
+    ENCODE = 3
+    SAMPLE = 4
+    PARTITION = 5
+    INIT = 6
+    PARTICIPATION = 7
+    SPEED = 8
+    CONTROL_ENCODE = 9
+    PERSONAL_SPLIT = 10
+    PERSONAL_TRAIN = 11
+    PERSONAL_DROPOUT = 12
+    PERSONAL_EVAL = 13
+    DP_NOISE = 14        # the server's Gaussian noise of client-level DP (feddm_hpc.privacy.dp)
+    ATTACK = 15          # who is attacked and the Gaussian attack (federation/attacks.py)
+    COHORT_PASS = 16     # the permutation of one pass of shuffled cohorts (sample_cohort)
+    # Secure aggregation's mask seeds (privacy/secagg.py). It shared 16 with COHORT_PASS until
+    # both streams were moved here; the masks cancel exactly, so no result depends on it.
+    SECAGG = 17
+    # The scaling harness's simulated network links (scaling/network.py); its large number
+    # predates this table and is kept so that committed scaling studies draw the same links.
+    NETWORK = 7_000_001
+
+
+(COHORT, TRAIN, DROPOUT, ENCODE, SAMPLE, PARTITION, INIT, PARTICIPATION, SPEED, CONTROL_ENCODE,
+ PERSONAL_SPLIT, PERSONAL_TRAIN, PERSONAL_DROPOUT, PERSONAL_EVAL, DP_NOISE, ATTACK, COHORT_PASS,
+ SECAGG, NETWORK) = (int(p) for p in Purpose)
 
 
 def seed_for(seed: int, purpose: int, round_index: int = 0, client_id: int = 0) -> int:

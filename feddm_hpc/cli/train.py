@@ -51,7 +51,9 @@ def register(sub) -> None:
     r.set_defaults(run=cmd_resume)
 
 
-def _run_training(comm, config, run_dir: Path, checkpoint_path: Optional[str]) -> int:
+def _run_training(comm, config, run_dir: Path, checkpoint_path: Optional[str],
+                  checkpoint_config=None) -> int:
+    """checkpoint_config: the config stored in the checkpoint (before --set), on resume."""
     from feddm_hpc.config import dump_yaml
     from feddm_hpc.federation.callbacks import standard_callbacks
     from feddm_hpc.federation.simulation import Simulation
@@ -68,6 +70,9 @@ def _run_training(comm, config, run_dir: Path, checkpoint_path: Optional[str]) -
     if checkpoint_path is not None:
         sim.restore(load_checkpoint(checkpoint_path))
         log.info(f"resumed from {checkpoint_path} (round {sim.start_round - 1} complete)")
+        note = rounds_change_note(checkpoint_config, config, sim.start_round)
+        if note is not None:
+            log.info(note)
     if sim.start_round >= config.federation.rounds:
         log.info(f"nothing to do: all {config.federation.rounds} rounds are complete")
         return EXIT_OK
@@ -130,5 +135,45 @@ def _resume(comm, args) -> int:
             raise UserError(f"{run_dir}: no valid checkpoint to resume from")
         return str(path)
     path = root_decides(comm, find)
-    config = config_from_yaml_text(load_checkpoint(path, verify=False).config_yaml, args.overrides)
-    return _run_training(comm, config, run_dir, path)
+    text = load_checkpoint(path, verify=False).config_yaml
+    config = config_from_yaml_text(text, args.overrides)
+    return _run_training(comm, config, run_dir, path, config_from_yaml_text(text))
+
+
+def rounds_change_note(before, after, next_round: int) -> Optional[str]:
+    """One line naming what a resume's new federation.rounds changes, with the value before and
+    after (both from the resumed config, the rounds count aside, so only its effect shows); None
+    when the count is the same, no round is left, or nothing depends on it. Dependent: the lr of
+    client.lr_schedule=cosine without client.lr_horizon (its horizon is the rounds count; the
+    first remaining round whose lr differs, past the warm-up) and, under DP, the epsilon after
+    the last round. Not dependent: the constant schedule, a set lr_horizon, the EMA's warm-up
+    and each round's own epsilon (functions of the round index alone)."""
+    from feddm_hpc.federation.client import round_lr
+
+    if before is None:
+        return None
+    old, new = before.federation.rounds, after.federation.rounds
+    if old == new or next_round >= new:
+        return None
+    changes = []
+    c = after.client
+    if c.lr_schedule == "cosine" and c.lr_horizon is None:
+        differ = [(r, round_lr(c, r, old), round_lr(c, r, new)) for r in range(next_round, new)]
+        differ = [d for d in differ if d[1] != d[2]]
+        if differ:
+            r, lr_old, lr_new = differ[0]
+            changes.append(f"client.lr_schedule=cosine's horizon: round {r}'s lr {lr_old:.3e} under "
+                           f"{old} rounds -> {lr_new:.3e} under {new} "
+                           f"(to keep the {old}-round schedule, whose later rounds stay at its final lr, "
+                           f"resume with --set client.lr_horizon={old})")
+    p, f = after.privacy, after.federation
+    if p.dp:
+        from feddm_hpc.privacy import accounting
+
+        m = f.clients_per_round if f.clients_per_round is not None else f.num_clients
+        eps = [accounting.epsilon(f.num_clients, m, p.noise_multiplier, n, p.delta) for n in (old, new)]
+        changes.append(f"the privacy budget: epsilon after the last round {eps[0]:.4g} -> {eps[1]:.4g} "
+                       f"(delta {p.delta:g})")
+    if not changes:
+        return None
+    return f"resume: federation.rounds {old} -> {new} changes " + "; ".join(changes)

@@ -25,6 +25,7 @@ import numpy as np
 
 from feddm_hpc.compression import lossless
 from feddm_hpc.compression.header import CODEC_NAMES, HEADER_SIZE, Header, as_payload, parse_header
+from feddm_hpc.privacy.dp import clip_update
 
 _DECODERS: dict[int, type["Compressor"]] = {}
 _RESIDUAL_KEY = re.compile(r"^residual/(\d+)$")
@@ -112,8 +113,16 @@ class Compressor(ABC):
         """Decode a body of exactly body_size(header) bytes to float32 (into out if given)."""
 
     # -- the interface the simulation uses -------------------------------------------------
-    def encode(self, update: np.ndarray, client_id: int, rng: np.random.Generator) -> np.ndarray:
-        """Compress one client's update (plus its residual, with error feedback)."""
+    def encode(self, update: np.ndarray, client_id: int, rng: np.random.Generator,
+               norm_bound: float | None = None) -> np.ndarray:
+        """Compress one client's update (plus its residual, with error feedback).
+
+        norm_bound (DP's clip norm C): the vector actually encoded, residual included, is clipped
+        to L2 norm C; the residual keeps what the payload does not carry of that clipped vector.
+        Without this, error feedback would add the residual after DP's clip and send up to a few
+        times C (a client sending the same clipped update each round reached 3.16 C by round 10
+        under top-k 10%). Rounding can still take the decoded vector slightly past C: the root
+        bounds every decoded contribution again (federation/aggregation.py, DPMean.bound)."""
         x = np.ascontiguousarray(update, dtype=np.float32)
         if x.ndim != 1:
             raise ValueError(f"encode expects a 1-D update vector, got shape {x.shape}")
@@ -124,6 +133,8 @@ class Compressor(ABC):
                 raise ValueError(f"client {cid}: residual has {res.size} values, "
                                  f"update has {x.size}")
             x = np.add(x, res, out=self._buffer("ef_sum", x.size))
+        if norm_bound is not None:
+            x, _ = clip_update(x, norm_bound)
         payload = self._encode(x, rng)
         if self.error_feedback:
             header = parse_header(payload, x.size)

@@ -133,6 +133,8 @@ class ClientConfig:
     lr_schedule: LrSchedule = "cosine"  # the round's lr, the same for every client
     lr_warmup_rounds: int = 0           # linear warm-up over the first rounds (both schedules)
     lr_min_ratio: float = 0.1           # cosine: the last round's lr is lr * lr_min_ratio
+    lr_horizon: Optional[int] = None    # cosine: rounds it spans (null: federation.rounds); later
+    #                                     rounds keep its final lr (extend a run on purpose)
     weight_decay: float = 0.0
     momentum: float = 0.9               # sgd only
     grad_clip: Optional[float] = 1.0
@@ -150,6 +152,8 @@ class ClientConfig:
         require(self.lr > 0, "client.lr: must be > 0")
         require(self.lr_warmup_rounds >= 0, "client.lr_warmup_rounds: must be >= 0")
         require(0.0 <= self.lr_min_ratio <= 1.0, "client.lr_min_ratio: must be in [0, 1]")
+        require(self.lr_horizon is None or self.lr_horizon >= 1,
+                "client.lr_horizon: must be >= 1 or null (null: federation.rounds)")
         require(self.grad_clip is None or self.grad_clip > 0,
                 "client.grad_clip: must be > 0 or null")
         require(self.prox_mu >= 0, "client.prox_mu: must be >= 0")
@@ -214,6 +218,8 @@ class PrivacyConfig:
     delta: float = 1e-5                 # epsilon is reported at this delta
     secure_aggregation: bool = False    # masked integer updates; the root sees only their sum
     secagg_range: Optional[float] = None  # secure aggregation's public grid: coordinates clipped to [-r, r]
+    secagg_min_clients: int = 2         # fewer survivors than this (or than a majority): nothing is aggregated
+    release_client_metrics: bool = False  # with DP: also log per-client losses and norms (outside epsilon)
 
     def validate(self) -> None:
         require(self.clip_norm is None or self.clip_norm > 0, "privacy.clip_norm: must be > 0 or null")
@@ -224,6 +230,9 @@ class PrivacyConfig:
         require(not self.secure_aggregation or self.secagg_range is not None,
                 "privacy.secagg_range: required with privacy.secure_aggregation (the public grid)")
         require(self.secagg_range is None or self.secagg_range > 0, "privacy.secagg_range: must be > 0")
+        require(not isinstance(self.secagg_min_clients, bool) and self.secagg_min_clients >= 2,
+                "privacy.secagg_min_clients: must be an integer >= 2 (the sum of one client is "
+                "that client's update in the clear)")
 
     @property
     def dp(self) -> bool:

@@ -44,6 +44,10 @@ def check_privacy_and_robustness(c: Config) -> None:
         require(c.federation.cohort_sampling == "uniform" or c.federation.clients_per_round is None,
                 "federation.cohort_sampling: the privacy accounting assumes uniform cohorts; "
                 "use uniform with privacy.clip_norm")
+        require(c.personalization.steps == 0 or p.release_client_metrics,
+                "personalization.steps: per-client fine-tuning and its per-client results are "
+                "outside the DP guarantee; set privacy.release_client_metrics=true to run it "
+                "with privacy.clip_norm")
     if s.aggregation != "mean":
         require(c.system.transport == "gather", f"server.aggregation: {s.aggregation} needs every "
                 "update at the root: use system.transport=gather")
@@ -61,6 +65,11 @@ def check_privacy_and_robustness(c: Config) -> None:
         require(s.aggregation == "mean", "privacy.secure_aggregation: the root sees only the sum, "
                 "so server.aggregation must be mean")
         require(c.federation.algorithm != "scaffold", "privacy.secure_aggregation: not with scaffold")
+        cohort = c.federation.clients_per_round or c.federation.num_clients
+        require(min(cohort, c.federation.num_clients) >= p.secagg_min_clients,
+                f"privacy.secagg_min_clients: a cohort of {min(cohort, c.federation.num_clients)} "
+                f"client(s) is below the secure-aggregation threshold {p.secagg_min_clients}: the "
+                f"root would learn single updates; sample more clients per round")
     a = c.attack
     require(all(0 <= i < c.federation.num_clients for i in a.clients),
             f"attack.clients: ids must lie in 0..{c.federation.num_clients - 1}")

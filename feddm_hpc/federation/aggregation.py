@@ -7,6 +7,11 @@ UniformMean    sum_i u_i / k over the k accepted clients: secure aggregation wit
 DPMean         DP-FedAvg: (sum_i u_i + N(0, (z C)^2 I)) / m with the clients' clipped updates and
                the fixed cohort size m (privacy/dp.py); the noise comes from a generator seeded by
                (seed, DP_NOISE, round), drawn on the root only. Carries the round's epsilon.
+               Every decoded update is bounded to norm C again (`bound`): the clients clip before
+               encoding, and a lossy codec's rounding can take the decoded vector past C (2-bit
+               stochastic rounding: 1.41 C), which the sensitivity 2C the accountant assumes does
+               not allow. Every round releases noise (`releases_when_empty`), also when no update
+               was accepted: whether an update is accepted depends on the client's data.
 Robust         median, trimmed_mean, krum, multi_krum (strategies/robust.py): needs every update
                (`keeps_rows`), so only the gather transport uses it.
 
@@ -26,6 +31,7 @@ from feddm_hpc.strategies import robust
 
 class RoundAggregation:
     keeps_rows = False   # True: the decoded updates are kept and passed to finish as rows
+    releases_when_empty = False   # True: finish runs (on a zero sum) even if nothing was accepted
 
     def __init__(self, round_index: int, cohort: Sequence[int]):
         self.round_index, self.cohort = round_index, tuple(int(c) for c in cohort)
@@ -33,6 +39,10 @@ class RoundAggregation:
 
     def weight(self, num_samples: int) -> float:
         return float(num_samples)
+
+    def bound(self, update: np.ndarray) -> np.ndarray:
+        """One decoded, finite update as it enters the sum."""
+        return update
 
     def finish(self, total: np.ndarray, weight: float, rows: Optional[np.ndarray] = None,
                row_ids: Sequence[int] = ()) -> np.ndarray:
@@ -53,12 +63,19 @@ class UniformMean(RoundAggregation):
 
 
 class DPMean(RoundAggregation):
+    releases_when_empty = True
+
     def __init__(self, round_index, cohort, seed: int, privacy, num_clients: int):
         super().__init__(round_index, cohort)
         self.seed, self.p, self.num_clients = seed, privacy, num_clients
 
     def weight(self, num_samples: int) -> float:
         return 1.0   # each client's clipped update counts once: the sensitivity is C
+
+    def bound(self, update):
+        """The decoded update clipped to C in float64 (its norm then exceeds C by float64
+        rounding at most; float32 could overshoot by ~1e-7 C)."""
+        return dp.clip_update(update.astype(np.float64), self.p.clip_norm)[0]
 
     def finish(self, total, weight, rows=None, row_ids=()):
         p = self.p

@@ -14,8 +14,7 @@ import numpy as np
 
 from feddm_hpc import seeding
 
-# seeding purpose 15 (seeding.py appends purposes; 14 is DP noise)
-ATTACK_PURPOSE = 15
+ATTACK_PURPOSE = seeding.ATTACK
 
 ATTACK_KINDS = ("sign_flip", "scaled", "gaussian", "label_flip")
 UPDATE_ATTACKS = ("sign_flip", "scaled", "gaussian")

@@ -33,6 +33,9 @@ class Aggregate:
     weighted_sum: Optional[WeightedSum] = None   # the raw sum, for the allreduce transport
     fields: Dict[str, object] = field(default_factory=dict)   # the rule's own metrics (epsilon, ...)
     protocol_bytes: Tuple[int, int] = (0, 0)   # (up, down) beyond the payloads: secure aggregation
+    # Secure aggregation: the survivors' summed statistics (train_loss, num_samples, clipped),
+    # which replace the per-client values the root never sees (privacy/secagg_inputs.py).
+    cohort_stats: Optional[Dict[str, object]] = None
 
 
 def ema_decay_at(server_cfg, round_index: int) -> float:
@@ -78,6 +81,7 @@ def aggregate(reports: Dict[int, ClientReport], num_params: int, start: np.ndarr
             out.rejected.append(cid)
             continue
         out.accepted.append(cid)
+        update = rule.bound(update)
         acc.add(update, rule.weight(rep.num_samples))
         if rule.keeps_rows:
             rows.append(update.copy())
@@ -85,6 +89,7 @@ def aggregate(reports: Dict[int, ClientReport], num_params: int, start: np.ndarr
             total += ebuf
     if out.accepted:
         out.extra_sums = sums
+    if out.accepted or rule.releases_when_empty:
         if finish:
             out.mean_update = rule.finish(acc.total, acc.weight, np.stack(rows) if rows else None,
                                           out.accepted)
@@ -99,12 +104,17 @@ def _finite_or_none(x: float) -> Optional[float]:
 
 def round_record(r: int, plan, reports: Dict[int, ClientReport], agg: Aggregate, num_params: int,
                  down_bytes_per_client: int, num_extras: int, broadcast_vectors: int,
-                 prev_line: Optional[str]) -> dict:
+                 prev_line: Optional[str], client_metrics: bool = True) -> dict:
     """The metrics.jsonl line of one round (phases and wall_s are added by the caller).
 
     num_extras / broadcast_vectors: the strategy's float vectors per client besides the model
-    (SCAFFOLD: one each way, its control delta up and c down)."""
-    cohort, small = plan.cohort, len(plan.cohort) <= PER_CLIENT_LIMIT
+    (SCAFFOLD: one each way, its control delta up and c down).
+    client_metrics False (DP without privacy.release_client_metrics): nothing that depends on
+    single clients' data or on who took part is written: no per-client losses or bytes, no
+    cohort ids (counts instead; amplification by sampling assumes the cohort stays secret), no
+    pre-clip norm statistics, and no train_loss (an un-noised mean of the clients' losses)."""
+    cohort = plan.cohort
+    small = len(cohort) <= PER_CLIENT_LIMIT and client_metrics
     f32 = 4 * num_params
     up_per_client = {c: reports[c].uplink_bytes for c in sorted(reports)}
     proto_up, proto_down = agg.protocol_bytes
@@ -112,8 +122,15 @@ def round_record(r: int, plan, reports: Dict[int, ClientReport], agg: Aggregate,
     # Every cohort client receives the model (and the strategy's vectors) even if it later drops out.
     downlink = len(cohort) * (down_bytes_per_client + f32 * broadcast_vectors) + proto_down
     accepted = [reports[c] for c in agg.accepted]
-    weights = np.array([rep.num_samples for rep in accepted], dtype=np.float64)
-    losses = np.array([rep.loss for rep in accepted], dtype=np.float64)
+    stats = agg.cohort_stats   # secure aggregation: sums only, no per-client value reached the root
+    if stats is not None:
+        train_loss = stats["train_loss"]
+    elif accepted:
+        weights = np.array([rep.num_samples for rep in accepted], dtype=np.float64)
+        losses = np.array([rep.loss for rep in accepted], dtype=np.float64)
+        train_loss = _finite_or_none(float(np.dot(losses, weights) / weights.sum()))
+    else:
+        train_loss = None
     prev = json.loads(prev_line) if prev_line else {}
     base_up = f32 * (1 + num_extras) * len(reports)
     base_down = f32 * (1 + broadcast_vectors) * len(cohort)
@@ -122,7 +139,7 @@ def round_record(r: int, plan, reports: Dict[int, ClientReport], agg: Aggregate,
         return [int(c) for c in xs] if small else len(xs)
     rec = {
         "round": r,
-        "train_loss": _finite_or_none(float(np.dot(losses, weights) / weights.sum())) if accepted else None,
+        "train_loss": train_loss if client_metrics else None,
         "clients": ids(cohort),
         "arrived": ids(plan.arrived),
         "dropped": ids(plan.dropped),
@@ -131,7 +148,7 @@ def round_record(r: int, plan, reports: Dict[int, ClientReport], agg: Aggregate,
         "rejected_updates": len(agg.rejected),
         "aggregated_clients": len(agg.accepted),
         "client_loss": {str(c): _finite_or_none(round(reports[c].loss, 6))
-                        for c in sorted(reports)} if small else None,
+                        for c in sorted(reports)} if small and stats is None else None,
         "client_uplink_bytes": {str(c): b for c, b in up_per_client.items()} if small else None,
         "uplink_bytes": uplink,
         "downlink_bytes": downlink,
@@ -144,9 +161,17 @@ def round_record(r: int, plan, reports: Dict[int, ClientReport], agg: Aggregate,
         "sim_round_s": round(plan.sim_round_s, 6),
         "client_train_s_max": float(max((rep.train_s for rep in reports.values()), default=0.0)),
     }
+    if not client_metrics:
+        rec["client_metrics"] = "withheld (privacy.release_client_metrics=false)"
     if agg.protocol_bytes != (0, 0):
         rec.update(protocol_uplink_bytes=proto_up, protocol_downlink_bytes=proto_down)
     rec.update(agg.fields)
+    if not client_metrics:
+        return rec
+    if stats is not None:   # secure aggregation: the count of clipped clients arrived summed
+        if "clip_norm" in agg.fields and accepted:
+            rec["clipped_fraction"] = round(stats["clipped"] / len(accepted), 6)
+        return rec
     norms = np.array([rep.update_norm for rep in accepted], dtype=np.float64)
     if norms.size and np.isfinite(norms).all():   # DP clipping measured them (for choosing C)
         rec["update_norm_median"] = round(float(np.median(norms)), 6)

@@ -69,10 +69,10 @@ class Simulation:
                                       run_config=config)
         self.compressor = make_compressor(config.compression)
         self.downlink = Downlink(config.compression, self.global_params)
-        self.uplink = ClientUplink(config, self.compressor)
+        self.uplink = ClientUplink(config, self.compressor, self.num_params)
         p = config.privacy
-        secure = dict(seed=config.seed, bits=config.compression.bits, clip_range=p.secagg_range) \
-            if p.secure_aggregation else None
+        secure = dict(seed=config.seed, bits=config.compression.bits, clip_range=p.secagg_range,
+                      min_clients=p.secagg_min_clients) if p.secure_aggregation else None
         self.transport = make_transport(config.system.transport, self.num_params,
                                         len(self.strategy.upload_names), config.compression.target,
                                         secure)
@@ -212,14 +212,14 @@ class Simulation:
             local[local.size // 2], local[-1] = np.nan, np.inf   # as a diverged client would send
         t_enc = time.perf_counter()
         vec = self._outgoing(local, start, cid, r)
-        update = self.uplink.encode(vec, cid, r, plan.cohort)
+        update = self.uplink.encode(vec, cid, r, plan.cohort, result.loss, result.num_samples)
         extras = () if update is None else \
             self.strategy.client_uploads(cid, r, start, local, result.steps)
         phases.add("encode", time.perf_counter() - t_enc)
-        report = make_report(cid, result.num_samples, result.loss, train_s, update, extras,
+        loss, num_samples, norm = self.uplink.public_scalars(result.loss, result.num_samples)
+        report = make_report(cid, num_samples, loss, train_s, update, extras,
                              len(self.strategy.upload_names))
-        if self.uplink.last_norm is not None:
-            report.update_norm = self.uplink.last_norm
+        report.update_norm = norm
         return report
 
     def _outgoing(self, local, start, cid, r) -> np.ndarray:
@@ -240,14 +240,18 @@ class Simulation:
                               f"{len(plan.stragglers)} late, {len(agg.rejected)} rejected); "
                               f"the model is unchanged")
             else:
+                if not agg.accepted:   # DP: every round releases noise (aggregation.DPMean)
+                    self.log.info(f"round {r}: no client update was accepted; the model moves by "
+                                  f"the DP noise alone")
                 self.global_params[:] = self.strategy.server_step(self.global_params, agg)
                 d = np.float32(ema_decay_at(self.cfg.server, r))
                 self.ema *= d
                 self.ema += (np.float32(1) - d) * self.global_params
         prev = self.log.metrics_lines[-1] if self.log.metrics_lines else None
+        p = self.cfg.privacy
         record = server.round_record(r, plan, reduced.reports, agg, self.num_params, down_bytes,
                                      len(self.strategy.upload_names), self.strategy.broadcast_vectors,
-                                     prev)
+                                     prev, client_metrics=not p.dp or p.release_client_metrics)
         record["phases"] = phases.rounded()
         return record
 

@@ -29,7 +29,7 @@ from feddm_hpc.federation import reports as wire
 from feddm_hpc.federation import server
 from feddm_hpc.federation.aggregation import RoundAggregation, WeightedMean
 from feddm_hpc.federation.reports import ClientReport
-from feddm_hpc.privacy import secagg
+from feddm_hpc.privacy import secagg, secagg_inputs
 
 
 @dataclass
@@ -103,7 +103,7 @@ class AllreduceTransport(Transport):
         agg = server.Aggregate(None, decode_s=local.decode_s)
         agg.accepted = sorted(c for c, rep in by_id.items() if rep.ok)
         agg.rejected = sorted(c for c, rep in by_id.items() if not rep.ok)
-        if buf[-1] > 0:
+        if buf[-1] > 0 or rule.releases_when_empty:
             agg.mean_update = rule.finish(buf[:n], buf[-1])
             agg.extra_sums = [buf[(1 + j) * n:(2 + j) * n] for j in range(k)]
         agg.fields = rule.record_fields()
@@ -112,16 +112,21 @@ class AllreduceTransport(Transport):
 
 class SecureGatherTransport(GatherTransport):
     """The gather transport under privacy.secure_aggregation: the payloads are masked integer
-    codes (federation/uplink.py), the root adds them in the ring, removes what is left of the
-    masks of the cohort clients whose input never arrived (dropped, late, or unencodable) and
-    decodes only the sum. It never decodes, and cannot decode, one client's update; so it
-    cannot reject a non-finite one either: a client whose update is not finite cannot put it on
-    the grid and counts as dropped."""
+    codes followed by the masked statistics words (federation/uplink.py,
+    privacy/secagg_inputs.py); the root adds them in the ring, removes what is left of the masks
+    of the cohort clients whose input never arrived (dropped, late, or unencodable) and decodes
+    only the sum. It never decodes, and cannot decode, one client's update; so it cannot reject
+    a non-finite one either: a client whose update is not finite cannot put it on the grid and
+    counts as dropped. Fewer survivors than the round's threshold (a majority of the cohort, and
+    at least privacy.secagg_min_clients) unmask nothing: the round aggregates nothing and says
+    why, and under DP the root still releases the noise."""
     name = "secure_gather"   # chosen by privacy.secure_aggregation, not a system.transport value
 
-    def __init__(self, num_params, num_extras, target, seed: int, bits: int, clip_range: float):
+    def __init__(self, num_params, num_extras, target, seed: int, bits: int, clip_range: float,
+                 min_clients: int = 2):
         super().__init__(num_params, num_extras, target)
         self.seed, self.bits, self.clip_range = seed, bits, clip_range
+        self.min_clients = min_clients
 
     def reduce(self, comm, reports, start, phases, rule=None):
         by_id = self._gather(comm, reports, phases)
@@ -131,31 +136,41 @@ class SecureGatherTransport(GatherTransport):
         survivors = sorted(c for c, rep in by_id.items() if rep.ok)
         cohort = sorted(rule.cohort)
         dropped = sorted(set(cohort) - set(survivors))
+        threshold = secagg.round_threshold(len(cohort), self.min_clients)
         agg = server.Aggregate(None, accepted=survivors,
                                rejected=sorted(c for c, rep in by_id.items() if not rep.ok))
-        agg.protocol_bytes = _protocol_bytes(len(cohort), len(dropped))
-        try:
-            codes = secagg.unmask_sum(secagg.ring_sum([by_id[c].update.view(np.uint32) for c in survivors]),
-                                      survivors, dropped, cohort, self.seed, rule.round_index) \
-                if survivors else None
-        except ValueError as exc:   # fewer survivors than the threshold: nothing can be unmasked
-            agg.fields = {**rule.record_fields(), "secure_aggregation_failed": str(exc)}
+        agg.protocol_bytes = _protocol_bytes(len(cohort), len(dropped), threshold)
+        fields = rule.record_fields()
+        total = None
+        if len(survivors) >= threshold:
+            ring = secagg.ring_sum([by_id[c].update.view(np.uint32) for c in survivors])
+            words = secagg.unmask_sum(ring, survivors, dropped, cohort, self.seed, rule.round_index,
+                                      threshold)
+            n = self.num_params
+            total = secagg.decode_grid_sum(words[:n], self.bits, self.clip_range, len(survivors))
+            agg.cohort_stats = secagg_inputs.read_stats(words[n:], len(survivors), len(cohort))
+        else:
+            fields["secure_aggregation_failed"] = (
+                f"{len(survivors)} of {len(cohort)} clients survived, fewer than the threshold "
+                f"{threshold}: nothing was unmasked")
             agg.accepted, agg.rejected = [], sorted(by_id)
-            codes = None
-        if codes is not None:
-            total = secagg.decode_grid_sum(codes, self.bits, self.clip_range, len(survivors))
-            agg.mean_update = rule.finish(total, sum(rule.weight(by_id[c].num_samples) for c in survivors))
-            agg.fields = rule.record_fields()
+        if total is not None or rule.releases_when_empty:
+            if total is None:
+                total = np.zeros(self.num_params, dtype=np.float64)
+            # Every rule allowed here weighs clients equally: the root never sees a sample count.
+            agg.mean_update = rule.finish(total, float(len(agg.accepted)))
+            fields.update(rule.record_fields())
+        agg.fields = fields
         phases["decode"] = 0.0
         phases["aggregate"] = time.perf_counter() - t
         return Reduced(by_id, agg)
 
 
-def _protocol_bytes(cohort_size: int, num_dropped: int):
+def _protocol_bytes(cohort_size: int, num_dropped: int, threshold: int):
     """(up, down) bytes of secure aggregation's key exchange and unmasking this round. Below the
     threshold the protocol ends after the key exchange: no unmasking round takes place."""
-    t = secagg.default_threshold(cohort_size)
-    if cohort_size - num_dropped >= t:
+    t = min(threshold, cohort_size)
+    if cohort_size - num_dropped >= threshold:
         b = secagg.protocol_bytes(cohort_size, num_dropped, t)
         return int(b["total"]["up"]), int(b["total"]["down"])
     b = secagg.protocol_bytes(cohort_size, 0, t)

@@ -8,24 +8,32 @@ encoded like any other), which is the setting robust aggregation is meant for. W
 enabled, `prepare` returns its input untouched and `encode` is the codec's, so such runs are
 bit-identical to runs before this module existed.
 
+Under DP the vector actually encoded is bounded: the codec clips it again after adding its
+error-feedback residual (Compressor.encode's norm_bound), and secure aggregation's grid rounding
+is conditioned to keep the decoded vector within C (privacy/secagg_inputs.py). Under secure
+aggregation the client's loss, sample count and clipped flag travel masked with its codes, and
+its report's plain scalars carry none of them (`public_scalars`).
+
 Every draw is seeded from (seed, purpose, round, client id): the codec's rounding (ENCODE), the
 Gaussian attack (attacks.attack_rng), secure aggregation's grid rounding (ENCODE as well: the codec
 does not run then) and masks (secagg's own purpose).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
 from feddm_hpc import seeding
 from feddm_hpc.federation import attacks
-from feddm_hpc.privacy import dp, secagg
+from feddm_hpc.privacy import dp, secagg, secagg_inputs
 from feddm_hpc.strategies.aggregate import is_finite
 
 
 class ClientUplink:
-    def __init__(self, cfg, compressor):
+    def __init__(self, cfg, compressor, num_params: Optional[int] = None):
+        """num_params: the shared vector's length, for the start-up check that secure
+        aggregation's grid can keep a DP contribution within C (without it, encode refuses)."""
         self.cfg, self.compressor = cfg, compressor
         a = cfg.attack
         self.attacked = frozenset(attacks.attacked_clients(a.clients or None, a.fraction or None,
@@ -34,6 +42,9 @@ class ClientUplink:
         self.update_attack = a.kind if a.kind in attacks.UPDATE_ATTACKS else None
         self.clip_norm = cfg.privacy.clip_norm
         self.secure = cfg.privacy.secure_aggregation
+        if self.secure and self.clip_norm is not None and num_params is not None:   # exit 2
+            secagg_inputs.check_grid_fits_clip(num_params, cfg.compression.bits,
+                                               cfg.privacy.secagg_range, self.clip_norm)
         self.last_norm: Optional[float] = None   # the pre-clip norm of the last prepared update
 
     def data_poison(self, client_id: int) -> Optional[Callable]:
@@ -57,19 +68,36 @@ class ClientUplink:
         return update
 
     def encode(self, vec: np.ndarray, client_id: int, round_index: int,
-               cohort: Sequence[int]) -> Optional[np.ndarray]:
-        """The payload (uint8), or None for a non-finite vector that a lossy codec refuses."""
+               cohort: Sequence[int], loss: float = float("nan"),
+               num_samples: int = 0) -> Optional[np.ndarray]:
+        """The payload (uint8), or None for a non-finite vector that a lossy codec refuses.
+        loss and num_samples travel inside the masked payload under secure aggregation."""
         rng = seeding.numpy_rng(self.cfg.seed, seeding.ENCODE, round_index, client_id)
         try:
             if self.secure:
-                return self._masked(vec, client_id, round_index, cohort, rng)
-            return self.compressor.encode(vec, client_id, rng)
+                return self._masked(vec, client_id, round_index, cohort, rng, loss, num_samples)
+            return self.compressor.encode(vec, client_id, rng, norm_bound=self.clip_norm)
         except ValueError:
             if is_finite(vec):
                 raise
             return None
 
-    def _masked(self, vec, client_id, round_index, cohort, rng) -> np.ndarray:
-        codes = secagg.encode_grid(vec, self.cfg.compression.bits, self.cfg.privacy.secagg_range, rng)
-        masked = secagg.mask_codes(codes, client_id, cohort, self.cfg.seed, round_index)
+    def public_scalars(self, loss: float, num_samples: int) -> Tuple[float, int, float]:
+        """(loss, sample count, pre-clip norm) as the client's report states them in the clear:
+        under secure aggregation none of them (they are summed inside the masked payload)."""
+        if self.secure:
+            return float("nan"), 0, float("nan")
+        norm = self.last_norm if self.last_norm is not None else float("nan")
+        return loss, num_samples, norm
+
+    def _masked(self, vec, client_id, round_index, cohort, rng, loss, num_samples) -> np.ndarray:
+        bits, r = self.cfg.compression.bits, self.cfg.privacy.secagg_range
+        if self.clip_norm is None:
+            codes = secagg.encode_grid(vec, bits, r, rng)
+        else:
+            codes = secagg_inputs.encode_grid_bounded(vec, bits, r, rng, self.clip_norm)
+        clipped = self.last_norm is not None and self.last_norm > self.clip_norm
+        words = secagg_inputs.stats_words(loss, num_samples, clipped, len(cohort))
+        masked = secagg.mask_codes(np.concatenate([codes, words]), client_id, cohort,
+                                   self.cfg.seed, round_index)
         return masked.view(np.uint8)

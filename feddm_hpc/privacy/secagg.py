@@ -29,8 +29,9 @@ What is simulated, and what is not:
   of (run seed, round, client ids) through np.random.SeedSequence, and the unmasking recomputes
   the seeds instead of reconstructing them from shares. Anyone who knows the run seed can unmask
   any client, so this measures cost and correctness, not secrecy.
-- The threshold t is enforced only as a check: unmasking raises unless at least t clients
-  survive (in the protocol fewer than t shares cannot reconstruct a secret).
+- The threshold t (round_threshold: a majority, and at least privacy.secagg_min_clients) is
+  enforced only as a check: unmasking raises unless at least t clients survive (in the protocol
+  fewer than t shares cannot reconstruct a secret), and the round then aggregates nothing.
 - The honest-but-curious variant: no signatures, no consistency-check round, and clients are
   assumed to drop only between sending their shares and sending their masked input (a client
   that drops earlier is simply not in the cohort).
@@ -44,9 +45,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-# Seeding purpose 16 (the others are in feddm_hpc/seeding.py, which must not reuse 16). Defined
-# here, not there, because purposes are appended to seeding.py by other work in parallel.
-SECAGG_PURPOSE = 16
+from feddm_hpc import seeding
+
+SECAGG_PURPOSE = seeding.SECAGG   # the mask seeds' stream (feddm_hpc/seeding.py holds them all)
 
 VALID_BITS = (2, 4, 8, 16)
 RING_BITS = 32
@@ -228,6 +229,13 @@ def default_threshold(cohort_size: int) -> int:
     """A strict majority, floor(n/2) + 1: the paper's bound against an honest-but-curious
     server colluding with fewer than half of the clients."""
     return cohort_size // 2 + 1
+
+
+def round_threshold(cohort_size: int, min_clients: int) -> int:
+    """The survivors a round needs before anything is unmasked: a strict majority of the cohort
+    and never fewer than `min_clients` (privacy.secagg_min_clients, at least 2: the "sum" of one
+    client is that client's update in the clear)."""
+    return max(int(min_clients), default_threshold(cohort_size))
 
 
 def _check_threshold(cohort_size: int, survivors: int, threshold: int) -> None:

@@ -30,11 +30,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from feddm_hpc import seeding
 from feddm_hpc.errors import ConfigError
 
-# The seeding "purpose" of the link draws: far above feddm_hpc.seeding's appended purposes so
-# it can never collide with a stream the simulator adds later (seeding.py numbers them 0, 1, ...).
-NETWORK_PURPOSE = 7_000_001
+NETWORK_PURPOSE = seeding.NETWORK   # the link draws' stream (seeding.py holds every purpose)
 COMPUTE_MODES = ("measured", "modelled", "none")
 
 

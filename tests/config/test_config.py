@@ -148,6 +148,7 @@ client:
   lr_schedule: cosine
   lr_warmup_rounds: 0
   lr_min_ratio: 0.1
+  lr_horizon: null
   weight_decay: 0.0
   momentum: 0.9
   grad_clip: 1.0
@@ -183,6 +184,8 @@ privacy:
   delta: 1.0e-05
   secure_aggregation: false
   secagg_range: null
+  secagg_min_clients: 2
+  release_client_metrics: false
 attack:
   kind: none
   clients: []

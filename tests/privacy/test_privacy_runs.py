@@ -55,7 +55,7 @@ SECURE_DP_ATTACK = ["--set", "privacy.clip_norm=0.5", "--set", "privacy.noise_mu
                     "--set", "privacy.secure_aggregation=true", "--set", "privacy.secagg_range=0.05",
                     "--set", "compression.uplink=quant", "--set", "compression.bits=8",
                     "--set", "attack.kind=sign_flip", "--set", "attack.clients=[1]",
-                    "--set", "federation.dropout_prob=0.2"]
+                    "--set", "federation.dropout_prob=0.2", "--set", "privacy.release_client_metrics=true"]
 
 
 def test_dp_with_secure_aggregation_and_an_attacker_is_rank_count_invariant(tmp_path):
@@ -69,8 +69,50 @@ def test_dp_with_secure_aggregation_and_an_attacker_is_rank_count_invariant(tmp_
     assert all(line["protocol_uplink_bytes"] > 0 for line in a)
 
 
-def test_dp_metrics_carry_the_update_norms_that_guide_the_choice_of_c(tmp_path):
-    run = train_tiny(tmp_path / "norms", "--set", "privacy.clip_norm=1e-3", "--set",
-                     "federation.rounds=1")
-    line = _lines(run)[0]
+def test_dp_metrics_carry_the_update_norms_only_when_released(tmp_path):
+    """The pre-clip norms guide the choice of C but depend on single clients' data: written only
+    with privacy.release_client_metrics; otherwise no per-client value, cohort id or loss."""
+    released = train_tiny(tmp_path / "norms", "--set", "privacy.clip_norm=1e-3", "--set",
+                          "federation.rounds=1", "--set", "privacy.release_client_metrics=true")
+    line = _lines(released)[0]
     assert line["update_norm_median"] > 1e-3 and line["clipped_fraction"] == 1.0
+    assert line["client_loss"] is not None and line["clients"] == [0, 1, 2, 3]
+    withheld = train_tiny(tmp_path / "withheld", "--set", "privacy.clip_norm=1e-3", "--set",
+                          "federation.rounds=1")
+    line = _lines(withheld)[0]
+    for key in ("update_norm_median", "clipped_fraction"):
+        assert key not in line
+    assert line["client_loss"] is None and line["client_uplink_bytes"] is None
+    assert line["train_loss"] is None and line["clients"] == 4 and line["arrived"] == 4
+    assert line["client_metrics"].startswith("withheld") and line["epsilon"] is None  # z = 0
+
+
+def test_a_round_without_an_accepted_update_still_releases_noise(tmp_path):
+    """Whether an update is accepted depends on the client's data (a non-finite one is refused),
+    so a DP round must release noise even when none is: every client of tiny.yaml sends NaNs."""
+    z, c = 1.0, 1e-3
+    run = train_tiny(tmp_path / "nan", "--set", f"privacy.clip_norm={c}", "--set",
+                     f"privacy.noise_multiplier={z}", "--set", "federation.rounds=2",
+                     "--set", "federation.inject_nan_clients=[0,1,2,3]", "--set", "checkpoint.keep_last=5")
+    params = _params_by_round(run)
+    step = (params[1] - params[0]).astype(np.float64)
+    assert all(line["aggregated_clients"] == 0 and line["rejected_updates"] == 4 for line in _lines(run))
+    assert np.std(step) == pytest.approx(z * c / 4, rel=0.03)   # the noise alone, over m = 4
+
+
+SECURE = ["--set", "privacy.secure_aggregation=true", "--set", "privacy.secagg_range=0.05",
+          "--set", "compression.uplink=quant", "--set", "compression.bits=8"]
+
+
+def test_secure_aggregation_below_its_threshold_aggregates_nothing_and_says_why(tmp_path):
+    """4 clients, 2 of them unable to encode (NaN): 2 survivors are below the threshold 3 (a
+    majority), so nothing is unmasked and the model stays; the loss arrives summed otherwise."""
+    run = train_tiny(tmp_path / "few", *SECURE, "--set", "federation.rounds=1",
+                     "--set", "federation.inject_nan_clients=[0,1]")
+    line = _lines(run)[0]
+    assert "fewer than the threshold 3" in line["secure_aggregation_failed"]
+    assert line["aggregated_clients"] == 0 and line["train_loss"] is None
+    ok = train_tiny(tmp_path / "ok", *SECURE, "--set", "federation.rounds=1")
+    line = _lines(ok)[0]
+    assert "secure_aggregation_failed" not in line and line["aggregated_clients"] == 4
+    assert 0 < line["train_loss"] < 2 and line["client_loss"] is None   # summed, never per client

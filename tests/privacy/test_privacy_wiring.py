@@ -61,8 +61,10 @@ def test_without_mechanisms_the_uplink_is_the_codec():
                                   comp.encode(u, 0, seeding.numpy_rng(c.seed, seeding.ENCODE, 3, 0)))
 
 
-def _secure_round(c, cohort, arrived, r=2):
-    """Clients encode through the uplink; returns (reduced, plain code sum of the arrivals)."""
+def _secure_round(c, cohort, arrived, r=2, codes_out=None, at_root=None):
+    """Clients encode through the uplink; returns (reduced, plain code sum of the arrivals).
+    codes_out (a dict): gets each arrival's plain grid codes; at_root: called just before the
+    root's reduce (the clients have encoded by then)."""
     up = ClientUplink(c, make_compressor(c.compression))
     u = updates(max(cohort) + 1, seed=r)
     reps, plain = [], np.zeros(N, dtype=np.uint32)
@@ -73,36 +75,64 @@ def _secure_round(c, cohort, arrived, r=2):
                                    seeding.numpy_rng(c.seed, seeding.ENCODE, r, cid))
         assert not np.array_equal(payload.view(np.uint32), codes)   # what travels is masked
         plain += codes
+        if codes_out is not None:
+            codes_out[cid] = codes
         reps.append(wire.make_report(cid, 100, 0.5, 0.1, payload, (), 0))
     t = SecureGatherTransport(N, 0, "update", seed=c.seed, bits=c.compression.bits,
                               clip_range=c.privacy.secagg_range)
     rule = aggregation.round_aggregation(c, r, cohort)
+    if at_root is not None:
+        at_root()
     return t.reduce(SerialCommunicator(), reps, np.zeros(N, np.float32), {}, rule), plain
 
 
+_DECODE_GRID_SUM = secagg.decode_grid_sum   # the real one, whatever a test patches
 SECURE = ("privacy.secure_aggregation=true", "privacy.secagg_range=0.05", "compression.uplink=quant",
           "compression.bits=8", "federation.num_clients=6")
+
+
+def _no_single_decode(monkeypatch, calls):
+    """Spies on secagg.decode_grid_sum (appends (codes, num_clients) to calls) and makes every other way the root
+    could decode one client's payload fail the test: the codec decoders (compression's
+    decode_payload, by each name it is bound to, and Compressor.decode) and server.aggregate,
+    which decodes client by client. Each trap is reached by a transport that decodes per client
+    (checked against such broken transports when the test was written)."""
+    from feddm_hpc import compression
+    from feddm_hpc.compression import base
+
+    real = secagg.decode_grid_sum
+
+    def spy(sum_codes, bits, clip_range, num_clients):
+        calls.append((np.array(sum_codes), num_clients))
+        return real(sum_codes, bits, clip_range, num_clients)
+
+    def trap(name):
+        return lambda *a, **k: pytest.fail(f"the root called {name} under secure aggregation")
+    monkeypatch.setattr(secagg, "decode_grid_sum", spy)
+    for module in (server, compression, base):
+        monkeypatch.setattr(module, "decode_payload", trap("decode_payload"))
+    monkeypatch.setattr(base.Compressor, "decode", trap("Compressor.decode"))
+    monkeypatch.setattr(server, "aggregate", trap("server.aggregate"))
 
 
 @pytest.mark.parametrize("arrived", [(0, 1, 2, 3, 4), (0, 2, 3, 4), (1, 3, 4)])
 def test_secure_aggregate_equals_the_unmasked_one_bit_for_bit(arrived, monkeypatch):
     c = cfg(*SECURE)
-    decoded = []
-    real = secagg.decode_grid_sum
-
-    def spy(sum_codes, bits, clip_range, num_clients):
-        decoded.append((np.array(sum_codes), num_clients))
-        return real(sum_codes, bits, clip_range, num_clients)
-    monkeypatch.setattr(secagg, "decode_grid_sum", spy)
-    monkeypatch.setattr(server, "decode_payload", lambda *a, **k: pytest.fail("root decoded a payload"))
-    reduced, plain = _secure_round(c, (0, 1, 2, 3, 4), arrived)
-    # The root decoded exactly one thing: the sum over the arrivals, equal to the plain codes' sum.
-    assert len(decoded) == 1 and decoded[0][1] == len(arrived)
+    codes, decoded = {}, []
+    reduced, plain = _secure_round(c, (0, 1, 2, 3, 4), arrived, codes_out=codes,
+                                   at_root=lambda: _no_single_decode(monkeypatch, decoded))
+    # The root decoded exactly one thing: the sum over the arrivals (never num_clients=1 for a
+    # cohort of several), equal to the plain codes' sum.
+    assert [m for _, m in decoded] == [len(arrived)]
     np.testing.assert_array_equal(decoded[0][0], plain)
-    expected = (real(plain, 8, 0.05, len(arrived)) / len(arrived)).astype(np.float32)  # uniform mean
-    np.testing.assert_array_equal(reduced.aggregate.mean_update, expected)
+    expected = (_DECODE_GRID_SUM(plain, 8, 0.05, len(arrived)) / len(arrived)).astype(np.float32)
+    np.testing.assert_array_equal(reduced.aggregate.mean_update, expected)   # uniform mean
     assert reduced.aggregate.accepted == list(arrived)
     assert reduced.aggregate.protocol_bytes[0] > 0
+    # What the root holds of each client is its masked payload, not its grid codes.
+    for cid in arrived:
+        held = reduced.reports[cid].update.view(np.uint32)[:N]
+        assert held.size == N and not np.array_equal(held, codes[cid])
 
 
 def test_secure_aggregation_below_threshold_aggregates_nothing_and_says_why():

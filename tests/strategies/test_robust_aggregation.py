@@ -183,6 +183,41 @@ def test_column_blocks_do_not_change_the_result(monkeypatch):
     np.testing.assert_array_equal(krum_scores(CLUSTER, 1), [3, 39602, 2, 3, 3])
 
 
+# Seven columns in blocks of 3 (cols 0-2, 3-5 and a short 6): each pair's distance lies in one
+# block or spreads over two, so a score is right only if every block's part is added. f = 1: the
+# two nearest. Row 1 differs from all in block 0 only (9, 9, 9: 243 to the centre row 2), rows
+# 0 and 3 in block 1, row 4 in the last block; rows 0, 3, 4 are 1 from the centre, 2 apart.
+# Scores: row 0: 1 + 2 = 3; row 1: 243 + 244 = 487; row 2: 1 + 1 = 2; rows 3, 4: 3. Krum: row 2.
+# The last block alone would see only row 4's 1 (every other score 0, krum row 0, the outlier's
+# 0 among them); the first block alone only the outlier (krum row 0 again).
+BLOCKS = f32([[0, 0, 0, 1, 0, 0, 0], [9, 9, 9, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0],
+              [0, 0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0, 1]])
+
+
+def test_krum_adds_the_squared_distances_of_every_column_block(monkeypatch):
+    monkeypatch.setattr(robust, "_CHUNK", 3)
+    d = squared_distances(BLOCKS)
+    assert d[1, 2] == 243 and d[0, 1] == d[1, 3] == d[1, 4] == 244
+    assert d[0, 2] == d[2, 3] == d[2, 4] == 1 and d[0, 3] == d[0, 4] == d[3, 4] == 2
+    np.testing.assert_array_equal(krum_scores(BLOCKS, 1), [3, 487, 2, 3, 3])
+    assert krum(BLOCKS, 1).selected_rows == (2,)
+    assert multi_krum(BLOCKS, 1, 3).selected_rows == (0, 2, 3)   # 3, 2, 3 (ties: lower rows)
+    # Integer-valued rows over many blocks (and a short last one) against numpy brute force:
+    # every sum is exact in float64, so the block sums must equal it bit for bit.
+    rng = np.random.default_rng(3)
+    u = rng.integers(-8, 9, size=(7, 100)).astype(np.float32)
+    u[5] += 20                                                    # an outlier, away in every block
+    brute = ((u[:, None, :].astype(np.float64) - u[None, :, :]) ** 2).sum(axis=2)
+    for chunk in (7, 16, 100, 1 << 15):
+        monkeypatch.setattr(robust, "_CHUNK", chunk)
+        np.testing.assert_array_equal(squared_distances(u), brute)
+        scores = krum_scores(u, 2)                                # k - f - 2 = 3 nearest
+        expected = [np.sort(np.delete(brute[i], i))[:3].sum() for i in range(7)]
+        np.testing.assert_array_equal(scores, expected)
+        assert krum(u, 2).selected_rows == (int(np.argmin(expected)),)
+        assert 5 not in multi_krum(u, 2, 4).selected_rows
+
+
 def test_results_depend_on_contents_and_row_order_only():
     rng = np.random.default_rng(1)
     u = rng.standard_normal((7, 1000)).astype(np.float32)
