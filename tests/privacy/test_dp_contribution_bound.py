@@ -162,3 +162,18 @@ def test_stats_words_sum_to_the_cohorts_statistics():
     assert stats["num_samples"] == 40 and stats["clipped"] == 2
     cap = secagg_inputs.LOSS_CAP   # NaN and 100 count as the cap
     assert stats["train_loss"] == pytest.approx((0.1 + 0.3 + cap + cap + 0.2) / 5, abs=1e-6)
+
+
+@pytest.mark.parametrize("sets, field", [
+    (["privacy.secure_aggregation=true", "privacy.secagg_range=0.1", "compression.uplink=quant",
+      "federation.clients_per_round=1"], "privacy.secagg_min_clients"),
+    (["privacy.secure_aggregation=true", "privacy.secagg_range=0.1", "compression.uplink=quant",
+      "federation.clients_per_round=2", "privacy.secagg_min_clients=3"], "privacy.secagg_min_clients"),
+    (["privacy.secagg_min_clients=1"], "privacy.secagg_min_clients"),
+    (["privacy.clip_norm=1.0", "personalization.steps=2"], "personalization.steps"),
+])
+def test_configurations_outside_the_guarantees_are_refused(sets, field):
+    with pytest.raises(ConfigError, match=rf"^{field.replace('.', '[.]')}:"):
+        load_config(TINY, sets)
+    if field == "personalization.steps":   # released on purpose, outside the guarantee
+        load_config(TINY, [*sets, "privacy.release_client_metrics=true"])
