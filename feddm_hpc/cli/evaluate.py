@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 from feddm_hpc.cli.args import add_set
 from feddm_hpc.cli.world import make_comm
@@ -39,7 +40,7 @@ def register(sub) -> None:
                    help="train the extractor on the first M training images only (quick checks)")
     e.add_argument("--no-memorization", action="store_true",
                    help="skip the memorization audit (nearest training images of every sample, "
-                        "near copies per client; README: Evaluating samples offline)")
+                        "near copies per client; docs/evaluation.md)")
     add_set(e)
     e.set_defaults(run=cmd_evaluate)
 
@@ -129,10 +130,15 @@ def memorization_audit(config, samples_u8, extractor, plot_path: Path) -> dict:
 
 
 def cmd_evaluate(args) -> int:
-    return evaluate_checkpoint(make_comm(), args)
+    result = evaluate_checkpoint(make_comm(), args)
+    if result is not None:
+        print(json.dumps(result), flush=True)
+    return 0
 
 
-def evaluate_checkpoint(comm, args) -> int:
+def evaluate_checkpoint(comm, args, verbose: bool = True) -> Optional[dict]:
+    """Collective: scores the checkpoint as the flags in `args` (this command's parser) say,
+    writes the JSON file and returns the result on the root (None on the other ranks)."""
     import numpy as np
     import torch
 
@@ -181,10 +187,10 @@ def evaluate_checkpoint(comm, args) -> int:
                              steps=args.steps, eta=args.eta, seed=args.seed,
                              inception=loaded.get("inception"),
                              extractor_epochs=args.extractor_epochs,
-                             extractor_max_train=args.extractor_train_subset, verbose=True,
+                             extractor_max_train=args.extractor_train_subset, verbose=verbose,
                              return_samples=True)
     if comm.rank != 0:
-        return 0
+        return None
     samples = result.pop("_samples")
     result["checkpoint"] = str(ckpt_path)
     hist = read_label_histogram(ckpt_path.parent.parent) \
@@ -209,8 +215,8 @@ def evaluate_checkpoint(comm, args) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         # The npz layout of data.dataset=npz, so samples can be re-scored or trained on.
         np.savez_compressed(path, images=to_uint8_nhwc(samples))
-    print(json.dumps(result), flush=True)
-    print(f"[feddm_hpc] evaluation of round {data.round} ({result['num_samples']} samples, "
-          f"{result['sampler']} {result['steps']} steps, {comm.size} rank(s)) -> {out}",
-          file=sys.stderr, flush=True)
-    return 0
+    if verbose:
+        print(f"[feddm_hpc] evaluation of round {data.round} ({result['num_samples']} samples, "
+              f"{result['sampler']} {result['steps']} steps, {comm.size} rank(s)) -> {out}",
+              file=sys.stderr, flush=True)
+    return result

@@ -19,6 +19,22 @@ def register(sub) -> None:
 
 
 def cmd_sample(args) -> int:
+    from feddm_hpc.rundir.imaging import save_image_grid
+
+    if args.num < 1:
+        raise UserError("--num: must be >= 1")
+    images, round_index, sampler, steps = draw_checkpoint_samples(
+        args.checkpoint, args.num, sampler=args.sampler, steps=args.steps, seed=args.seed,
+        eta=args.eta, device=args.device)
+    save_image_grid(images, args.out)
+    print(f"wrote {args.num} samples ({sampler}, {steps} steps) from round {round_index} to {args.out}")
+    return EXIT_OK
+
+
+def draw_checkpoint_samples(checkpoint, num: int, sampler=None, steps=None, seed=None, eta=None,
+                            device: str = "auto"):
+    """(images [num, C, H, W] in [-1, 1] on the CPU, the checkpoint's round, the sampler, its
+    step count) from the checkpoint's EMA model; sampler/steps/seed/eta default to its config's."""
     from feddm_hpc.config import config_from_yaml_text
     from feddm_hpc.diffusion.grids import draw_samples
     from feddm_hpc.diffusion.schedule import make_schedule
@@ -26,29 +42,25 @@ def cmd_sample(args) -> int:
     from feddm_hpc.federation.placement import bind_device, select_device
     from feddm_hpc.federation.setup import build_model
     from feddm_hpc.rundir.checkpoint import load_checkpoint
-    from feddm_hpc.rundir.imaging import save_image_grid
 
-    if args.num < 1:
+    if num < 1:
         raise UserError("--num: must be >= 1")
-    data = load_checkpoint(args.checkpoint)
+    data = load_checkpoint(checkpoint)
     config = config_from_yaml_text(data.config_yaml)
     apply_determinism(config.system.deterministic)
-    device = select_device(args.device, 0)
+    device = select_device(device, 0)
     bind_device(device)
     model = build_model(config, data.image_shape, device)
     d = config.diffusion
     schedule = make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end).to(device)
-    sampler = args.sampler or config.sampling.sampler
-    steps = args.steps or config.sampling.steps
+    sampler = sampler or config.sampling.sampler
+    steps = steps or config.sampling.steps
     if not 1 <= steps <= d.timesteps:
         raise UserError(f"--steps: must be between 1 and {d.timesteps}")
-    seed = config.seed if args.seed is None else args.seed
-    eta = config.sampling.eta if args.eta is None else args.eta
+    seed = config.seed if seed is None else seed
+    eta = config.sampling.eta if eta is None else eta
     if not 0.0 <= eta <= 1.0:
         raise UserError("--eta: must be in [0, 1]")
-    images = draw_samples(model, schedule, data.ema, data.image_shape, args.num, sampler, steps,
+    images = draw_samples(model, schedule, data.ema, data.image_shape, num, sampler, steps,
                           seed, data.round, device, eta=eta, prediction=d.prediction)
-    save_image_grid(images, args.out)
-    print(f"wrote {args.num} samples ({sampler}, {steps if sampler == 'ddim' else d.timesteps} steps) "
-          f"from round {data.round} to {args.out}")
-    return EXIT_OK
+    return images.cpu(), data.round, sampler, steps if sampler == "ddim" else d.timesteps

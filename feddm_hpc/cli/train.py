@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
-import time
 from pathlib import Path
-from typing import Optional
 
 from feddm_hpc.cli.args import add_set
 from feddm_hpc.cli.exits import EXIT_OK, EXIT_STOPPED
 from feddm_hpc.cli.world import make_comm
-from feddm_hpc.comm import root_decides
-from feddm_hpc.errors import UserError
 
 
 class StopFlag:
@@ -35,6 +30,9 @@ class StopFlag:
     def __call__(self) -> bool:
         return self.requested
 
+    def name(self):
+        return self.signal_name
+
 
 STOP = StopFlag()
 
@@ -51,43 +49,6 @@ def register(sub) -> None:
     r.set_defaults(run=cmd_resume)
 
 
-def _run_training(comm, config, run_dir: Path, checkpoint_path: Optional[str],
-                  checkpoint_config=None) -> int:
-    """checkpoint_config: the config stored in the checkpoint (before --set), on resume."""
-    from feddm_hpc.config import dump_yaml
-    from feddm_hpc.federation.callbacks import standard_callbacks
-    from feddm_hpc.federation.simulation import Simulation
-    from feddm_hpc.rundir.checkpoint import load_checkpoint
-    from feddm_hpc.rundir.run_outputs import write_run_files
-    from feddm_hpc.rundir.runlog import RunLog
-
-    comm.timeout_s = config.system.collective_timeout_s
-    log = RunLog(comm.rank, run_dir, progress=config.system.progress)
-    stop = STOP
-    sim = Simulation(config, comm, run_dir, log, stop_requested=stop)
-    if comm.rank == 0:
-        write_run_files(run_dir, dump_yaml(config), sim.setup)
-    if checkpoint_path is not None:
-        sim.restore(load_checkpoint(checkpoint_path))
-        log.info(f"resumed from {checkpoint_path} (round {sim.start_round - 1} complete)")
-        note = rounds_change_note(checkpoint_config, config, sim.start_round)
-        if note is not None:
-            log.info(note)
-    if sim.start_round >= config.federation.rounds:
-        log.info(f"nothing to do: all {config.federation.rounds} rounds are complete")
-        return EXIT_OK
-    t0 = time.perf_counter()
-    outcome = sim.run(standard_callbacks(stop, sample_grids=True))
-    log.close()
-    if outcome == "stopped":
-        log.info(f"stopped on {stop.signal_name or 'request'} after a checkpoint; "
-                 f"continue with: feddm-hpc resume {run_dir}")
-        return EXIT_STOPPED
-    log.info(f"done: {config.federation.rounds - sim.start_round} round(s) in {time.perf_counter() - t0:.1f}s; "
-             f"outputs in {run_dir}")
-    return EXIT_OK
-
-
 def _requeued() -> bool:
     """SLURM sets SLURM_RESTART_COUNT > 0 when a requeued job starts again."""
     value = os.environ.get("SLURM_RESTART_COUNT", "0")
@@ -96,25 +57,16 @@ def _requeued() -> bool:
 
 def cmd_train(args) -> int:
     from feddm_hpc.config import load_config
-    from feddm_hpc.rundir.checkpoint import list_checkpoints
+    from feddm_hpc.federation.job import prepare_run_dir, run_training
 
     comm = make_comm()
     run_dir = Path(args.run_dir or Path("runs") / Path(args.config).stem)
-
-    def check_run_dir():
-        if list_checkpoints(run_dir / "checkpoints"):
-            if _requeued():
-                return "resume"
-            raise UserError(f"{run_dir}: already holds checkpoints; continue it with "
-                            f"`feddm-hpc resume {run_dir}` or choose another --run-dir")
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (run_dir / "metrics.jsonl").write_text("")
-        return "fresh"
     config = load_config(args.config, args.overrides)
-    if root_decides(comm, check_run_dir) == "resume":  # a requeued SLURM job picks up its run
+    # A requeued SLURM job picks up its own run.
+    if prepare_run_dir(comm, run_dir, allow_resume=_requeued()) == "resume":
         args.run_dir = str(run_dir)
         return _resume(comm, args)
-    return _run_training(comm, config, run_dir, None)
+    return _exit_code(run_training(comm, config, run_dir, stop=STOP, stop_name=STOP.name))
 
 
 def cmd_resume(args) -> int:
@@ -122,58 +74,12 @@ def cmd_resume(args) -> int:
 
 
 def _resume(comm, args) -> int:
-    from feddm_hpc.config import config_from_yaml_text
-    from feddm_hpc.rundir.checkpoint import latest_valid, load_checkpoint
+    from feddm_hpc.federation.job import resume_point, run_training
 
     run_dir = Path(args.run_dir)
-
-    def find():
-        if not run_dir.is_dir():
-            raise UserError(f"{run_dir}: run directory not found")
-        path = latest_valid(run_dir / "checkpoints", warn=lambda m: print(f"warning: {m}", file=sys.stderr))
-        if path is None:
-            raise UserError(f"{run_dir}: no valid checkpoint to resume from")
-        return str(path)
-    path = root_decides(comm, find)
-    text = load_checkpoint(path, verify=False).config_yaml
-    config = config_from_yaml_text(text, args.overrides)
-    return _run_training(comm, config, run_dir, path, config_from_yaml_text(text))
+    path, config, stored = resume_point(comm, run_dir, args.overrides)
+    return _exit_code(run_training(comm, config, run_dir, path, stored, stop=STOP, stop_name=STOP.name))
 
 
-def rounds_change_note(before, after, next_round: int) -> Optional[str]:
-    """One line naming what a resume's new federation.rounds changes, with the value before and
-    after (both from the resumed config, the rounds count aside, so only its effect shows); None
-    when the count is the same, no round is left, or nothing depends on it. Dependent: the lr of
-    client.lr_schedule=cosine without client.lr_horizon (its horizon is the rounds count; the
-    first remaining round whose lr differs, past the warm-up) and, under DP, the epsilon after
-    the last round. Not dependent: the constant schedule, a set lr_horizon, the EMA's warm-up
-    and each round's own epsilon (functions of the round index alone)."""
-    from feddm_hpc.federation.client import round_lr
-
-    if before is None:
-        return None
-    old, new = before.federation.rounds, after.federation.rounds
-    if old == new or next_round >= new:
-        return None
-    changes = []
-    c = after.client
-    if c.lr_schedule == "cosine" and c.lr_horizon is None:
-        differ = [(r, round_lr(c, r, old), round_lr(c, r, new)) for r in range(next_round, new)]
-        differ = [d for d in differ if d[1] != d[2]]
-        if differ:
-            r, lr_old, lr_new = differ[0]
-            changes.append(f"client.lr_schedule=cosine's horizon: round {r}'s lr {lr_old:.3e} under "
-                           f"{old} rounds -> {lr_new:.3e} under {new} "
-                           f"(to keep the {old}-round schedule, whose later rounds stay at its final lr, "
-                           f"resume with --set client.lr_horizon={old})")
-    p, f = after.privacy, after.federation
-    if p.dp:
-        from feddm_hpc.privacy import accounting
-
-        m = f.clients_per_round if f.clients_per_round is not None else f.num_clients
-        eps = [accounting.epsilon(f.num_clients, m, p.noise_multiplier, n, p.delta) for n in (old, new)]
-        changes.append(f"the privacy budget: epsilon after the last round {eps[0]:.4g} -> {eps[1]:.4g} "
-                       f"(delta {p.delta:g})")
-    if not changes:
-        return None
-    return f"resume: federation.rounds {old} -> {new} changes " + "; ".join(changes)
+def _exit_code(outcome: str) -> int:
+    return EXIT_STOPPED if outcome == "stopped" else EXIT_OK

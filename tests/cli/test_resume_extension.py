@@ -9,10 +9,10 @@ import shutil
 import numpy as np
 import pytest
 
-from feddm_hpc.cli.train import rounds_change_note
 from feddm_hpc.config import load_config
 from feddm_hpc.config.sections import ClientConfig
 from feddm_hpc.federation.client import round_lr
+from feddm_hpc.federation.job import rounds_change_note
 
 from conftest import DETERMINISTIC, TINY, final_params, run_cli, train_tiny
 
