@@ -1,0 +1,120 @@
+"""The numbers of one run (from its config.yaml, metrics.jsonl and final evaluation JSON) and of
+one cell (mean and sample std over its seeds, the FD curve over the evaluated rounds)."""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence
+
+from feddm_hpc.evaluation.report import Run, describe_algorithm, describe_codec, describe_partition, row
+
+# Numbers averaged over a cell's seeds (mean ± sample std in the tables).
+NUMERIC = ("fd", "kid", "precision", "recall", "coverage", "uplink_ratio", "uplink_bytes",
+           "final_train_loss", "wall_s", "near_copy_pixel", "near_copy_feature",
+           "nearest_over_test_pixel", "clipped_fraction_mean")
+# Every per-run value a paired difference or a plot may use.
+RUN_VALUES = NUMERIC + ("epsilon", "noise_multiplier", "clip_norm", "delta", "eval_round")
+
+
+def mean_std(values: Sequence[Optional[float]]) -> dict:
+    """Mean and sample standard deviation (ddof=1; None for fewer than 2 values)."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
+    mean = sum(xs) / len(xs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
+    return {"n": len(xs), "mean": mean, "std": std, "min": min(xs), "max": max(xs)}
+
+
+def _mean(xs) -> Optional[float]:
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def run_values(run: Run) -> dict:
+    """One run's numbers (None where the run lacks them); epsilon is inf for clipping without
+    noise, None without DP."""
+    base = row(run)
+    last = run.metrics[-1] if run.metrics else {}
+    final = run.evals[max(run.evals)] if run.evals else {}
+    mem = final.get("memorization") or {}
+    near = mem.get("near_copy_fraction") or {}
+    dist = mem.get("median_nearest_distance") or {}
+    ref = (mem.get("reference") or {}).get("median_nearest_distance") or {}
+    rel = dist["pixel"] / ref["pixel"] if dist.get("pixel") is not None and ref.get("pixel") else None
+    eps = last.get("epsilon")
+    clip = run.get("privacy.clip_norm")
+    return {
+        **{k: base[k] for k in ("run", "algorithm", "clients", "partition", "codec", "rounds")},
+        **{k: base[k] for k in ("fd", "kid", "precision", "recall", "coverage", "uplink_ratio",
+                                "uplink_bytes", "final_train_loss", "wall_s", "eval_round", "N")},
+        "epsilon": math.inf if (clip is not None and eps is None) else eps,
+        "noise_multiplier": run.get("privacy.noise_multiplier"), "clip_norm": clip,
+        "delta": run.get("privacy.delta"),
+        "near_copy_pixel": near.get("pixel"), "near_copy_feature": near.get("feature"),
+        "nearest_over_test_pixel": rel,
+        "clipped_fraction_mean": _mean([r.get("clipped_fraction") for r in run.metrics]),
+        "aggregation": run.get("server.aggregation", "mean"),
+        "attacked": run.get("attack.kind", "none") != "none",
+    }
+
+
+def describe_setting(run: Run) -> str:
+    text = describe_algorithm(run)
+    codec = describe_codec(run)
+    if codec != "none":
+        if run.get("compression.stochastic_rounding") and run.get("compression.uplink") == "quant":
+            codec += " SR"
+        if run.get("compression.target") == "weights":
+            codec += ", on weights (post-training)"
+        text += ", " + codec
+    if run.get("client.optimizer") == "sgd":
+        text += f", SGD lr {run.get('client.lr')}"
+    return text
+
+
+def curve(runs: List[Run], y: str = "fd") -> List[dict]:
+    """Per evaluated round: `y` mean/min/max over the seeds evaluated there, mean cum. uplink."""
+    by_round: Dict[int, list] = {}
+    for run in runs:
+        cum = dict(zip((rec.get("round") for rec in run.metrics), run.cum_uplink()))
+        for k, e in run.evals.items():
+            if e.get(y) is not None:
+                by_round.setdefault(k, []).append((e[y], cum.get(k)))
+    out = []
+    for k in sorted(by_round):
+        ys = [v for v, _ in by_round[k]]
+        ups = [u for _, u in by_round[k] if u is not None]
+        out.append({"round": k, "n": len(ys), f"{y}_mean": sum(ys) / len(ys), f"{y}_min": min(ys),
+                    f"{y}_max": max(ys), "uplink_bytes": sum(ups) / len(ups) if ups else None})
+    return out
+
+
+def _one_or_all(values: list):
+    return values[0] if len(values) == 1 else values
+
+
+def cell_summary(name: str, runs: List[Run], seeds: List[int]) -> dict:
+    """The cell's descriptors and numbers: mean_std per NUMERIC value, the runs' own values."""
+    per_run = [run_values(r) for r in runs]
+    out = {"cell": name, "seeds": list(seeds), "n": len(runs)}
+    if runs:
+        first = runs[0]
+        settings = sorted({describe_setting(r) for r in runs})
+        eval_rounds = sorted({x["eval_round"] for x in per_run}, key=str)
+        final_rounds = sorted({(r.get("federation.rounds") or 0) - 1 for r in runs})
+        eps = [x["epsilon"] for x in per_run]
+        out.update({
+            "setting": " / ".join(settings),
+            "partition": ("iid (1 client)" if first.get("federation.num_clients") == 1
+                          else describe_partition(first)),
+            "noise_multiplier": per_run[0]["noise_multiplier"], "clip_norm": per_run[0]["clip_norm"],
+            "delta": per_run[0]["delta"], "aggregation": per_run[0]["aggregation"],
+            "attacked": per_run[0]["attacked"],
+            # epsilon depends only on (N, m, z, rounds, delta): equal for every seed of a cell
+            "epsilon": eps[0] if len(set(map(str, eps))) == 1 else eps,
+            "eval_round": _one_or_all(eval_rounds), "final_eval": eval_rounds == final_rounds,
+            "N": sorted({x["N"] for x in per_run}, key=str)})
+    out.update({k: mean_std([x[k] for x in per_run]) for k in NUMERIC})
+    out["runs"] = [{**x, "seed": s, "path": str(r.path)} for x, s, r in zip(per_run, seeds, runs)]
+    out["curve"] = curve(runs)
+    return out

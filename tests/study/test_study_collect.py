@@ -1,0 +1,156 @@
+"""`feddm-hpc study SPEC --collect` on synthetic run directories with known numbers: the table,
+paired differences with their 95% intervals, notes, plots and summary.json come from the spec."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from synthetic import load, make_run, write_spec
+
+from feddm_hpc.cli import main
+from feddm_hpc.study.collect import collect
+from feddm_hpc.study.paired import paired_delta
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG = b"\x89PNG\r\n\x1a\n"
+SPEC = """\
+name: synth
+seeds: [0, 1, 2]
+set: {federation.rounds: 2}
+cells:
+  base: {}
+  q8: {compression.uplink: quant, compression.bits: 8}
+  big: {client.lr: 0.01, seeds: [0, 1]}
+  late: {client.lr: 0.1, seeds: [0]}
+evaluate: {at: all, num_samples: 64}
+report:
+  title: Synthetic study
+  text: One paragraph.
+  tables:
+    - title: Main
+      columns: [cell, setting, seeds, fd, uplink_ratio, eval_round, eval_n]
+    - title: Pivot
+      rows: [{label: pair, a: base, b: q8}]
+      columns: [{value: label, header: what}, seed_list, {value: fd, of: a, header: "a: FD"},
+                {value: fd, of: b, header: "b: FD", digits: 2}]
+  notes:
+    - auto: seed_counts
+    - a literal note
+    - sweep: {title: lr sweep, cells: [base, big], key: client.lr, label: lr}
+  paired: {pairs: [[q8, base], [big, base], [late, base]]}
+"""
+PLOTS = """\
+  series:
+    baseline: {cells: [base], color: black, linestyle: "--"}
+  plots:
+    - {file: fd_vs_round.png, x: round, panels: {all: [base, q8, big]}}
+    - {file: fd_vs_uplink.png, x: uplink_bytes}
+    - {file: scatter.png, kind: scatter, x: uplink_ratio, y: [fd, kid], cells: [base, q8]}
+"""
+FDS = {"base": [100.0, 110.0, 120.0], "q8": [103.0, 111.0, 125.0], "big": [150.0, 162.0]}
+
+
+def _study(tmp_path, text):
+    spec = load(write_spec(tmp_path, text))
+    out = tmp_path / "out"
+    for cell, fds in FDS.items():
+        for seed, fd in enumerate(fds):
+            make_run(spec, out, cell, seed, ckpts=[0, 1], evals={0: 2 * fd, 1: fd},
+                     ratio=0.25 if cell == "q8" else 1.0)
+    make_run(spec, out, "late", 0, ckpts=[0, 1])          # trained, not evaluated: left out
+    return spec, out
+
+
+@pytest.fixture
+def study(tmp_path):
+    return _study(tmp_path, SPEC)
+
+
+def _rows(table: str) -> dict:
+    """The rows of the tables before the paired differences, by their first column."""
+    table = table.split("## Paired")[0]
+    return {line.split(" | ")[0][2:]: line for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith(("| cell |", "| what |"))}
+
+
+def test_collect_writes_table_paired_differences_and_notes(study, capsys):
+    spec, out = study
+    assert collect(spec, out) == 0
+    assert "warning: late/seed0 (evaluate): left out" in capsys.readouterr().err
+    table = (out / "table.md").read_text()
+    assert table.startswith("# Synthetic study\n\nOne paragraph.\n\n## Main\n\n| cell | setting |")
+    rows = _rows(table)
+    assert rows["base"] == "| base | fedavg | 3 (0, 1, 2) | 110 ± 10 | 1.000 | 2 | 64 |"
+    assert rows["q8"] == "| q8 | fedavg, quant 8-bit | 3 (0, 1, 2) | 113 ± 11 | 0.250 | 2 | 64 |"
+    assert rows["big"] == "| big | fedavg | 2 (0, 1) | 156 ± 8.5 | 1.000 | 2 | 64 |"
+    assert rows["late"] == "| late | – | 0 () | – | – | – | – |"
+    assert rows["pair"] == "| pair | 0, 1, 2 | 110 ± 10 | 1.1e+02 ± 11 |"
+    assert "| what | seeds | a: FD | b: FD |" in table
+    assert "- cells have different numbers of seeds ([2, 3]): the study is incomplete" in table
+    assert "- a literal note\n- lr sweep: mean final FD lr=0.001: 110, lr=0.01: 156; best lr=0.001" in table
+    assert "- 1 run(s) not complete, left out: late/seed0 (evaluate)" in table
+    # Paired: q8 - base = +3, +1, +5 -> mean 3, std 2, t(2) 4.303 x 2 / sqrt 3 = 4.97.
+    assert "| q8 | base | 3 | +3.0 ± 2.0 | [-2.0, +8.0] | +3.0, +1.0, +5.0 | not resolved |" in table
+    # big - base = +50, +52: mean 51, std 1.41, t(1) 12.706 x 1.41 / sqrt 2 = 12.7.
+    assert "| big | base | 2 | +51.0 ± 1.4 | [+38.3, +63.7] | +50.0, +52.0 | worse |" in table
+    assert "| late | base |" not in table                   # no common seeds: left out
+    assert "## Plots" not in table
+    assert "\n\n\n" not in table
+
+    summary = json.loads((out / "summary.json").read_text())
+    cells = {c["cell"]: c for c in summary["cells"]}
+    assert list(cells) == ["base", "q8", "big", "late"]
+    assert cells["q8"]["fd"]["mean"] == pytest.approx(113.0)
+    assert cells["q8"]["uplink_bytes"]["mean"] == pytest.approx(500.0)
+    assert [r["seed"] for r in cells["big"]["runs"]] == [0, 1]
+    assert [p["round"] for p in cells["base"]["curve"]] == [0, 1]
+    assert cells["base"]["curve"][0]["fd_mean"] == pytest.approx(220.0)
+    q8 = summary["paired"][0]
+    assert (q8["cell"], q8["baseline"], q8["deltas"]) == ("q8", "base", [3.0, 1.0, 5.0])
+    assert q8["ci95"] == pytest.approx([3 - 4.303 * 2 / 3 ** 0.5, 3 + 4.303 * 2 / 3 ** 0.5])
+    assert summary["sweeps"][0]["best"] == 0.001
+    assert summary["left_out"] == ["late/seed0 (evaluate)"]
+
+
+@pytest.mark.slow   # matplotlib and three plots: 3-7 s on two shared cores
+def test_collect_draws_the_spec_plots(tmp_path):
+    spec, out = _study(tmp_path, SPEC + PLOTS)
+    assert collect(spec, out) == 0
+    table = (out / "table.md").read_text()
+    for name in ("fd_vs_round.png", "fd_vs_uplink.png", "scatter.png"):
+        assert (out / name).read_bytes()[:8] == PNG, name
+        assert f"![{name[:-4]}]({name})" in table
+    assert table.index("## Plots") > table.index("## Paired")
+
+
+def test_paired_delta_math():
+    assert paired_delta({0: 1.0}, {0: 0.0}) is None              # one common seed
+    d = paired_delta({0: 10.0, 1: 12.0, 2: 14.0, 5: 0.0}, {0: 0.0, 1: 0.0, 2: 0.0})
+    assert d["seeds"] == [0, 1, 2] and d["mean"] == 12.0 and d["std"] == 2.0
+    assert d["verdict"] == "worse" and d["ci95"][0] > 0
+
+
+def test_collect_without_runs_is_exit_2(tmp_path, capsys):
+    path = write_spec(tmp_path, SPEC)
+    assert main(["study", str(path), "--collect", "--out", str(tmp_path / "empty")]) == 2
+    assert "no complete run of the study to report yet" in capsys.readouterr().err
+
+
+@pytest.mark.slow   # copies ~6 MB of runs and draws three plots: ~5-10 s
+@pytest.mark.parametrize("spec_path,results", [("configs/privacy/study.yaml", "results/privacy"),
+                                               ("configs/study/sgd.yaml", "results/feddm_study_sgd")])
+def test_committed_studies_regenerate_identically(tmp_path, spec_path, results):
+    """The committed table.md, plots and summary.json come out of --collect unchanged."""
+    src = ROOT / results
+    out = tmp_path / "out"
+    shutil.copytree(src / "runs", out / "runs")
+    assert main(["study", str(ROOT / spec_path), "--collect", "--out", str(out)]) == 0
+    for name in ["table.md"] + sorted(p.name for p in src.glob("*.png")):
+        assert (out / name).read_bytes() == (src / name).read_bytes(), name
+    old, new = (json.loads((d / "summary.json").read_text()) for d in (src, out))
+    for s in (old, new):
+        s.pop("spec")
+        for c in s["cells"]:
+            for r in c["runs"]:
+                r.pop("path")
+    assert new == old
