@@ -30,8 +30,11 @@ $(STAMP): setup.py Makefile
 run: setup
 	$(BIN)/mpiexec -n $(NP) $(BIN)/python -m mpi4py -m feddm_hpc train $(CONFIG) --run-dir $(RUN_DIR)
 
+# The whole suite. Unmarked tests over FEDDM_TEST_SLOW_LIMIT_S seconds fail (tests/conftest.py):
+# 5 s in the fast loop (`pytest -m "not slow"`); here 15 s, so that a noisy machine cannot fail CI
+# on a test that takes 3 s when the machine is idle.
 test: setup
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
+	FEDDM_TEST_SLOW_LIMIT_S=$${FEDDM_TEST_SLOW_LIMIT_S:-15} PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
 
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/overhead.py --config configs/tiny.yaml --np 2

@@ -1,4 +1,5 @@
-"""Shared test helpers: run the CLI in-process or under a real `mpiexec`; the mpi, slurm and slow markers."""
+"""Shared test helpers: run the CLI in-process or under a real `mpiexec`; what the mpi, slurm and slow
+markers imply and the checks that keep them honest (each test file marks its own tests)."""
 from __future__ import annotations
 
 import os
@@ -72,70 +73,39 @@ def tiny_config():
 
 
 # -- markers (registered in pytest.ini) --------------------------------------------------------
-# The fast loop is `pytest -m "not slow"`. `mpi`: launches mpiexec (directly, through run_cli's
-# nprocs > 1, start_long_run, or a command that does); `slurm`: needs the one-node Slurm cluster
-# of tests/slurm_cluster.py (found through its `slurm` fixture). Both are always also `slow`, as is
-# every test that took more than ~3 s on two shared cores (--durations=0, one file at a time) and
-# every test using a module fixture that trains or evaluates a run. Tables: file -> test names
-# (the function's name for all its parameter cases, or one case's full id), ALL for every test.
-ALL = "*"
-MPI_TESTS = {
-    "test_mpi.py": ALL,
-    "test_mpi_features.py": ALL,
-    "test_mpi_client_groups.py": ALL,
-    "test_hierarchical.py": ALL,
-    "test_cli.py": {"test_more_ranks_than_clients_fails_fast_under_mpi"},
-    "test_evaluate.py": {"test_generate_samples_identical_under_mpiexec",
-                         "test_evaluate_under_mpiexec_matches_serial",
-                         "test_evaluation_during_training_leaves_training_untouched"},
-    "test_faults.py": {"test_full_disk_during_a_run_ends_all_ranks_with_one_clear_error"},
-    "test_scale.py": {"test_scale_config_runs_one_round_on_two_ranks"},
-    "test_scaling.py": {"test_grid_writes_the_csv_and_the_plots",  # its tiny_study runs mpiexec
-                        "test_rerun_reuses_finished_points_and_collect_rebuilds_the_csv"},
-    "test_slurm.py": {"test_slurm_preemption_requeue_resumes_bit_identical"},
-    "test_privacy_runs.py": {"test_dp_with_secure_aggregation_and_an_attacker_is_rank_count_invariant"},
-}
-SLOW_TESTS = {
-    "test_privacy_runs.py": ALL,   # each test trains tiny runs
-    "test_callbacks.py": ALL,   # each test trains a tiny run
-    "test_cli.py": {"test_sample_writes_a_png"},
-    "test_client_groups.py": {"test_each_member_equals_its_one_at_a_time_update",
-                              "test_unequal_steps_padding_never_reaches_the_shorter_client"},
-    "test_client.py": {"test_prox_step_differs_from_plain_by_lr_mu_distance",
-                       "test_scaffold_correction_shifts_each_step_by_lr_times_correction"},
-    "test_diffusion.py": {"test_a_few_adam_steps_on_one_batch_reduce_the_loss",
-                          "test_samplers_shape_range_determinism_and_mode[ddpm-0]"},
-    "test_evaluate.py": {"test_generate_samples_is_seeded_per_block",
-                         "test_evaluate_run_writes_round_json"},
-    "test_faults.py": {"test_writer_killed_mid_write_keeps_previous_checkpoint_and_resume_uses_it"},
-    "test_features.py": {"test_training_is_deterministic_and_keyed"},
-    "test_memorization.py": {"test_evaluate_reports_memorization"},
-    "test_simulation_features.py": {"test_resume_is_exact",
-                                    "test_byte_accounting_equals_the_bytes_that_crossed"},
-}
-SLOW_FIXTURES = {  # module fixtures that train, evaluate or fit a feature extractor
-    "test_cli.py": {"trained"},
-    "test_evaluate.py": {"run_dir", "serial_eval"},
-    "test_features.py": {"extractor"},
-    "test_report.py": {"runs"},
-}
+# Every test file marks its own tests (decorators or a module-level `pytestmark`); nothing here
+# picks tests by name. The fast loop is `pytest -m "not slow"`.
+#   mpi    launches mpiexec (directly, through run_cli's nprocs > 1, start_long_run, or a command
+#          that does); a test reaching mpiexec_path() without it fails.
+#   slurm  needs the one-node Slurm cluster of tests/slurm_cluster.py (its `slurm` fixture); a test
+#          using that fixture without the marker fails.
+#   slow   took more than ~3 s on two shared cores, or uses a module fixture that trains,
+#          evaluates or fits a feature extractor (mark every test using such a fixture).
+# mpi and slurm imply slow (added below). A test not marked slow whose call or setup runs longer
+# than 5 s (FEDDM_TEST_SLOW_LIMIT_S=SECONDS overrides it on a loaded machine, `inf` turns the
+# guard off) fails, naming itself, so that the fast loop cannot silently grow.
+SLOW_LIMIT_ENV = "FEDDM_TEST_SLOW_LIMIT_S"
 
 
-def _listed(table, item) -> bool:
-    names = table.get(item.path.name, ())
-    return names == ALL or item.originalname in names or item.name in names
+def _slow_limit_s() -> float:
+    raw = os.environ.get(SLOW_LIMIT_ENV, "").strip()
+    if not raw:
+        return 5.0
+    try:
+        return float(raw)
+    except ValueError:
+        raise pytest.UsageError(f"{SLOW_LIMIT_ENV}={raw!r}: expected seconds (a number, or inf)") from None
 
 
+def pytest_configure(config):
+    _slow_limit_s()  # a malformed FEDDM_TEST_SLOW_LIMIT_S is a usage error before any test runs
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects, so `-m "not slow"` sees the implied marker
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        mpi = _listed(MPI_TESTS, item)
-        slurm = "slurm" in item.fixturenames
-        slow_fixture = bool(SLOW_FIXTURES.get(item.path.name, set()) & set(item.fixturenames))
-        if mpi:
-            item.add_marker(pytest.mark.mpi)
-        if slurm:
-            item.add_marker(pytest.mark.slurm)
-        if mpi or slurm or slow_fixture or _listed(SLOW_TESTS, item):
+        if item.get_closest_marker("slow") is None and (
+                item.get_closest_marker("mpi") is not None or item.get_closest_marker("slurm") is not None):
             item.add_marker(pytest.mark.slow)
 
 
@@ -149,11 +119,32 @@ def pytest_runtest_protocol(item, nextitem):
     _current.pop("item", None)
 
 
+def pytest_runtest_setup(item):
+    if "slurm" in item.fixturenames and item.get_closest_marker("slurm") is None:
+        pytest.fail(f"{item.nodeid} uses the slurm fixture but is not marked slurm: "
+                    f"add @pytest.mark.slurm to it", pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """The slow guard: a passing test not marked slow fails when its call (or its setup: a module
+    fixture that trains) ran longer than the limit."""
+    report = yield
+    if (call.when in ("setup", "call") and report.passed and item.get_closest_marker("slow") is None
+            and report.duration > (limit := _slow_limit_s())):
+        what = "its setup (fixtures)" if call.when == "setup" else "it"
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.nodeid}: {what} took {report.duration:.1f} s but the test is not marked slow "
+            f"(limit {limit:g} s): mark it @pytest.mark.slow (or mpi/slurm) in its file, or make it "
+            f"faster; on a loaded machine raise the limit with {SLOW_LIMIT_ENV}=SECONDS")
+    return report
+
+
 def _check_marked_mpi() -> None:
-    """A test (or its fixture) about to launch mpiexec should carry the mpi marker; warn if not,
-    so that the fast loop does not silently grow an mpiexec run."""
+    """A test (or its fixture) about to launch mpiexec must carry the mpi marker, so that the fast
+    loop never silently grows an mpiexec run: fail it otherwise."""
     item = _current.get("item")
     if item is not None and item.get_closest_marker("mpi") is None:
-        import warnings
-        warnings.warn(f"{item.nodeid} launches mpiexec but is not marked mpi: add it to "
-                      f"MPI_TESTS in tests/conftest.py", pytest.PytestWarning, stacklevel=3)
+        pytest.fail(f"{item.nodeid} launches mpiexec but is not marked mpi: add @pytest.mark.mpi "
+                    f"to it (or `pytestmark = pytest.mark.mpi` to its file)", pytrace=False)

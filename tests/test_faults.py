@@ -5,6 +5,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from feddm_hpc.rundir.checkpoint import latest_valid, list_checkpoints, load_checkpoint
 
 from conftest import DETERMINISTIC, ROOT, TINY, run_cli
@@ -19,6 +21,7 @@ ckpt.save_checkpoint(sys.argv[2], data)
 """
 
 
+@pytest.mark.slow
 def test_writer_killed_mid_write_keeps_previous_checkpoint_and_resume_uses_it(tmp_path):
     run_dir = tmp_path / "run"
     out = run_cli(["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC])
@@ -46,6 +49,7 @@ def test_writer_killed_mid_write_keeps_previous_checkpoint_and_resume_uses_it(tm
     assert rounds == [0, 1, 2]
 
 
+@pytest.mark.mpi
 def test_full_disk_during_a_run_ends_all_ranks_with_one_clear_error(tmp_path):
     """Run directory on a real 900 kB tmpfs: a tiny checkpoint is ~350 kB, so the third write fails."""
     import pytest

@@ -23,6 +23,8 @@ from conftest import (
     train_tiny,
 )
 
+pytestmark = pytest.mark.mpi  # every test here runs mpiexec or is the serial reference of one
+
 
 def _rank_pids(run_dir, expected=2):
     """The rank processes of a running job (python children, not the launcher), oldest first."""

@@ -8,6 +8,8 @@ import pytest
 
 from conftest import DETERMINISTIC, TINY, final_params, run_cli
 
+pytestmark = pytest.mark.mpi
+
 CASES = {
     # 6 clients, 5 a round: groups of 2 are cut from each round's cohort.
     "stateless": ["--set", "federation.num_clients=6", "--set", "federation.clients_per_round=5",

@@ -95,8 +95,11 @@ def test_slurm_scripts_parse_and_carry_the_protocol():
         assert proc.returncode == 0, f"{path}: {proc.stderr}"
     for path in scripts:
         text = path.read_text()
+        # study.sbatch runs `feddm-hpc study --task`, which starts the srun steps itself
+        launch = (("-m feddm_hpc study",) if path.name == "study.sbatch" else
+                  ('srun --mpi="$SRUN_MPI"', "-m mpi4py -m feddm_hpc train"))
         for needle in ("#SBATCH --requeue", "#SBATCH --signal=B:USR1@", "trap 'forward USR1' USR1",
-                       'srun --mpi="$SRUN_MPI"', "-m mpi4py -m feddm_hpc train", "scontrol requeue"):
+                       *launch, "scontrol requeue"):
             assert needle in text, f"{path.name} lacks {needle!r}"
     if shutil.which("shellcheck"):
         proc = subprocess.run(["shellcheck", *map(str, scripts), str(ROOT / "jobs/mpiexec/train.sh")],
@@ -104,6 +107,7 @@ def test_slurm_scripts_parse_and_carry_the_protocol():
         assert proc.returncode == 0, proc.stdout
 
 
+@pytest.mark.slurm
 def test_slurm_train_and_multinode_scripts(slurm, tmp_path):
     """train.sbatch with 2 tasks; multinode.sbatch squeezed onto our one node (same body)."""
     jobs = {}
@@ -120,6 +124,7 @@ def test_slurm_train_and_multinode_scripts(slurm, tmp_path):
         assert "step exit 0" in log
 
 
+@pytest.mark.slurm
 def test_slurm_sweep_array(slurm, tmp_path):
     root = tmp_path / "sweep"
     job_id = submit(slurm, "sweep.sbatch", tmp_path / "sweep-%a.out", ["--array=0-1"],
@@ -137,6 +142,7 @@ def test_slurm_sweep_array(slurm, tmp_path):
             assert compression["bits"] == bits, compression
 
 
+@pytest.mark.slurm
 def test_slurm_sweep_rejects_task_without_grid_line(slurm, tmp_path):
     grid = tmp_path / "grid.txt"
     grid.write_text("# one point only\n--set seed=1\n\n")
@@ -147,6 +153,8 @@ def test_slurm_sweep_rejects_task_without_grid_line(slurm, tmp_path):
     assert "no grid line" in read_text(tmp_path / "bad.out")
 
 
+@pytest.mark.slurm
+@pytest.mark.mpi
 def test_slurm_preemption_requeue_resumes_bit_identical(slurm, tmp_path):
     """USR1 to the batch shell -> checkpoint, exit 3, requeue; the rerun resumes and ends with
     the same parameters as an uninterrupted run."""

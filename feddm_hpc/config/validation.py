@@ -5,9 +5,17 @@ Checks that need no data and no MPI; data- and rank-dependent checks happen at s
 from __future__ import annotations
 
 from dataclasses import fields
+from importlib.util import find_spec
 
 from feddm_hpc.config.choices import require
 from feddm_hpc.config.sections import Config
+from feddm_hpc.errors import ConfigError
+
+# What strategies/scaffold.py assumes of the clients, as data (config imports no strategy): its
+# option II control update (x - y_i)/(K lr) is the mean corrected gradient only for plain SGD steps.
+SCAFFOLD_CLIENT = (("optimizer", "sgd"), ("momentum", 0), ("grad_clip", None))
+_PLAIN_SGD = ("scaffold's control update (x - y_i)/(K lr) assumes plain SGD local steps, got {got}; "
+              "set client.optimizer: sgd, client.momentum: 0, client.grad_clip: null")
 
 
 def clients_have_state(c: Config) -> bool:
@@ -18,8 +26,7 @@ def clients_have_state(c: Config) -> bool:
 
 def check_cross_section(c: Config) -> None:
     if c.federation.algorithm == "scaffold":  # option II's control update needs plain SGD clients
-        from feddm_hpc.strategies.scaffold import check_client_config  # late: strategies import config
-        check_client_config(c.client)
+        check_scaffold_client(c.client)
     require(1 <= c.sampling.steps <= c.diffusion.timesteps,
             "sampling.steps: must be between 1 and diffusion.timesteps")
     require(not (c.system.placement == "per_round" and clients_have_state(c)),
@@ -29,8 +36,23 @@ def check_cross_section(c: Config) -> None:
             "system.client_group_size: clients trained together need model.dropout 0 (their "
             "dropout masks would not come from each client's own generator)")
     check_privacy_and_robustness(c)
-    from feddm_hpc.compression import make_compressor  # late; the codec builds here (zstd installed)
-    make_compressor(c.compression)
+    check_codec_available(c)
+
+
+def check_scaffold_client(client_cfg) -> None:
+    """ConfigError naming the first client field that breaks option II's plain-SGD assumption."""
+    for name, wanted in SCAFFOLD_CLIENT:
+        value = getattr(client_cfg, name)
+        if not (value is None if wanted is None else value == wanted):
+            raise ConfigError(f"client.{name}: " + _PLAIN_SGD.format(got=repr(value)))
+
+
+def check_codec_available(c: Config) -> None:
+    """What only the environment decides: zstd needs the zstandard package (compression/lossless.py
+    says the same when the codec is built at start-up; the section checks the rest)."""
+    require(c.compression.lossless != "zstd" or find_spec("zstandard") is not None,
+            "compression.lossless: 'zstd' needs the 'zstandard' package, which is not installed "
+            "(pip install zstandard), or use 'zlib'")
 
 
 def check_privacy_and_robustness(c: Config) -> None:

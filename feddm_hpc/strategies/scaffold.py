@@ -13,8 +13,9 @@ holds up to float rounding whatever the codec (clients that never reported have 
 (x - y_i) / (K * eta) is the mean corrected gradient of the K local steps only when every step is
 y -= eta * g: plain SGD, no momentum, no clipping (weight decay and the prox term are fine, they
 are part of the gradient). Adam, momentum or a clipped step break that identity and c_i is then
-no estimate of the client's gradient, so check_client_config rejects such configs
-(tests/strategies/test_scaffold_theory.py checks the corrected fixed point on heterogeneous quadratics).
+no estimate of the client's gradient, so config validation rejects such configs (SCAFFOLD_CLIENT
+and check_scaffold_client in config/validation.py; tests/strategies/test_scaffold_theory.py checks
+the corrected fixed point on heterogeneous quadratics).
 """
 from __future__ import annotations
 
@@ -26,26 +27,13 @@ import numpy as np
 
 from feddm_hpc import seeding
 from feddm_hpc.compression import make_compressor
-from feddm_hpc.errors import ConfigError
-from feddm_hpc.federation.client import round_lr
+from feddm_hpc.lr_schedule import round_lr
 from feddm_hpc.strategies.aggregate import is_finite
 from feddm_hpc.strategies.base import ClientState
 from feddm_hpc.strategies.server_opt import FedAvg
 from feddm_hpc.strategies.terms import ConstantCorrection
 
 _KEY = re.compile(r"^control/(\d+)$")
-
-_PLAIN_SGD = ("scaffold's control update (x - y_i)/(K lr) assumes plain SGD local steps, got {got}; "
-              "set client.optimizer: sgd, client.momentum: 0, client.grad_clip: null")
-
-
-def check_client_config(client_cfg) -> None:
-    """ConfigError naming the first client field that breaks option II's plain-SGD assumption."""
-    for name, value, ok in (("optimizer", client_cfg.optimizer, client_cfg.optimizer == "sgd"),
-                            ("momentum", client_cfg.momentum, client_cfg.momentum == 0),
-                            ("grad_clip", client_cfg.grad_clip, client_cfg.grad_clip is None)):
-        if not ok:
-            raise ConfigError(f"client.{name}: " + _PLAIN_SGD.format(got=repr(value)))
 
 
 def control_delta(c: np.ndarray, start: np.ndarray, local: np.ndarray, steps: int,

@@ -52,6 +52,7 @@ def test_corrupt_checkpoint_is_a_user_error_without_traceback(tmp_path):
     assert out.stderr.strip().startswith("error: ") and "round-000003.h5" in out.stderr
 
 
+@pytest.mark.mpi
 def test_more_ranks_than_clients_fails_fast_under_mpi(tmp_path):
     out = run_cli(["train", str(TINY), "--run-dir", str(tmp_path / "r"), "--set", "federation.num_clients=2"],
                   nprocs=3)
@@ -66,17 +67,20 @@ def trained(tmp_path_factory):
     return train_tiny(tmp_path_factory.mktemp("cli") / "run")
 
 
+@pytest.mark.slow  # the module fixture `trained` trains a run
 def test_train_refuses_a_used_run_dir(trained, capsys):
     assert main(["train", str(TINY), "--run-dir", str(trained)]) == 2
     assert "feddm-hpc resume" in _error_line(capsys)
 
 
+@pytest.mark.slow  # the module fixture `trained` trains a run
 def test_inspect_prints_round_and_checksum(trained, capsys):
     assert main(["inspect", str(trained / "checkpoints" / "round-000001.h5")]) == 0
     out = capsys.readouterr().out
     assert "round: 1" in out and "checksum: ok" in out and "num_clients: 4" in out
 
 
+@pytest.mark.slow
 def test_sample_writes_a_png(trained, tmp_path, capsys):
     from feddm_hpc.rundir.imaging import read_png
 
@@ -88,6 +92,7 @@ def test_sample_writes_a_png(trained, tmp_path, capsys):
     assert "wrote 4 samples" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # the module fixture `trained` trains a run
 def test_resume_of_a_finished_run_does_nothing(trained, capsys):
     before = (trained / "metrics.jsonl").read_text()
     assert main(["resume", str(trained)]) == 0

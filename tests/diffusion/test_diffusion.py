@@ -70,6 +70,7 @@ def test_training_loss_is_deterministic_per_generator_seed():
     assert a.item() != c.item()
 
 
+@pytest.mark.slow
 def test_a_few_adam_steps_on_one_batch_reduce_the_loss():
     model, s = tiny_model(), make_schedule("linear", 100)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -87,7 +88,8 @@ def test_a_few_adam_steps_on_one_batch_reduce_the_loss():
     assert loss_at(5).item() < 0.8 * before
 
 
-@pytest.mark.parametrize("sampler,steps", [("ddpm", 0), ("ddim", 5), ("ddim", 1)])
+@pytest.mark.parametrize("sampler,steps", [pytest.param("ddpm", 0, marks=pytest.mark.slow),
+                                           ("ddim", 5), ("ddim", 1)])
 def test_samplers_shape_range_determinism_and_mode(sampler, steps):
     model, s = tiny_model(), make_schedule("cosine", 20)
     with torch.no_grad():

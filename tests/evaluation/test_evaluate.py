@@ -64,6 +64,7 @@ def _tiny_model():
     return model, make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end), flatten(model)
 
 
+@pytest.mark.slow
 def test_generate_samples_is_seeded_per_block():
     model, schedule, params = _tiny_model()
 
@@ -81,6 +82,7 @@ def test_generate_samples_is_seeded_per_block():
     assert not np.array_equal(a[:8], a[8:16])            # blocks have their own noise
 
 
+@pytest.mark.mpi
 def test_generate_samples_identical_under_mpiexec(tmp_path):
     prog = ROOT / "tests" / "mpi_programs" / "generate_samples.py"
     outs = {}
@@ -98,6 +100,7 @@ def test_generate_samples_identical_under_mpiexec(tmp_path):
 
 # ---------------------------------------------------------------------------- the command
 
+@pytest.mark.slow  # module fixtures `run_dir`/`serial_eval` train and evaluate a run
 def test_evaluate_writes_json_with_all_keys(run_dir, serial_eval):
     out, samples = serial_eval
     lines = out.stdout.strip().splitlines()
@@ -118,6 +121,7 @@ def test_evaluate_writes_json_with_all_keys(run_dir, serial_eval):
     assert images.shape == (N, 28, 28, 1) and images.dtype == np.uint8
 
 
+@pytest.mark.mpi
 def test_evaluate_under_mpiexec_matches_serial(run_dir, serial_eval, cache, tmp_path):
     serial, samples = serial_eval
     mine = tmp_path / "np2.npz"
@@ -134,6 +138,7 @@ def test_evaluate_under_mpiexec_matches_serial(run_dir, serial_eval, cache, tmp_
     assert a == b
 
 
+@pytest.mark.slow  # module fixture `run_dir` trains a run
 def test_evaluate_unlabelled_data_is_a_user_error(run_dir, cache, tmp_path):
     npz = tmp_path / "unlabelled.npz"
     np.savez(npz, images=np.zeros((100, 28, 28), dtype=np.uint8))
@@ -145,6 +150,7 @@ def test_evaluate_unlabelled_data_is_a_user_error(run_dir, cache, tmp_path):
     assert out.stdout == "" and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow  # module fixture `run_dir` trains a run
 @pytest.mark.parametrize("extra, message", [
     (["--num-samples", "3"], "--num-samples"),
     (["--steps", "0"], "--steps"),
@@ -257,6 +263,7 @@ def test_score_unlabelled_data_with_inception_caches_real_stats(tmp_path):
     assert again["fid_inception"] == first["fid_inception"] and stub.calls == 3  # real cached
 
 
+@pytest.mark.slow
 def test_evaluate_run_writes_round_json(tmp_path, cache):
     """The in-training hook: one round of a tiny Simulation, then evaluate its EMA."""
     from feddm_hpc.federation.simulation import Simulation
@@ -275,6 +282,7 @@ def test_evaluate_run_writes_round_json(tmp_path, cache):
     assert written["fd"] == result["fd"] and "_samples" not in written
 
 
+@pytest.mark.mpi
 def test_evaluation_during_training_leaves_training_untouched(tmp_path, cache):
     """evaluation.every=1 under 2 ranks writes eval/round-*.json and the same parameters."""
     from conftest import final_params

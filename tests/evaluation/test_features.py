@@ -52,12 +52,14 @@ def splits(mnist):
     return test.images[a], test.images[b], test.images[half]
 
 
+@pytest.mark.slow  # module fixture `extractor` fits the feature extractor
 def test_extractor_accuracy_and_name(extractor, mnist):
     assert extractor.test_accuracy > 0.9
     assert extractor.name == f"lenet5-mnist-{mnist[0].checksum[:8]}"
     assert extractor.train_seconds is not None  # this call trained it
 
 
+@pytest.mark.slow  # module fixture `extractor` fits the feature extractor
 def test_features_shape_and_input_layouts(extractor, mnist):
     imgs = mnist[1].images[:7]
     f = extractor.features(imgs)
@@ -71,6 +73,7 @@ def test_features_shape_and_input_layouts(extractor, mnist):
         extractor.features(np.zeros((2, 3, 28, 28), np.float32))  # wrong channel count
 
 
+@pytest.mark.slow  # module fixture `extractor` fits the feature extractor
 def test_fd_separates_real_noise_and_missing_classes(extractor, splits):
     a, b, half = splits
     noise = np.random.default_rng(1).integers(0, 256, size=a.shape, dtype=np.uint8)
@@ -89,6 +92,7 @@ def test_fd_separates_real_noise_and_missing_classes(extractor, splits):
     assert cov_half < cov_real - 0.2
 
 
+@pytest.mark.slow  # module fixture `extractor` fits the feature extractor
 def test_evaluate_samples_report(extractor, mnist, splits):
     _, _, half = splits
     real = mnist[1].images  # more real images than fakes: a seeded subset of N is drawn
@@ -105,6 +109,7 @@ def test_evaluate_samples_report(extractor, mnist, splits):
         evaluate_samples(real[:10], real[:5], extractor, 10)
 
 
+@pytest.mark.slow  # module fixture `extractor` fits the feature extractor
 def test_reference_stats_is_seeded(extractor, mnist):
     test = mnist[1]
     r1 = reference_stats(extractor, test.images, n=200, seed=3)
@@ -116,6 +121,7 @@ def test_reference_stats_is_seeded(extractor, mnist):
     assert not np.array_equal(r1["indices"], other["indices"])
 
 
+@pytest.mark.slow  # module fixture `extractor` fits the feature extractor
 def test_cache_is_reused(extractor, mnist, cache_dir):
     mtime = os.stat(extractor.path).st_mtime_ns
     t0 = time.perf_counter()
@@ -128,6 +134,7 @@ def test_cache_is_reused(extractor, mnist, cache_dir):
     np.testing.assert_array_equal(again.features(x), extractor.features(x))
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_and_keyed(mnist, tmp_path):
     tiny = dict(max_train=1000, n_test=500)  # test accuracy is not checked here
     e1 = _extract(mnist, tmp_path / "a", **tiny)

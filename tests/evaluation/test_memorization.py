@@ -177,6 +177,7 @@ def test_train_features_are_cached(mnist, tmp_path):
 
 # ---------------------------------------------------------------------------- end to end
 
+@pytest.mark.slow
 def test_evaluate_reports_memorization(tmp_path):
     run_dir = train_tiny(tmp_path / "run", "--set", "sampling.num_samples=0")
     ckpt = run_dir / "checkpoints" / "round-000001.h5"

@@ -51,6 +51,7 @@ def runs(tmp_path_factory):
     return a, b, lines
 
 
+@pytest.mark.slow  # module fixture `runs` trains a run
 def test_report_two_runs(runs, tmp_path, capsys):
     a, b, b_lines = runs
     out = tmp_path / "rep"
@@ -72,6 +73,7 @@ def test_report_two_runs(runs, tmp_path, capsys):
     assert summary[1]["uplink_ratio"] == pytest.approx(0.125, abs=0.01)
 
 
+@pytest.mark.slow  # module fixture `runs` trains a run
 def test_single_run_default_out_and_comparability_note(runs, tmp_path, capsys):
     a, _, _ = runs
     single = tmp_path / "one"
@@ -83,6 +85,7 @@ def test_single_run_default_out_and_comparability_note(runs, tmp_path, capsys):
     assert "different sample counts" in (tmp_path / "mixed" / "table.md").read_text()
 
 
+@pytest.mark.slow  # module fixture `runs` trains a run
 def test_same_names_are_disambiguated(runs, tmp_path):
     a, _, _ = runs
     for parent in ("x", "y"):
@@ -93,6 +96,7 @@ def test_same_names_are_disambiguated(runs, tmp_path):
     assert "| x/run |" in table and "| y/run |" in table
 
 
+@pytest.mark.slow  # module fixture `runs` trains a run
 def test_without_matplotlib_the_table_is_still_written(runs, tmp_path, monkeypatch, capsys):
     a, b, _ = runs
     monkeypatch.setitem(sys.modules, "matplotlib", None)   # import raises ImportError

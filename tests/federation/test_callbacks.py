@@ -11,6 +11,8 @@ from feddm_hpc.rundir.runlog import RunLog
 
 from conftest import TINY
 
+pytestmark = pytest.mark.slow  # each test trains a tiny run
+
 FAST = ["system.threads=1", "system.progress=false", "sampling.num_samples=0",
         "client.local_steps=1", "federation.rounds=4", "checkpoint.every=10"]
 

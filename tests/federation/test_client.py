@@ -58,6 +58,7 @@ def _train(setup, steps, mu=0.0, correction=None, lr=0.5):
     return local.astype(np.float64)
 
 
+@pytest.mark.slow
 def test_prox_step_differs_from_plain_by_lr_mu_distance(tiny_setup):
     """Plain SGD, no momentum, no clip. Step 1 starts at the anchor, so the prox term is zero
     and both runs reach w1; step 2 sees the same diffusion gradient at w1, so the prox run ends
@@ -71,6 +72,7 @@ def test_prox_step_differs_from_plain_by_lr_mu_distance(tiny_setup):
     np.testing.assert_allclose(prox - plain, -lr * mu * (w1 - w0), rtol=0, atol=2e-6)
 
 
+@pytest.mark.slow
 def test_scaffold_correction_shifts_each_step_by_lr_times_correction(tiny_setup):
     lr = 0.5
     w0 = tiny_setup[3]

@@ -62,6 +62,7 @@ def solo(local, w0, members, r=1):
     return [local.train(w0, m.client_id, m.indices, r, terms=m.terms)[0].copy() for m in members]
 
 
+@pytest.mark.slow
 def test_each_member_equals_its_one_at_a_time_update(model, images):
     local, group = trainers(model, images, ADAM)
     w0 = flatten(model).copy()
@@ -100,6 +101,7 @@ def test_fedprox_and_scaffold_terms_act_per_row(model, images):
         assert rel(plain[c][0], a, w0) > 1e-2   # the terms did change the update
 
 
+@pytest.mark.slow
 def test_unequal_steps_padding_never_reaches_the_shorter_client(model, images):
     cfg = dataclasses.replace(ADAM, local_steps=None, local_epochs=1.0)   # steps = size / 8
     local, group = trainers(model, images, cfg)

@@ -6,6 +6,8 @@ import pytest
 
 from conftest import DETERMINISTIC, TINY, final_params, run_cli
 
+pytestmark = pytest.mark.mpi
+
 # SCAFFOLD needs plain SGD clients (config.validate rejects anything else).
 FEATURES = ["--set", "federation.algorithm=scaffold", "--set", "client.optimizer=sgd",
             "--set", "client.momentum=0", "--set", "client.grad_clip=null", "--set", "compression.uplink=quant",

@@ -10,6 +10,8 @@ from feddm_hpc.rundir.checkpoint import latest_valid, load_checkpoint
 
 from conftest import DETERMINISTIC, TINY, final_params, run_cli
 
+pytestmark = pytest.mark.mpi
+
 FEATURES = [
     # SCAFFOLD needs plain SGD clients (config.validate rejects anything else).
     "federation.algorithm=scaffold", "client.optimizer=sgd", "client.momentum=0",

@@ -96,6 +96,7 @@ def test_config_rejects_an_unknown_precision_naming_the_field():
         config_from_tree({"system": {"precision": "fp16"}})
 
 
+@pytest.mark.slow  # runs benchmarks/precision.py in a subprocess (~7 s of CPU)
 def test_precision_benchmark_reports_both_precisions(tmp_path):
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, str(root / "benchmarks" / "precision.py"), "--configs",

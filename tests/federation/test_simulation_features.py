@@ -52,6 +52,7 @@ def quant_size(n, bits, chunk):
     return HEADER_SIZE + 8 * num_chunks(n, chunk) + packed_size(n, bits)
 
 
+@pytest.mark.slow
 def test_byte_accounting_equals_the_bytes_that_crossed(tmp_path):
     comm = RecordingComm()
     sim = make_sim(tmp_path, ["federation.algorithm=scaffold", *SCAFFOLD_CLIENT, "compression.uplink=quant",
@@ -160,6 +161,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path, case):
     """3 rounds straight == 1 round, a new process-like Simulation from the checkpoint, 2 more."""
     extra = CASES[case] + ["federation.clients_per_round=3", "client.local_steps=1"]

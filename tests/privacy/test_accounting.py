@@ -130,8 +130,8 @@ def test_calibration_round_trip_full_participation(target):
     assert 0.99 * target <= eps <= target
 
 
+@pytest.mark.slow  # ~6 s of CPU: each trial z costs one uncached RDP evaluation
 def test_calibration_round_trip_sampled():
-    # The slowest test here (~3 s: each trial z costs one uncached RDP evaluation).
     z = acc.noise_multiplier_for(8.0, DELTA, N, M, 100)
     eps = acc.epsilon(N, M, z, 100, DELTA)
     assert 0.99 * 8.0 <= eps <= 8.0

@@ -11,6 +11,8 @@ from feddm_hpc.privacy import accounting
 
 from conftest import final_params, train_tiny
 
+pytestmark = pytest.mark.slow  # each test trains tiny runs
+
 
 def _params_by_round(run_dir):
     out = {}
@@ -58,6 +60,7 @@ SECURE_DP_ATTACK = ["--set", "privacy.clip_norm=0.5", "--set", "privacy.noise_mu
                     "--set", "federation.dropout_prob=0.2", "--set", "privacy.release_client_metrics=true"]
 
 
+@pytest.mark.mpi
 def test_dp_with_secure_aggregation_and_an_attacker_is_rank_count_invariant(tmp_path):
     one = train_tiny(tmp_path / "np1", *SECURE_DP_ATTACK)
     two = train_tiny(tmp_path / "np2", *SECURE_DP_ATTACK, nprocs=2)

@@ -6,6 +6,8 @@ the scaling report, not here.
 """
 import json
 
+import pytest
+
 from conftest import ROOT, run_cli
 
 SCALE = ROOT / "configs" / "scale_10k.yaml"
@@ -18,6 +20,7 @@ def test_scale_config_validates():
     assert "60000 mnist images" in out.stdout
 
 
+@pytest.mark.mpi
 def test_scale_config_runs_one_round_on_two_ranks(tmp_path):
     run_dir = tmp_path / "scale"
     out = run_cli(["train", str(SCALE), "--run-dir", str(run_dir), "--set", "federation.rounds=1",

@@ -231,6 +231,7 @@ def tiny_study(tmp_path_factory):
     return path, out, code
 
 
+@pytest.mark.mpi  # its tiny_study runs mpiexec
 def test_grid_writes_the_csv_and_the_plots(tiny_study):
     _, out, code = tiny_study
     assert code == 0, (out / "point-001.log").read_text()[-3000:]
@@ -257,6 +258,7 @@ def test_grid_writes_the_csv_and_the_plots(tiny_study):
     assert len(list((out / "point-001" / "rss").glob("rank-*.json"))) == 2
 
 
+@pytest.mark.mpi  # its tiny_study runs mpiexec
 def test_rerun_reuses_finished_points_and_collect_rebuilds_the_csv(tiny_study, capsys):
     path, out, code = tiny_study
     assert code == 0
