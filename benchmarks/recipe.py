@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent.parent
 
 # What each recipe sets on top of the base config. "old" is the recipe the project shipped before
 # issue 11 (eps loss, uniform over timesteps, constant lr 1e-3, per-round EMA 0.5 without warm-up);
-# "new" is what the measurement chose (README: "Training recipe"). The others are ablations.
+# "new" is what the measurement chose (results/recipe/FINDINGS.md). The others are ablations.
 RECIPES = {
     "old": ["diffusion.prediction=eps", "diffusion.loss_weighting=none", "client.lr=0.001",
             "client.lr_schedule=constant", "client.lr_warmup_rounds=0",
@@ -65,7 +65,7 @@ RECIPES = {
 }
 
 # "new" before bf16 (what results/recipe measured first) and the variants screened on top of it
-# (README "Training recipe"): none beat it.
+# (results/recipe/FINDINGS.md): none beat it.
 RECIPES["new_fp32"] = [s for s in RECIPES["new"] if s != "system.precision=bf16"]
 RECIPES["new_lr5"] = [s for s in RECIPES["new_fp32"] if not s.startswith("client.lr=")] + ["client.lr=0.005"]
 RECIPES["new_cosine_noise"] = RECIPES["new_fp32"] + ["diffusion.schedule=cosine"]

@@ -64,13 +64,13 @@ def _test_reference(config, train_images, n: int, notes: list):
     note when the dataset has no test split of the training images' shape."""
     import numpy as np
 
-    from feddm_hpc.data import load_dataset
+    from feddm_hpc.data import load_configured
     from feddm_hpc.errors import DataError
     from feddm_hpc.evaluation.features import reference_indices
     from feddm_hpc.evaluation.reference import REFERENCE_SEED
 
     try:
-        test = load_dataset(config.data.dataset, config.data.path, "test")
+        test = load_configured(config.data, "test")
     except DataError as exc:
         notes.append(f"no test-split reference: {exc}")
         return None
@@ -100,11 +100,10 @@ def memorization_audit(config, samples_u8, extractor, plot_path: Path) -> dict:
     try:
         dataset, parts = load_partitioned(config)
     except ConfigError as exc:  # a --set made the partition impossible: audit without clients
-        from feddm_hpc.data import load_dataset
+        from feddm_hpc.data import load_configured
 
         d = config.data
-        dataset, parts = load_dataset(d.dataset, d.path, "train", subset=d.subset,
-                                      seed=config.seed), None
+        dataset, parts = load_configured(d, "train", subset=d.subset, seed=config.seed), None
         notes.append(f"no per-client attribution: {exc}")
     if config.data.subset is not None:
         notes.append(f"training set: the run's data.subset of {len(dataset)} images; indices "
@@ -200,12 +199,14 @@ def evaluate_checkpoint(comm, args, verbose: bool = True) -> Optional[dict]:
         result["client_class_histogram_distance"] = per
     out = Path(args.out) if args.out else eval_json_path(ckpt_path)
     if not args.no_memorization:
+        from feddm_hpc.data import image_options
         from feddm_hpc.evaluation.reference import load_reference
 
         # The same key as evaluate_params' call: the process cache returns its extractor.
         ref = load_reference(config.data.dataset, config.data.path,
                              need_extractor=loaded.get("inception") is None,
-                             epochs=args.extractor_epochs, max_train=args.extractor_train_subset)
+                             epochs=args.extractor_epochs, max_train=args.extractor_train_subset,
+                             options=image_options(config.data))
         result["memorization"] = memorization_audit(
             config, to_uint8_nhwc(samples), ref.extractor,
             out.with_name(f"{out.stem}.memorization.png"))

@@ -14,13 +14,17 @@ def register(sub) -> None:
 
 def cmd_validate(args) -> int:
     from feddm_hpc.config import load_config
-    from feddm_hpc.federation.setup import load_partitioned
+    from feddm_hpc.diffusion.parameterization import shared_size
+    from feddm_hpc.federation.setup import build_model, load_partitioned
 
     config = load_config(args.config, args.overrides)
     d = config.data
     ds, parts = load_partitioned(config)
     sizes = [p.size for p in parts]
+    h, w, c = ds.image_shape
+    model = build_model(config, (c, h, w), "cpu")   # the rank knob's checks need the layer shapes
     print(f"ok: {args.config}: {len(ds)} {d.dataset} images, {config.federation.num_clients} clients "
           f"({min(sizes)}-{max(sizes)} samples each), {config.federation.rounds} rounds, "
           f"algorithm {config.federation.algorithm}, uplink {config.compression.uplink}")
+    print(f"model: {shared_size(model, config.model.parameterization).describe()}")
     return EXIT_OK

@@ -14,7 +14,8 @@ from typing import Any, Literal, Optional, Tuple
 
 from feddm_hpc.errors import ConfigError
 
-Dataset = Literal["mnist", "fashion_mnist", "npz", "hdf5"]             # data.datasets.DATASETS
+Dataset = Literal["mnist", "fashion_mnist", "npz", "hdf5", "image_folder",
+                  "cifar10"]                                           # data.datasets.DATASETS
 Partition = Literal["iid", "dirichlet", "dirichlet_balanced", "shards"]  # data.partition.SCHEMES
 Schedule = Literal["linear", "cosine"]                                 # diffusion.SCHEDULES
 Prediction = Literal["eps", "v"]                                       # diffusion.PREDICTIONS
@@ -33,6 +34,7 @@ Lossless = Literal["none", "zlib", "zstd"]                             # compres
 Fp16Format = Literal["fp16", "bf16"]
 Target = Literal["update", "weights"]
 Downlink = Literal["none", "quant"]
+Parameterization = Literal["dense", "lowrank"]  # diffusion.parameterization.PARAMETERIZATIONS
 Sampler = Literal["ddim", "ddpm"]                                      # diffusion.SAMPLERS
 Transport = Literal["gather", "hierarchical"]                          # transports.TRANSPORTS
 Placement = Literal["auto", "static", "per_round"]

@@ -22,6 +22,7 @@ from feddm_hpc.config.choices import (
     LossWeighting,
     LrSchedule,
     Optimizer,
+    Parameterization,
     Partition,
     Placement,
     Precision,
@@ -41,16 +42,24 @@ from feddm_hpc.config.choices import (
 @dataclass(frozen=True)
 class DataConfig:
     dataset: Dataset = "mnist"
-    path: Optional[str] = None      # folder (fashion_mnist) or file (npz, hdf5)
+    path: Optional[str] = None      # folder (fashion_mnist, image_folder, cifar10) or file (npz, hdf5)
     subset: Optional[int] = None    # seeded random subset of the training split, for quick runs
+    image_size: Optional[int] = None  # image_folder: resize to this side; null: the files' one size
+    center_crop: bool = False         # image_folder: crop the centred square first (before image_size)
+    channels: Optional[int] = None    # image_folder: 1 grey, 3 RGB; null: grey when every file is
     partition: Partition = "iid"    # how the training split is dealt to clients (data/partition.py)
     dirichlet_alpha: float = 0.5
     classes_per_client: int = 2
 
     def validate(self) -> None:
         check_choices(self, "data")
-        require(self.dataset not in ("npz", "hdf5") or self.path is not None,
+        require(self.dataset not in ("npz", "hdf5", "image_folder", "cifar10") or self.path is not None,
                 f"data.path: required for data.dataset={self.dataset}")
+        require(self.dataset == "image_folder" or (self.image_size is None and self.channels is None
+                                                   and not self.center_crop),
+                "data.image_size/center_crop/channels: only for data.dataset=image_folder")
+        require(self.image_size is None or self.image_size >= 4, "data.image_size: must be >= 4")
+        require(self.channels in (None, 1, 3), "data.channels: must be 1 (grey), 3 (RGB) or null")
         require(self.subset is None or self.subset > 0, "data.subset: must be positive")
         require(self.dirichlet_alpha > 0, "data.dirichlet_alpha: must be > 0")
         require(self.classes_per_client >= 1, "data.classes_per_client: must be >= 1")
@@ -63,8 +72,21 @@ class ModelConfig:
     num_res_blocks: int = 1
     attention_resolutions: Tuple[int, ...] = (7,)
     dropout: float = 0.0
+    # What a client trains and shares (diffusion/parameterization.py): dense, or lowrank (FedPara
+    # factors of every conv and linear but the image-facing two); lowrank takes exactly one of:
+    parameterization: Parameterization = "dense"
+    lowrank_rank: Optional[int] = None         # the same rank in every factored layer
+    lowrank_fraction: Optional[float] = None   # ranks chosen so shared/dense is about this
 
     def validate(self) -> None:
+        check_choices(self, "model")
+        knobs = (self.lowrank_rank is not None) + (self.lowrank_fraction is not None)
+        require(knobs == (self.parameterization == "lowrank"),
+                "model.lowrank_rank / model.lowrank_fraction: set exactly one with "
+                "model.parameterization=lowrank, neither otherwise")
+        require(self.lowrank_rank is None or self.lowrank_rank >= 1, "model.lowrank_rank: must be >= 1")
+        require(self.lowrank_fraction is None or 0 < self.lowrank_fraction < 1,
+                "model.lowrank_fraction: must be in (0, 1)")
         require(self.base_channels >= 4, "model.base_channels: must be >= 4")
         require(len(self.channel_mults) >= 1 and all(m >= 1 for m in self.channel_mults),
                 "model.channel_mults: a non-empty list of positive integers")
@@ -312,17 +334,17 @@ class SystemConfig:
     threads: int = 0                    # torch threads per rank; 0: from the cores this rank owns
     progress: bool = True
     collective_timeout_s: float = 0.0   # > 0: a collective that waits longer aborts the job (exit 4)
-    placement: Placement = "auto"       # who trains a cohort client (README)
+    placement: Placement = "auto"       # who trains a cohort client (docs/scaling.md)
     transport: Transport = "gather"     # gather: root decodes every payload in client-id order (rank-invariant)
                                         # hierarchical: ranks pre-sum their clients, then Allreduce
-    deterministic: bool = False         # GPU: deterministic kernels, no TF32 (README: 3. GPUs)
+    deterministic: bool = False         # GPU: deterministic kernels, no TF32 (docs/gpus.md)
     device_data_max_mb: int = 1024      # training images on the GPU up to this size (MiB per
                                         # rank), above it in pinned host memory
     # Clients a rank trains at once as one vectorized computation (federation/client_groups.py);
     # auto: 1 on the CPU (measured no faster there), placement.GROUP_SIZE_AUTO_CUDA on a GPU.
     client_group_size: Union[int, Literal["auto"]] = 1
     # bf16: local training's forward under bfloat16 autocast (federation/precision.py); float32
-    # parameters, optimizer and updates. Measured ~1.4x fewer CPU-seconds a step (README).
+    # parameters, optimizer and updates. Measured ~1.4x fewer CPU-seconds a step (docs/gpus.md).
     precision: Precision = "fp32"
 
     def validate(self) -> None:
@@ -338,6 +360,17 @@ class SystemConfig:
                 "system.device_data_max_mb: must be >= 0 (0: never on the GPU)")
         require(self.client_group_size == "auto" or self.client_group_size >= 1,
                 "system.client_group_size: must be >= 1 or auto")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    tensorboard: bool = False           # event files in RUN_DIR/tensorboard (root; federation/tensorboard_log.py)
+
+    def validate(self) -> None:
+        from importlib.util import find_spec
+        require(not self.tensorboard or find_spec("tensorboard") is not None,
+                "logging.tensorboard: the tensorboard package is not installed; install it with: "
+                "pip install tensorboard (or pip install 'feddm_hpc[tensorboard]')")
 
 
 @dataclass(frozen=True)
@@ -357,3 +390,4 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)

@@ -2,7 +2,8 @@
 
 All loaders return images as uint8 [N, H, W, C] (the smallest exact form: 60k MNIST images are
 47 MB) and convert to the model's float [-1, 1] layout only per batch, with `to_model_tensor`.
-Nothing here downloads: missing files are a DataError that says where to get them.
+Nothing here downloads: missing files are a DataError that says where to get them. Image folders
+(image_folder.py) and CIFAR-10's binary batches (cifar10.py) have their own modules.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from feddm_hpc.data.cifar10 import load_cifar10
 from feddm_hpc.data.idx import read_idx_images, read_idx_labels
+from feddm_hpc.data.image_folder import load_image_folder
 from feddm_hpc.errors import ConfigError, DataError
 
 SPLITS = ("train", "test")
@@ -224,28 +227,62 @@ DATASETS: dict[str, Callable] = {
     "fashion_mnist": _load_fashion_mnist,
     "npz": _load_npz,
     "hdf5": _load_hdf5,
+    "image_folder": load_image_folder,
+    "cifar10": load_cifar10,
 }
+# Loaders that also take the image options below and `select` (the subset, drawn before decoding).
+IMAGE_LOADERS = ("image_folder",)
+IMAGE_OPTIONS = ("image_size", "channels", "center_crop")  # data.* fields of the same names
+
+
+def subset_indices(num_examples: int, subset, seed: int, where: str) -> np.ndarray:
+    """The sorted indices of a seeded random subset (numpy PCG64(seed), without replacement)."""
+    if not isinstance(subset, (int, np.integer)) or not 0 < subset <= num_examples:
+        raise ConfigError(f"data.subset: must be an integer in 1..{num_examples} for {where}, "
+                          f"got {subset!r}")
+    rng = np.random.Generator(np.random.PCG64(seed))
+    return np.sort(rng.choice(num_examples, size=int(subset), replace=False))
 
 
 def load_dataset(name: str, path: Optional[str] = None, split: str = "train", *,
-                 subset: Optional[int] = None, seed: int = 0) -> Dataset:
+                 subset: Optional[int] = None, seed: int = 0, image_size: Optional[int] = None,
+                 channels: Optional[int] = None, center_crop: bool = False) -> Dataset:
     """Load a dataset split by name. `subset`: a random subset of that many examples, drawn
-    with numpy PCG64(seed) and kept in original order, for quick runs."""
+    with numpy PCG64(seed) and kept in original order, for quick runs. image_size, channels,
+    center_crop: the decoding options of image_folder (data/image_folder.py)."""
     if name not in DATASETS:
         raise ConfigError(f"data.dataset: unknown dataset {name!r}; valid: "
                           f"{', '.join(sorted(DATASETS))}")
     if split not in SPLITS:
         raise ConfigError(f"data.split: unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    options = {"image_size": image_size, "channels": channels, "center_crop": center_crop}
+    if name in IMAGE_LOADERS:
+        select = None if subset is None else \
+            (lambda n: subset_indices(n, subset, seed, f"{name} {split}"))
+        images, labels, num_classes = DATASETS[name](path, split, select=select, **options)
+        return _make(name, images, labels, num_classes)
+    for option, value in options.items():
+        if value not in (None, False):
+            raise ConfigError(f"data.{option}: only for data.dataset=image_folder, not {name}")
     images, labels, num_classes = DATASETS[name](path, split)
     if subset is not None:
-        if not isinstance(subset, (int, np.integer)) or not 0 < subset <= len(images):
-            raise ConfigError(f"data.subset: must be an integer in 1..{len(images)} for "
-                              f"{name} {split}, got {subset!r}")
-        rng = np.random.Generator(np.random.PCG64(seed))
-        keep = np.sort(rng.choice(len(images), size=int(subset), replace=False))
+        keep = subset_indices(len(images), subset, seed, f"{name} {split}")
         images = images[keep]
         labels = labels[keep] if labels is not None else None
     return _make(name, images, labels, num_classes)
+
+
+def image_options(data) -> dict:
+    """The image options (load_dataset keywords) of a config's `data` section."""
+    options = {k: getattr(data, k, None) for k in IMAGE_OPTIONS}
+    options["center_crop"] = bool(options["center_crop"])
+    return options
+
+
+def load_configured(data, split: str = "train", *, subset: Optional[int] = None,
+                    seed: int = 0) -> Dataset:
+    """load_dataset with the dataset, path and image options of a config's `data` section."""
+    return load_dataset(data.dataset, data.path, split, subset=subset, seed=seed, **image_options(data))
 
 
 def to_device_uint8(images: np.ndarray, device="cpu"):

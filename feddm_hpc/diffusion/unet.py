@@ -34,6 +34,7 @@ def _zero(module: nn.Module) -> nn.Module:
     # starts as the identity, which keeps early training stable without normalisation tricks.
     for p in module.parameters():
         nn.init.zeros_(p)
+    module.zero_init = True   # parameterization.factorize zero-initialises the factored form too
     return module
 
 

@@ -33,6 +33,7 @@ def evaluate_params(comm, config, params: np.ndarray, image_shape, round_index: 
     A dataset without labels and no `inception` is a UserError on every rank, raised before any
     sampling; so is a missing dataset.
     """
+    from feddm_hpc.data import image_options
     from feddm_hpc.diffusion.schedule import make_schedule
     from feddm_hpc.evaluation.reference import load_reference
     from feddm_hpc.federation.setup import build_model
@@ -46,13 +47,18 @@ def evaluate_params(comm, config, params: np.ndarray, image_shape, round_index: 
         return load_reference(config.data.dataset, config.data.path,
                               need_extractor=inception is None, cache_dir=cache_dir,
                               epochs=extractor_epochs, max_train=extractor_max_train,
-                              verbose=verbose)
+                              verbose=verbose, options=image_options(config.data))
 
     def check():
         ref = reference()
         if num_samples > len(ref.images):
             raise UserError(f"--num-samples/evaluation.num_samples: {num_samples} exceeds the "
                             f"{len(ref.images)} real training images of {ref.dataset}")
+        c, h, w = image_shape
+        if tuple(ref.images.shape[1:]) != (h, w, c):
+            raise UserError(f"data.path: the model makes {h}x{w}x{c} images, but {ref.dataset}'s "
+                            f"training images are {'x'.join(map(str, ref.images.shape[1:]))}; "
+                            f"evaluate against the data the run trained on")
     root_decides(comm, check)   # a missing dataset or unlabelled data fails before sampling
     if model is None:
         model = build_model(config, image_shape, device)

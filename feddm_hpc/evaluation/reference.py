@@ -40,26 +40,30 @@ def no_labels_message(dataset: str, path) -> str:
 
 def load_reference(dataset: str, path=None, *, need_extractor: bool = True, cache_dir=None,
                    epochs: int = DEFAULT_EXTRACTOR_EPOCHS, max_train: Optional[int] = None,
-                   verbose: bool = False, device: str = "cpu") -> Reference:
+                   verbose: bool = False, device: str = "cpu",
+                   options: Optional[dict] = None) -> Reference:
     """The training split of `dataset` and, when it is labelled, its cached LeNet extractor
     (trained on first use, which takes ~30-60 s for MNIST-size data on one core), running its
     inference on `device` (default cpu: the repository's numbers are CPU numbers).
 
     Unlabelled data with `need_extractor` is a DataError (exit 2) naming the way out.
+    options: the image options of data.image_folder (data.image_options of the run's config).
     """
     from feddm_hpc.data import load_dataset
 
-    key = (dataset, str(path), str(cache_dir), int(epochs), max_train, need_extractor, str(device))
+    options = options or {}
+    key = (dataset, str(path), str(cache_dir), int(epochs), max_train, need_extractor, str(device),
+           tuple(sorted(options.items())))
     if key in _CACHE:
         return _CACHE[key]
-    train = load_dataset(dataset, path, "train")
+    train = load_dataset(dataset, path, "train", **options)
     extractor = None
     if train.labels is None:
         if need_extractor:
             raise DataError(no_labels_message(dataset, path))
     else:
         try:
-            test = load_dataset(dataset, path, "test")
+            test = load_dataset(dataset, path, "test", **options)
         except DataError:
             test = None
         if test is None or test.labels is None:

@@ -62,7 +62,11 @@ class RoundLog(RoundCallback):
 
 
 class SampleGrids(RoundCallback):
-    """A grid of EMA samples every `sampling.every` rounds and at the end (root only)."""
+    """A grid of EMA samples every `sampling.every` rounds and at the end (root only).
+    `written`: (round, path) of the last grid this run drew, for callbacks after it."""
+
+    def __init__(self):
+        self.written = None
 
     def after_round(self, view, round_index, record):
         every = view.cfg.sampling.every
@@ -73,16 +77,22 @@ class SampleGrids(RoundCallback):
     def at_end(self, view):
         self._draw(view, view.cfg.federation.rounds - 1)
 
-    @staticmethod
-    def _draw(view, round_index):
+    def _draw(self, view, round_index):
         from feddm_hpc.rundir.run_outputs import save_sample_grid
 
         if view.run_dir is not None:
             save_sample_grid(view, round_index)
+            path = view.run_dir / "samples" / f"round-{round_index:06d}.png"
+            if view.comm.rank == 0 and view.cfg.sampling.num_samples > 0:
+                self.written = (round_index, path)
 
 
 class Evaluation(RoundCallback):
-    """FD/KID/PRDC of the EMA model every `evaluation.every` rounds (collective)."""
+    """FD/KID/PRDC of the EMA model every `evaluation.every` rounds (collective).
+    `result`: (round, scores) of the last evaluation on the root, for callbacks after it."""
+
+    def __init__(self):
+        self.result = None
 
     def after_round(self, view, round_index, record):
         e = view.cfg.evaluation
@@ -90,8 +100,10 @@ class Evaluation(RoundCallback):
             from feddm_hpc.evaluation.evaluate import evaluate_run
 
             view.comm.context = f"round {round_index}, evaluation"
-            evaluate_run(view, round_index, e.num_samples, extractor_epochs=e.extractor_epochs,
-                         extractor_max_train=e.extractor_max_train)
+            scores = evaluate_run(view, round_index, e.num_samples, extractor_epochs=e.extractor_epochs,
+                                  extractor_max_train=e.extractor_max_train)
+            if scores is not None:
+                self.result = (round_index, scores)
         return False
 
 
@@ -119,8 +131,13 @@ class Personalization(RoundCallback):
 
 def standard_callbacks(stop_requested: Callable[[], bool], sample_grids: bool = False) -> List[RoundCallback]:
     """The callbacks of a training run, in their order: log, personalization (at the end, before
-    the final grid), sample grids, evaluation, stop decision."""
+    the final grid), sample grids, evaluation, TensorBoard (a no-op unless logging.tensorboard),
+    stop decision."""
+    from feddm_hpc.federation.tensorboard_log import TensorBoardLog
+
     callbacks: List[RoundCallback] = [RoundLog(), Personalization()]
-    if sample_grids:
-        callbacks.append(SampleGrids())
-    return callbacks + [Evaluation(), StopOnRequest(stop_requested)]
+    grids = SampleGrids() if sample_grids else None
+    if grids is not None:
+        callbacks.append(grids)
+    evaluation = Evaluation()
+    return callbacks + [evaluation, TensorBoardLog(grids, evaluation), StopOnRequest(stop_requested)]

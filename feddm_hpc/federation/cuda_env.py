@@ -3,7 +3,7 @@ the training images live. Nothing here launches a CUDA kernel; on a machine with
 sharing check is skipped, the deterministic switch only sets torch flags, and the image store
 stays what it always was (a CPU tensor).
 
-None of this has run on a GPU yet (README: Running on a SLURM cluster, 3. GPUs).
+None of this has run on a GPU yet (docs/gpus.md).
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import torch
 PRECISIONS = ("fp32", "bf16")
 
 # CPU flags (Linux /proc/cpuinfo) of native bf16 arithmetic; without one of them oneDNN emulates
-# bf16 and a step gets slower, not faster (README "Training recipe": x0.12 on an AVX2-only EPYC).
+# bf16 and a step gets slower, not faster (results/recipe/FINDINGS.md: x0.12 on an AVX2-only EPYC).
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 

@@ -12,9 +12,9 @@ import torch
 
 from feddm_hpc import seeding
 from feddm_hpc.config import clients_have_state
-from feddm_hpc.data import label_histograms, load_dataset, partition, summarize_partition
+from feddm_hpc.data import label_histograms, load_configured, partition, summarize_partition
+from feddm_hpc.diffusion import parameterization
 from feddm_hpc.diffusion.schedule import NoiseSchedule, make_schedule
-from feddm_hpc.diffusion.unet import build_unet
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.federation.cuda_env import apply_determinism, check_gpu_sharing, image_store
 from feddm_hpc.federation.placement import (
@@ -53,7 +53,7 @@ def build_model(config, image_shape, device: str):
     channels, size = image_shape[0], image_shape[1]
     torch.manual_seed(seeding.seed_for(config.seed, seeding.INIT))
     try:
-        model = build_unet(config.model, image_channels=channels, image_size=size)
+        model = parameterization.build_model(config.model, image_channels=channels, image_size=size)
     except ValueError as exc:
         raise ConfigError(f"model.channel_mults: {exc}") from None
     return model.to(device)
@@ -62,7 +62,7 @@ def build_model(config, image_shape, device: str):
 def load_partitioned(config):
     """The training split and each client's indices; every client holds at least one batch."""
     d = config.data
-    dataset = load_dataset(d.dataset, d.path, "train", subset=d.subset, seed=config.seed)
+    dataset = load_configured(d, "train", subset=d.subset, seed=config.seed)
     parts = partition(dataset.labels, config.federation.num_clients, d.partition,
                       seed=seeding.seed_for(config.seed, seeding.PARTITION),
                       alpha=d.dirichlet_alpha, classes_per_client=d.classes_per_client,
@@ -118,6 +118,8 @@ def build_setup(config, comm, log) -> RunSetup:
     log.info(f"{dataset.name}: {len(dataset)} images {h}x{w}x{c}; {fed.num_clients} clients "
              f"({data_cfg.partition}) on {comm.size} rank(s); model {spec.total:,} parameters; "
              f"device {device}, {threads} thread(s) per rank")
+    if config.model.parameterization != "dense":
+        log.info("model: " + parameterization.shared_size(model, config.model.parameterization).describe())
     if histogram is not None:
         log.info(summarize_partition(histogram))
     images = image_store(dataset.images, device, config.system.device_data_max_mb)

@@ -21,6 +21,7 @@ from feddm_hpc import seeding
 from feddm_hpc.compression import make_compressor
 from feddm_hpc.config import Config, dump_yaml
 from feddm_hpc.diffusion.loss import make_loss
+from feddm_hpc.diffusion.parameterization import shared_size
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.federation import server
 from feddm_hpc.federation.aggregation import round_aggregation
@@ -63,6 +64,7 @@ class Simulation:
         self.setup: RunSetup = build_setup(config, comm, log)
         s = self.setup
         self.num_params = s.spec.total
+        self.shared_size = shared_size(s.model, config.model.parameterization)
         self.global_params = s.initial_params.copy()
         self.ema = self.global_params.copy()
         self.strategy = make_strategy(config.federation.algorithm, config.server, self.num_params,
@@ -76,6 +78,8 @@ class Simulation:
         self.transport = make_transport(config.system.transport, self.num_params,
                                         len(self.strategy.upload_names), config.compression.target,
                                         secure)
+        self.transport.outbox.attach(self.compressor)   # payloads encoded into the send buffer
+        self._delta = None   # local - start of the client being encoded, reused (_outgoing)
         self.trainer = LocalTrainer(s.model, s.schedule, config.client, s.images, s.device, config.seed,
                                     loss_fn=make_loss(config.diffusion),
                                     total_rounds=config.federation.rounds,
@@ -218,7 +222,7 @@ class Simulation:
         phases.add("encode", time.perf_counter() - t_enc)
         loss, num_samples, norm = self.uplink.public_scalars(result.loss, result.num_samples)
         report = make_report(cid, num_samples, loss, train_s, update, extras,
-                             len(self.strategy.upload_names))
+                             len(self.strategy.upload_names), outbox=self.transport.outbox)
         report.update_norm = norm
         return report
 
@@ -227,7 +231,11 @@ class Simulation:
         uplink's attack and DP clipping, which act on the update."""
         self.uplink.last_norm = None
         if not self.uplink.transforms_update:
-            return local if self.cfg.compression.target == "weights" else local - start
+            if self.cfg.compression.target == "weights":
+                return local
+            if self._delta is None or self._delta.shape != local.shape:
+                self._delta = np.empty_like(local)
+            return np.subtract(local, start, out=self._delta)
         update = self.uplink.prepare(local - start, cid, r)
         return start + update if self.cfg.compression.target == "weights" else update
 
@@ -252,6 +260,7 @@ class Simulation:
         record = server.round_record(r, plan, reduced.reports, agg, self.num_params, down_bytes,
                                      len(self.strategy.upload_names), self.strategy.broadcast_vectors,
                                      prev, client_metrics=not p.dp or p.release_client_metrics)
+        record.update(self.shared_size.metrics_fields())   # lowrank: shared and dense-equivalent counts
         record["phases"] = phases.rounded()
         return record
 

@@ -106,6 +106,9 @@ data:
   dataset: mnist
   path: null
   subset: null
+  image_size: null
+  center_crop: false
+  channels: null
   partition: iid
   dirichlet_alpha: 0.5
   classes_per_client: 2
@@ -119,6 +122,9 @@ model:
   attention_resolutions:
   - 7
   dropout: 0.0
+  parameterization: dense
+  lowrank_rank: null
+  lowrank_fraction: null
 diffusion:
   timesteps: 1000
   schedule: linear
@@ -219,6 +225,8 @@ system:
   device_data_max_mb: 1024
   client_group_size: 1
   precision: fp32
+logging:
+  tensorboard: false
 """
 
 

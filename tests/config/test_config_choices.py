@@ -46,6 +46,9 @@ def bogus(hint):
 NEEDS = {
     ("data", "dataset", "npz"): {"data": {"path": "x.npz"}},
     ("data", "dataset", "hdf5"): {"data": {"path": "x.h5"}},
+    ("model", "parameterization", "lowrank"): {"model": {"lowrank_rank": 1}},
+    ("data", "dataset", "image_folder"): {"data": {"path": "images/"}},
+    ("data", "dataset", "cifar10"): {"data": {"path": "cifar-10-batches-bin/"}},
     ("federation", "algorithm", "scaffold"): {"client": {"optimizer": "sgd", "momentum": 0.0,
                                                          "grad_clip": None}},
     **{("attack", "kind", kind): {"attack": {"clients": [0]}}
@@ -55,7 +58,8 @@ NEEDS = {
 
 def test_the_issue_s_choice_fields_are_all_literals():
     assert set(IDS) == {
-        "data.dataset", "data.partition", "diffusion.schedule", "diffusion.prediction",
+        "data.dataset", "data.partition", "model.parameterization", "diffusion.schedule",
+        "diffusion.prediction",
         "diffusion.loss_weighting", "federation.algorithm", "federation.straggler",
         "federation.cohort_sampling",
         "client.optimizer", "client.lr_schedule", "compression.uplink", "compression.bits",
@@ -132,7 +136,7 @@ def test_wrong_type_keeps_the_plain_type_message(section, name, hint):
 def _registries():
     from feddm_hpc import strategies
     from feddm_hpc.compression import COMPRESSORS, header, quantize, topk
-    from feddm_hpc.diffusion import loss, samplers, schedule
+    from feddm_hpc.diffusion import loss, parameterization, samplers, schedule
     from feddm_hpc.federation import attacks, precision, transports
     from feddm_hpc.strategies import robust
     datasets = importlib.import_module("feddm_hpc.data.datasets")
@@ -150,6 +154,8 @@ def _registries():
         ("diffusion.loss.LOSS_WEIGHTINGS", loss.LOSS_WEIGHTINGS, choices.LossWeighting),
         ("diffusion.schedule.SCHEDULES", schedule.SCHEDULES, choices.Schedule),
         ("diffusion.samplers.SAMPLERS", samplers.SAMPLERS, choices.Sampler),
+        ("diffusion.parameterization.PARAMETERIZATIONS", parameterization.PARAMETERIZATIONS,
+         choices.Parameterization),
         ("data.datasets.DATASETS", datasets.DATASETS, choices.Dataset),
         ("data.partition.SCHEMES", partition.SCHEMES, choices.Partition),
         ("strategies.robust.AGGREGATION_RULES", robust.AGGREGATION_RULES, choices.Aggregation),

@@ -80,8 +80,8 @@ def test_missing_fashion_dir_says_how_to_get_it(tmp_path):
 
 
 def test_unknown_dataset_and_split_list_valid_names():
-    with pytest.raises(ConfigError, match=r"data\.dataset.*fashion_mnist, hdf5, mnist, npz"):
-        load_dataset("cifar10")
+    with pytest.raises(ConfigError, match=r"data\.dataset.*cifar10, fashion_mnist, hdf5, image_folder, mnist, npz"):
+        load_dataset("celeba")
     with pytest.raises(ConfigError, match=r"data\.split"):
         load_dataset("mnist", None, "valid")
 

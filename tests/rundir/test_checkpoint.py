@@ -192,7 +192,7 @@ def test_old_format_checkpoint_still_loads_and_flips_are_detected(tmp_path, writ
 
 
 def test_the_format_attribute_is_the_documented_contract():
-    """DESIGN.md and the README name this string; every checkpoint ever written carries it, so a
-    rename of the module must not change it."""
+    """DESIGN.md and docs/run-directory.md name this string; every checkpoint ever written carries
+    it, so a rename of the module must not change it."""
     from feddm_hpc.rundir.checkpoint import FORMAT
     assert FORMAT == "feddm_hpc.checkpoint/1"
