@@ -5,9 +5,110 @@ ones here. Pickle-based calls are used for small metadata only and never for ten
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Protocol
+import mmap
+import os
+import sys
+from typing import Any, Callable, List, Optional, Protocol
 
 import numpy as np
+
+_LARGE = 8 << 20    # below this, plain numpy memory: a mapping of its own is not worth it
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)   # Linux >= 5.14
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000) if sys.platform.startswith("linux") else 0
+
+
+def _reservation() -> int:
+    """Address space a large buffer reserves up front: the machine's memory (no buffer can
+    usefully outgrow it). Reserved, not allocated: a page is backed once written."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if _MAP_NORESERVE else 0
+    except (OSError, ValueError):   # pragma: no cover
+        return 0
+
+
+def _allocate(nbytes: int):
+    """(uint8 array of at least nbytes, its mapping or None). A large buffer is an anonymous
+    private mapping of the machine's memory size with MAP_NORESERVE, so it never has to move as
+    rounds grow (moving meant copying, and backing twice the bytes, in the first rounds), and
+    advised to use transparent huge pages (a 2 MiB page is one fault instead of 512, and fewer
+    TLB misses in every later copy). Where the address space is limited (ulimit -v, strict
+    overcommit) it is exactly nbytes. Unmapped once the last view of it goes."""
+    if nbytes < _LARGE:
+        return np.empty(nbytes, dtype=np.uint8), None
+    for size, flags in ((max(nbytes, _reservation()), mmap.MAP_PRIVATE | _MAP_NORESERVE),
+                        (nbytes, mmap.MAP_PRIVATE)):
+        try:
+            region = mmap.mmap(-1, size, flags=flags)
+        except (OSError, ValueError, OverflowError):
+            continue
+        try:
+            region.madvise(mmap.MADV_HUGEPAGE)
+        except (AttributeError, OSError):   # pragma: no cover - kernel without THP
+            pass
+        return np.frombuffer(region, dtype=np.uint8), region
+    return np.empty(nbytes, dtype=np.uint8), None   # pragma: no cover
+
+
+class WireBuffer:
+    """One uint8 buffer that lives across rounds: the payloads a rank sends, and on the root the
+    round's received payloads (the root's own first, in place).
+
+    Small buffers grow to at least twice their capacity when a round needs more; a large one
+    reserves the machine's memory size of address space at once (_allocate) and then never
+    moves. Growing keeps the first `keep` bytes and calls the `on_move` listeners, which rebind
+    the views they handed out, so the old memory is released at once. Bytes never written
+    before are pre-touched in bulk where a copy into them follows (`ensure(touch=True)`:
+    MADV_POPULATE_WRITE), so the first round's copy runs at memory speed instead of faulting
+    page by page.
+    """
+
+    def __init__(self):
+        self.array = np.empty(0, dtype=np.uint8)
+        self._region = None
+        self._touched = 0
+        self.on_move: List[Callable[[np.ndarray], None]] = []
+
+    @property
+    def capacity(self) -> int:
+        return int(self.array.size)
+
+    def ensure(self, nbytes: int, keep: int = 0, touch: bool = False) -> np.ndarray:
+        """buffer[:nbytes], growing if needed and keeping the first `keep` bytes. touch: fault
+        in the pages of [keep, nbytes) never written before (MPI is about to write there)."""
+        nbytes, keep = int(nbytes), int(keep)
+        if nbytes > self.capacity:
+            keep = min(keep, self.capacity)
+            new, region = _allocate(max(nbytes, 2 * self.capacity))
+            self._pretouch(new, region, 0, keep)
+            new[:keep] = self.array[:keep]
+            self.array, self._region, self._touched = new, region, keep
+            for listener in self.on_move:
+                listener(new)
+        if touch and nbytes > self._touched:
+            self._pretouch(self.array, self._region, max(keep, self._touched), nbytes)
+        self._touched = max(self._touched, nbytes)
+        return self.array[:nbytes]
+
+    @staticmethod
+    def _pretouch(array: np.ndarray, region, start: int, end: int) -> None:
+        if end <= start:
+            return
+        if region is not None:
+            page = mmap.PAGESIZE
+            lo = start // page * page
+            try:
+                region.madvise(_MADV_POPULATE_WRITE, lo, end - lo)
+                return
+            except (OSError, ValueError):   # pragma: no cover - kernel before 5.14
+                pass
+        array[start:end:mmap.PAGESIZE] = 0   # a write per page (not yet holding data)
+
+    def holds(self, view: np.ndarray, offset: int = 0) -> bool:
+        """Whether `view` is this buffer's memory from `offset` on."""
+        if view.size == 0:
+            return True
+        return (offset + view.size <= self.capacity
+                and int(view.ctypes.data) == int(self.array.ctypes.data) + offset)
 
 
 class Communicator(Protocol):
@@ -18,6 +119,8 @@ class Communicator(Protocol):
 
     def bcast_array(self, array: np.ndarray, root: int = 0) -> None: ...
     def gather_bytes(self, payload: np.ndarray, root: int = 0) -> Optional[List[np.ndarray]]: ...
+    def gather_bytes_into(self, buffer: WireBuffer, nbytes: int,
+                          root: int = 0) -> Optional[List[np.ndarray]]: ...
     def gather_rows(self, rows: np.ndarray, root: int = 0) -> Optional[np.ndarray]: ...
     def allreduce_sum(self, array: np.ndarray) -> None: ...
     def bcast_object(self, obj: Any, root: int = 0) -> Any: ...
@@ -41,6 +144,9 @@ class SerialCommunicator:
     def gather_bytes(self, payload, root=0):
         return [np.ascontiguousarray(payload, dtype=np.uint8)]
 
+    def gather_bytes_into(self, buffer, nbytes, root=0):
+        return self.gather_bytes(buffer.array[:nbytes], root)
+
     def gather_rows(self, rows, root=0):
         return np.ascontiguousarray(rows)
 
@@ -57,6 +163,10 @@ class SerialCommunicator:
 
     def abort(self, code):
         raise SystemExit(code)
+
+
+# A polled wait spins (tests without sleeping) for as long as its bytes take at this rate.
+SPIN_BYTES_PER_S = 2e8
 
 
 class CollectiveTimeout(RuntimeError):
@@ -87,20 +197,29 @@ class MPICommunicator:
         self.local_size = node.Get_size()
         node.Free()
 
-    def _wait(self, request, what: str):
-        """Blocking wait, or a polled wait bounded by timeout_s."""
+    def _wait(self, request, what: str, nbytes: int = 0):
+        """Blocking wait, or a polled wait bounded by timeout_s.
+
+        A large transfer only moves while its ranks are inside MPI (no progress thread): the
+        polled wait keeps testing without sleeping for as long as `nbytes` take at
+        SPIN_BYTES_PER_S, and backs off only after that (a rank waiting for a late one)."""
         if self.timeout_s <= 0:
             request.Wait()
             return
         import time
 
-        deadline = time.monotonic() + self.timeout_s
+        now = time.monotonic()
+        deadline = now + self.timeout_s
+        spin_until = now + nbytes / SPIN_BYTES_PER_S
         pause = 1e-5
         while not request.Test():
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise CollectiveTimeout(
                     f"{self.context}: {what} did not complete within {self.timeout_s:g} s "
                     f"(system.collective_timeout_s) on rank {self.rank}; a rank is hung or dead")
+            if now < spin_until:
+                continue
             time.sleep(pause)
             pause = min(pause * 2, 0.01)  # poll fast at first: most collectives are short
 
@@ -108,7 +227,7 @@ class MPICommunicator:
         if self.timeout_s <= 0:
             self.comm.Bcast(array, root=root)
         else:
-            self._wait(self.comm.Ibcast(array, root=root), "broadcast")
+            self._wait(self.comm.Ibcast(array, root=root), "broadcast", array.nbytes)
 
     def gather_bytes(self, payload, root=0):
         """Sizes first, then one Gatherv of the uint8 payloads; the root gets one array per rank.
@@ -122,13 +241,40 @@ class MPICommunicator:
                    "gather of payload sizes")
         send = [payload, MPI.BYTE]
         if self.rank != root:
-            self._wait(self.comm.Igatherv(send, None, root=root), "gather of payloads")
+            self._wait(self.comm.Igatherv(send, None, root=root), "gather of payloads", payload.size)
             return None
         displs = np.zeros(self.size, dtype=np.int64)
         np.cumsum(sizes[:-1], out=displs[1:])
         recv = np.empty(int(sizes.sum()), dtype=np.uint8)
         self._wait(self.comm.Igatherv(send, [recv, sizes, displs, MPI.BYTE], root=root),
-                   "gather of payloads")
+                   "gather of payloads", recv.size)
+        return [recv[d:d + s] for d, s in zip(displs, sizes)]
+
+    def gather_bytes_into(self, buffer: WireBuffer, nbytes: int, root: int = 0):
+        """gather_bytes of `buffer[:nbytes]`, received on the root into `buffer` itself (the
+        same wire format: sizes, then one Gatherv of the bytes): the root's own bytes stay where
+        they are (MPI_IN_PLACE), the other ranks' land after them in rank order, and the root
+        gets views of `buffer`, one per rank, valid until the buffer's next use. The buffer
+        grows only when the round brings more bytes than it holds (keeping the root's part)."""
+        MPI = self._MPI
+        nbytes = int(nbytes)
+        sizes = np.zeros(self.size, dtype=np.int64) if self.rank == root else None
+        self._wait(self.comm.Igather(np.array([nbytes], dtype=np.int64), sizes, root=root),
+                   "gather of payload sizes")
+        if self.rank != root:
+            self._wait(self.comm.Igatherv([buffer.array[:nbytes], MPI.BYTE], None, root=root),
+                       "gather of payloads", nbytes)
+            return None
+        displs = np.zeros(self.size, dtype=np.int64)
+        np.cumsum(sizes[:-1], out=displs[1:])
+        total = int(sizes.sum())
+        mine = int(displs[root])
+        if mine:   # the root's bytes must sit at its displacement: move them there
+            buffer.ensure(mine + nbytes, keep=nbytes)
+            buffer.array[mine:mine + nbytes] = buffer.array[:nbytes].copy()
+        recv = buffer.ensure(total, keep=mine + nbytes, touch=True)
+        self._wait(self.comm.Igatherv(MPI.IN_PLACE, [recv, sizes, displs, MPI.BYTE], root=root),
+                   "gather of payloads", total)
         return [recv[d:d + s] for d, s in zip(displs, sizes)]
 
     def gather_rows(self, rows, root=0):
@@ -144,7 +290,8 @@ class MPICommunicator:
         if self.timeout_s <= 0:
             self.comm.Allreduce(self._MPI.IN_PLACE, array, op=self._MPI.SUM)
         else:
-            self._wait(self.comm.Iallreduce(self._MPI.IN_PLACE, array, op=self._MPI.SUM), "allreduce")
+            self._wait(self.comm.Iallreduce(self._MPI.IN_PLACE, array, op=self._MPI.SUM), "allreduce",
+                       array.nbytes)
 
     def bcast_object(self, obj, root=0):
         """Small JSON-serialisable metadata (flags, paths, error messages): length, then bytes.

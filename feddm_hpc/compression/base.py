@@ -24,7 +24,14 @@ from typing import ClassVar, Iterable
 import numpy as np
 
 from feddm_hpc.compression import lossless
-from feddm_hpc.compression.header import CODEC_NAMES, HEADER_SIZE, Header, as_payload, parse_header
+from feddm_hpc.compression.header import (
+    CODEC_NAMES,
+    HEADER_SIZE,
+    Header,
+    as_payload,
+    new_payload,
+    parse_header,
+)
 from feddm_hpc.privacy.dp import clip_update
 
 _DECODERS: dict[int, type["Compressor"]] = {}
@@ -80,6 +87,9 @@ class Compressor(ABC):
     name: ClassVar[str]
     codec_ids: ClassVar[tuple[int, ...]]
     lossy: ClassVar[bool] = True
+    # Where _encode puts a payload (nbytes -> uint8 array): a transport's send buffer
+    # (reports.Outbox.attach), so the codec writes the wire bytes once; None: a fresh array.
+    payload_allocator = None
 
     def __init__(self, *, error_feedback: bool = False, lossless_method: str = "none") -> None:
         lossless.check_method(lossless_method)
@@ -95,6 +105,10 @@ class Compressor(ABC):
         if buf is None or buf.size < n or buf.dtype != dtype:
             buf = self._scratch[name] = np.empty(n, dtype=dtype)
         return buf[:n]
+
+    def _new_payload(self, header: Header, body_size: int) -> np.ndarray:
+        """A payload for _encode to fill: header written, body uninitialised."""
+        return new_payload(header, body_size, self.payload_allocator)
 
     # -- the codec hooks -------------------------------------------------------------------
     @abstractmethod

@@ -6,7 +6,7 @@ import numpy as np
 
 from feddm_hpc.compression import floatcast
 from feddm_hpc.compression.base import Compressor, finite_range, register_decoder
-from feddm_hpc.compression.header import CODEC_BF16, CODEC_FP16, CODEC_NONE, CODEC_QUANT, Header, new_payload
+from feddm_hpc.compression.header import CODEC_BF16, CODEC_FP16, CODEC_NONE, CODEC_QUANT, Header
 from feddm_hpc.compression.quantize import (
     VALID_BITS,
     dequantize,
@@ -30,7 +30,7 @@ class IdentityCompressor(Compressor):
     lossy = False
 
     def _encode(self, x, rng):
-        payload = new_payload(Header(CODEC_NONE, 32, n=x.size), 4 * x.size)
+        payload = self._new_payload(Header(CODEC_NONE, 32, n=x.size), 4 * x.size)
         payload[32:].view("<f4")[:] = x
         return payload
 
@@ -62,11 +62,11 @@ class Float16Compressor(Compressor):
     def _encode(self, x, rng):
         lo, hi = finite_range(x)
         if self.fmt == "bf16":
-            payload = new_payload(Header(CODEC_BF16, 16, n=x.size), 2 * x.size)
+            payload = self._new_payload(Header(CODEC_BF16, 16, n=x.size), 2 * x.size)
             floatcast.to_bf16(x, payload[32:])
         else:
             exp = floatcast.fp16_exponent(max(-lo, hi))
-            payload = new_payload(Header(CODEC_FP16, 16, n=x.size, exp=exp), 2 * x.size)
+            payload = self._new_payload(Header(CODEC_FP16, 16, n=x.size, exp=exp), 2 * x.size)
             floatcast.to_fp16(x, exp, payload[32:])
         return payload
 
@@ -114,7 +114,7 @@ class QuantCompressor(Compressor):
             raise ValueError("stochastic rounding needs a numpy Generator (rng is None)")
         n, bits, chunk = x.size, self.bits, self.chunk
         header = Header(CODEC_QUANT, bits, FLAG_STOCHASTIC * self.stochastic, n=n, chunk=chunk)
-        payload = new_payload(header, quant_body_size(n, bits, chunk))
+        payload = self._new_payload(header, quant_body_size(n, bits, chunk))
         c = num_chunks(n, chunk)
         body = payload[32:]
         # 8-bit codes go straight into the payload; narrower ones via a reused buffer.

@@ -50,9 +50,11 @@ class Header(NamedTuple):
     exp: int = 0
 
 
-def new_payload(header: Header, body_size: int) -> np.ndarray:
-    """A payload of header + body_size bytes: header written, body uninitialised."""
-    out = np.empty(HEADER_SIZE + body_size, dtype=np.uint8)
+def new_payload(header: Header, body_size: int, allocate=None) -> np.ndarray:
+    """A payload of header + body_size bytes: header written, body uninitialised. `allocate`
+    (nbytes -> uint8 array): where the payload goes, e.g. straight into a send buffer."""
+    out = np.empty(HEADER_SIZE + body_size, dtype=np.uint8) if allocate is None \
+        else allocate(HEADER_SIZE + body_size)
     _STRUCT.pack_into(out, 0, MAGIC, VERSION, header.codec, header.bits, header.flags,
                       header.lossless, 0, header.n, header.k, header.chunk, header.exp)
     return out

@@ -13,7 +13,7 @@ import numpy as np
 
 from feddm_hpc.compression import floatcast
 from feddm_hpc.compression.base import Compressor, finite_range, register_decoder
-from feddm_hpc.compression.header import CODEC_TOPK, Header, new_payload
+from feddm_hpc.compression.header import CODEC_TOPK, Header
 from feddm_hpc.compression.quantize import dequantize, num_chunks, quant_body_size, quantize
 
 VALUE_BITS = (32, 16, 8)
@@ -127,7 +127,7 @@ class TopKCompressor(Compressor):
         chunk = self.chunk if bits == 8 else 0
         header = Header(CODEC_TOPK, bits, flags, n=n, k=k, chunk=chunk, exp=exp)
         vsize = _value_size(bits, k, chunk)
-        payload = new_payload(header, vsize + _index_size(coding, n, k))
+        payload = self._new_payload(header, vsize + _index_size(coding, n, k))
         vbody, ibody = payload[32: 32 + vsize], payload[32 + vsize:]
         if bits == 32:
             vbody.view("<f4")[:] = vals

@@ -46,8 +46,10 @@ class RoundAggregation:
 
     def finish(self, total: np.ndarray, weight: float, rows: Optional[np.ndarray] = None,
                row_ids: Sequence[int] = ()) -> np.ndarray:
-        """The float32 mean update from the float64 weighted sum (and the rows, if kept)."""
-        return (total / weight).astype(np.float32)
+        """The float32 mean update from the float64 weighted sum (and the rows, if kept):
+        divided in float64 and rounded once, as (total / weight).astype(float32), without the
+        model-sized float64 temporary."""
+        return np.divide(total, weight, out=np.empty(total.shape, dtype=np.float32))
 
     def record_fields(self) -> Dict[str, object]:
         return dict(self.fields)

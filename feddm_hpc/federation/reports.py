@@ -47,16 +47,119 @@ class ClientReport:
 
 
 def make_report(client_id: int, num_samples: int, loss: float, train_s: float,
-                update: Optional[np.ndarray], extras: Sequence[np.ndarray], num_extras: int) -> ClientReport:
-    """A report from the payloads; `update` None: the client could not encode (no bytes sent)."""
+                update: Optional[np.ndarray], extras: Sequence[np.ndarray], num_extras: int,
+                outbox: Optional["Outbox"] = None) -> ClientReport:
+    """A report from the payloads; `update` None: the client could not encode (no bytes sent).
+    `outbox`: the transport's send buffer, which takes the payloads now (a codec attached to it
+    wrote the update there already: nothing is copied then)."""
     if update is None:
-        return ClientReport(client_id, num_samples, loss, train_s, STATUS_UNENCODABLE,
-                            0, (0,) * num_extras, _EMPTY, (_EMPTY,) * num_extras)
-    extras = tuple(extras)
-    if len(extras) != num_extras:
-        raise ValueError(f"client {client_id}: {len(extras)} extra uploads, expected {num_extras}")
-    return ClientReport(client_id, num_samples, loss, train_s, STATUS_OK, int(update.size),
-                        tuple(int(e.size) for e in extras), update, extras)
+        report = ClientReport(client_id, num_samples, loss, train_s, STATUS_UNENCODABLE,
+                              0, (0,) * num_extras, _EMPTY, (_EMPTY,) * num_extras)
+    else:
+        extras = tuple(extras)
+        if len(extras) != num_extras:
+            raise ValueError(f"client {client_id}: {len(extras)} extra uploads, expected {num_extras}")
+        report = ClientReport(client_id, num_samples, loss, train_s, STATUS_OK, int(update.size),
+                              tuple(int(e.size) for e in extras), update, extras)
+    if outbox is not None:
+        outbox.put(report)
+    return report
+
+
+class Outbox:
+    """One rank's payloads of a round in wire order (each report's update, then its extra
+    uploads, in report order) in one comm.WireBuffer that lives across rounds: the bytes the
+    payload Gatherv sends, and on the root the head of the buffer it receives into.
+
+    A codec attached to it (`attach`) encodes straight into the buffer: its payload is
+    `allocate`d at the end, and `put` (make_report) takes it without a copy; anything else
+    (a lossless stage's smaller copy, masked secure-aggregation words, SCAFFOLD's control delta)
+    is copied in once. The reports put here hold views of the buffer, rebound if it grows. The
+    transport `clear`s it after each round's gather: the views are then valid until the next
+    round's payloads overwrite them.
+    """
+
+    def __init__(self):
+        from feddm_hpc.comm import WireBuffer
+
+        self.buffer = WireBuffer()
+        self.buffer.on_move.append(self._rebind)
+        self.used = 0
+        self._placed: List[Tuple[ClientReport, int]] = []   # (report, offset of its update)
+
+    def attach(self, compressor) -> None:
+        """Make `compressor` encode its payloads into this outbox."""
+        compressor.payload_allocator = self.allocate
+
+    def allocate(self, nbytes: int) -> np.ndarray:
+        """Room for the next payload at the end of the buffer (becomes a report's with `put`)."""
+        return self.buffer.ensure(self.used + nbytes, keep=self.used, touch=True)[self.used:]
+
+    def put(self, report: ClientReport) -> None:
+        """Append the report's payloads; the report then holds views of the buffer."""
+        self._put(report, _pieces(report))
+
+    def _put(self, report: ClientReport, pieces: Sequence[np.ndarray]) -> None:
+        offset = self.used
+        views = self._place(pieces)
+        report.update, report.extras = views[0], tuple(views[1:])
+        self._placed.append((report, offset))
+
+    def _place(self, pieces: Sequence[np.ndarray]) -> List[np.ndarray]:
+        """Append the pieces (copying those not written in place); their views, taken after
+        any growth."""
+        spans = []
+        for piece in pieces:
+            dest = self.buffer.ensure(self.used + piece.size, keep=self.used, touch=True)[self.used:]
+            if not self.buffer.holds(piece, self.used):
+                np.copyto(dest, piece)
+            spans.append((self.used, piece.size))
+            self.used += piece.size
+        return [self.buffer.array[o:o + n] for o, n in spans]
+
+    def stage(self, reports: Sequence[ClientReport]) -> int:
+        """Make the buffer hold exactly these reports' payloads in wire order; returns its
+        byte count. Reports put here in this order are in place already. Others are copied in:
+        those whose payloads were in this buffer are rebound to their new place; those built
+        without this outbox keep their own arrays."""
+        placed = [rep for rep, _ in self._placed]
+        if len(reports) == len(placed) and all(a is b for a, b in zip(reports, placed)):
+            return self.used
+        entries = []
+        for rep in reports:
+            pieces = _pieces(rep)
+            ours = any(np.may_share_memory(p, self.buffer.array) for p in pieces)
+            entries.append((rep, [p.copy() for p in pieces] if ours else pieces, ours))
+        self.clear()
+        for rep, pieces, ours in entries:
+            if ours:
+                self._put(rep, pieces)
+            else:
+                self._place(pieces)
+        return self.used
+
+    def contents(self) -> np.ndarray:
+        return self.buffer.array[:self.used]
+
+    def clear(self) -> None:
+        """Start the next round's payloads at the beginning of the buffer."""
+        self.used = 0
+        self._placed = []
+
+    def _rebind(self, new: np.ndarray) -> None:
+        for rep, offset in self._placed:
+            views = []
+            for size in (rep.update_bytes, *rep.extra_bytes):
+                views.append(new[offset:offset + size])
+                offset += size
+            rep.update, rep.extras = views[0], tuple(views[1:])
+
+
+def _pieces(report: ClientReport) -> List[np.ndarray]:
+    """A report's payloads in wire order (the update, then its extra uploads)."""
+    update = report.update if report.update is not None else _EMPTY
+    return [np.ascontiguousarray(update, dtype=np.uint8).reshape(-1),
+            *(np.ascontiguousarray(e, dtype=np.uint8).reshape(-1) for e in report.extras or ())]
 
 
 def wire_dtype(num_extras: int) -> np.dtype:
@@ -69,7 +172,15 @@ def wire_dtype(num_extras: int) -> np.dtype:
 
 
 def pack(reports: Sequence[ClientReport], num_extras: int) -> Tuple[np.ndarray, np.ndarray]:
-    """(the scalars as uint8 bytes of a structured array, the payload blob) of one rank."""
+    """(the scalars as uint8 bytes of a structured array, the payload blob) of one rank. The
+    transports stage the blob in their Outbox instead (the same bytes, no fresh array)."""
+    pieces = [p for rep in reports for p in _pieces(rep)]
+    blob = np.concatenate(pieces) if pieces else _EMPTY.copy()
+    return pack_scalars(reports, num_extras), blob
+
+
+def pack_scalars(reports: Sequence[ClientReport], num_extras: int) -> np.ndarray:
+    """The reports' scalars as the uint8 bytes of a structured array (wire_dtype)."""
     records = np.zeros(len(reports), dtype=wire_dtype(num_extras))
     for i, rep in enumerate(reports):
         records[i]["client_id"] = rep.client_id
@@ -81,12 +192,7 @@ def pack(reports: Sequence[ClientReport], num_extras: int) -> Tuple[np.ndarray, 
         records[i]["update_norm"] = rep.update_norm
         if num_extras:
             records[i]["extra_bytes"] = rep.extra_bytes
-    pieces: List[np.ndarray] = []
-    for rep in reports:
-        pieces.append(rep.update if rep.update is not None else _EMPTY)
-        pieces.extend(rep.extras or ())
-    blob = np.concatenate(pieces) if pieces else _EMPTY.copy()
-    return records.view(np.uint8).reshape(-1), blob
+    return records.view(np.uint8).reshape(-1)
 
 
 def _records(raw: np.ndarray, num_extras: int) -> np.ndarray:
@@ -142,5 +248,5 @@ def by_client(reports: Sequence[ClientReport]) -> Dict[int, ClientReport]:
     return {rep.client_id: rep for rep in reports}
 
 
-__all__ = ["ClientReport", "STATUS_OK", "STATUS_REJECTED", "STATUS_UNENCODABLE", "by_client",
-           "make_report", "pack", "unpack", "unpack_scalars", "wire_dtype"]
+__all__ = ["ClientReport", "Outbox", "STATUS_OK", "STATUS_REJECTED", "STATUS_UNENCODABLE", "by_client",
+           "make_report", "pack", "pack_scalars", "unpack", "unpack_scalars", "wire_dtype"]

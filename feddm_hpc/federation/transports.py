@@ -39,10 +39,23 @@ class Reduced:
 
 
 class Transport:
+    """`outbox`: this rank's send buffer (reports.Outbox), where make_report puts the payloads
+    and an attached codec encodes them; `buffers`: the decode and sum buffers of
+    server.aggregate. Both live as long as the transport, sized by the first rounds and grown
+    only when a round needs more, so no round after the first allocates (or page-faults)
+    model-sized memory."""
     name = "base"
 
     def __init__(self, num_params: int, num_extras: int, target: str):
         self.num_params, self.num_extras, self.target = num_params, num_extras, target
+        self.outbox = wire.Outbox()
+        self._buffers: Optional[server.AggregateBuffers] = None
+
+    @property
+    def buffers(self) -> server.AggregateBuffers:
+        if self._buffers is None:
+            self._buffers = server.AggregateBuffers(self.num_params, self.num_extras)
+        return self._buffers
 
     def reduce(self, comm, reports: Sequence[ClientReport], start: np.ndarray,
                phases: Dict[str, float], rule: Optional[RoundAggregation] = None) -> Optional[Reduced]:
@@ -55,23 +68,35 @@ class GatherTransport(Transport):
     name = "gather"
 
     def _gather(self, comm, reports, phases) -> Optional[Dict[int, ClientReport]]:
-        """Every report with its payloads on the root, by client id; None on the other ranks."""
+        """Every report with its payloads on the root, by client id; None on the other ranks.
+        The payloads travel from the outbox (staged there by make_report) into the root's
+        outbox buffer, the root's own in place, so the root's reports are views of one buffer
+        (per-client slots in rank, then report order). Call `outbox.clear()` once done."""
         t = time.perf_counter()
-        scalars, blob = wire.pack(reports, self.num_extras)
-        blobs = comm.gather_bytes(blob)
+        scalars = wire.pack_scalars(reports, self.num_extras)
+        nbytes = self.outbox.stage(reports)
+        into = getattr(comm, "gather_bytes_into", None)
+        if into is not None:
+            blobs = into(self.outbox.buffer, nbytes)
+        else:   # a communicator without it (test doubles): the plain gather of the same bytes
+            blobs = comm.gather_bytes(self.outbox.contents())
         scalar_parts = comm.gather_bytes(scalars)
         phases["gather"] = time.perf_counter() - t
         return wire.unpack(scalar_parts, blobs, self.num_extras) if comm.rank == 0 else None
 
     def reduce(self, comm, reports, start, phases, rule=None):
-        by_id = self._gather(comm, reports, phases)
-        if by_id is None:
-            return None
-        t = time.perf_counter()
-        agg = server.aggregate(by_id, self.num_params, start, self.target, self.num_extras, rule)
-        phases["decode"] = agg.decode_s
-        phases["aggregate"] = time.perf_counter() - t - agg.decode_s
-        return Reduced(by_id, agg)
+        try:
+            by_id = self._gather(comm, reports, phases)
+            if by_id is None:
+                return None
+            t = time.perf_counter()
+            agg = server.aggregate(by_id, self.num_params, start, self.target, self.num_extras,
+                                   rule, buffers=self.buffers)
+            phases["decode"] = agg.decode_s
+            phases["aggregate"] = time.perf_counter() - t - agg.decode_s
+            return Reduced(by_id, agg)
+        finally:
+            self.outbox.clear()
 
 
 class AllreduceTransport(Transport):
@@ -80,20 +105,20 @@ class AllreduceTransport(Transport):
     def reduce(self, comm, reports, start, phases, rule=None):
         t = time.perf_counter()
         rule = rule if rule is not None else WeightedMean(0, ())
+        # The local sums land in the buffers' flat [update sum | extra sums | weight] array,
+        # which the allreduce then sums in place: no copy, no fresh vector per round.
         local = server.aggregate(wire.by_client(reports), self.num_params, start, self.target,
-                                 self.num_extras, rule, finish=False)
+                                 self.num_extras, rule, finish=False, buffers=self.buffers)
+        self.outbox.clear()
         rejected = set(local.rejected)
         # The root learns who this rank rejected through the status of their reports.
         sent = [replace(rep, status=wire.STATUS_REJECTED) if rep.client_id in rejected and rep.ok
                 else rep for rep in reports]
         n, k = self.num_params, self.num_extras
-        buf = np.zeros((1 + k) * n + 1, dtype=np.float64)
-        buf[:n] = local.weighted_sum.total
-        for j, total in enumerate(local.extra_sums):   # empty: no client of this rank accepted
-            buf[(1 + j) * n:(2 + j) * n] = total
+        buf = self.buffers.flat
         buf[-1] = local.weighted_sum.weight
         comm.allreduce_sum(buf)
-        scalars, _ = wire.pack([replace(rep, update=None, extras=None) for rep in sent], k)
+        scalars = wire.pack_scalars(sent, k)
         scalar_parts = comm.gather_bytes(scalars)
         phases["gather"] = time.perf_counter() - t - local.decode_s
         phases["decode"] = local.decode_s   # this rank's own clients; the others decode in parallel
@@ -129,6 +154,12 @@ class SecureGatherTransport(GatherTransport):
         self.min_clients = min_clients
 
     def reduce(self, comm, reports, start, phases, rule=None):
+        try:
+            return self._reduce(comm, reports, phases, rule)
+        finally:
+            self.outbox.clear()
+
+    def _reduce(self, comm, reports, phases, rule):
         by_id = self._gather(comm, reports, phases)
         if by_id is None:
             return None
