@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import typing
 from typing import Any, Literal, Optional, Tuple
 
@@ -34,7 +35,7 @@ Lossless = Literal["none", "zlib", "zstd"]                             # compres
 Fp16Format = Literal["fp16", "bf16"]
 Target = Literal["update", "weights"]
 Downlink = Literal["none", "quant"]
-Parameterization = Literal["dense", "lowrank"]  # diffusion.parameterization.PARAMETERIZATIONS
+Parameterization = Literal["dense", "lowrank", "hyper"]  # diffusion.parameterization.PARAMETERIZATIONS
 Sampler = Literal["ddim", "ddpm"]                                      # diffusion.SAMPLERS
 Transport = Literal["gather", "hierarchical"]                          # transports.TRANSPORTS
 Placement = Literal["auto", "static", "per_round"]
@@ -60,13 +61,28 @@ def literal_base(hint: Any) -> type:
     return kinds.pop()
 
 
+# Fields that also take a user's class by import path, `package.module:Name` (docs/extending.md).
+# Only the syntax is checked here (the config layer imports nothing); the import and the protocol
+# check happen where the object is built: compression.make_compressor, strategies.make_strategy.
+EXTENSIBLE_FIELDS = frozenset({"federation.algorithm", "compression.uplink"})
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def is_import_path(value: Any) -> bool:
+    return isinstance(value, str) and IMPORT_PATH.match(value) is not None
+
+
 def check_choice(value: Any, hint: Any, name: str) -> Any:
     """`value` if it is one of the Literal `hint`'s values (bool is no int here), else ConfigError
-    "name: invalid value 'x'; valid values: a, b, c"."""
+    "name: invalid value 'x'; valid values: a, b, c". Fields of EXTENSIBLE_FIELDS also take an
+    import path `package.module:Name`."""
     values = typing.get_args(hint)
     if not any(type(value) is type(v) and value == v for v in values):
+        if name in EXTENSIBLE_FIELDS and is_import_path(value):
+            return value
+        extra = " or an import path package.module:Name" if name in EXTENSIBLE_FIELDS else ""
         raise ConfigError(f"{name}: invalid value {value!r}; valid values: "
-                          + ", ".join(str(v) for v in values))
+                          + ", ".join(str(v) for v in values) + extra)
     return value
 
 

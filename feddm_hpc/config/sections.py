@@ -72,11 +72,14 @@ class ModelConfig:
     num_res_blocks: int = 1
     attention_resolutions: Tuple[int, ...] = (7,)
     dropout: float = 0.0
-    # What a client trains and shares (diffusion/parameterization.py): dense, or lowrank (FedPara
-    # factors of every conv and linear but the image-facing two); lowrank takes exactly one of:
+    # What a client trains and shares (diffusion/parameterization.py): dense, lowrank (FedPara
+    # factors of every conv and linear but the image-facing two) or hyper (those layers' weights
+    # made by one shared generator from chunk embeddings); lowrank takes exactly one of:
     parameterization: Parameterization = "dense"
     lowrank_rank: Optional[int] = None         # the same rank in every factored layer
     lowrank_fraction: Optional[float] = None   # ranks chosen so shared/dense is about this
+    hyper_embedding_dim: Optional[int] = None  # hyper only: d of each chunk embedding (null: 16)
+    hyper_chunk_size: Optional[int] = None     # hyper only: values per chunk, K (null: 256)
 
     def validate(self) -> None:
         check_choices(self, "model")
@@ -87,6 +90,10 @@ class ModelConfig:
         require(self.lowrank_rank is None or self.lowrank_rank >= 1, "model.lowrank_rank: must be >= 1")
         require(self.lowrank_fraction is None or 0 < self.lowrank_fraction < 1,
                 "model.lowrank_fraction: must be in (0, 1)")
+        for knob in ("hyper_embedding_dim", "hyper_chunk_size"):
+            v, only = getattr(self, knob), f"model.{knob}: only with model.parameterization=hyper"
+            require(v is None or self.parameterization == "hyper", only)
+            require(v is None or (type(v) is int and v >= 1), f"model.{knob}: must be >= 1")
         require(self.base_channels >= 4, "model.base_channels: must be >= 4")
         require(len(self.channel_mults) >= 1 and all(m >= 1 for m in self.channel_mults),
                 "model.channel_mults: a non-empty list of positive integers")
@@ -120,7 +127,7 @@ class FederationConfig:
     # ceil(num_clients / clients_per_round) rounds (seeding.sample_cohort)
     cohort_sampling: CohortSampling = "uniform"
     rounds: int = 10
-    algorithm: Algorithm = "fedavg"
+    algorithm: Algorithm = "fedavg"     # or a user's Strategy: package.module:Name (docs/extending.md)
     # Realism (participation.py). Every draw comes from (seed, round, client_id), never the rank.
     dropout_prob: float = 0.0           # each cohort client independently fails to report
     straggler: Straggler = "none"       # lognormal: a fixed slowness factor per client
@@ -183,7 +190,7 @@ class ClientConfig:
 
 @dataclass(frozen=True)
 class CompressionConfig:
-    uplink: Uplink = "none"
+    uplink: Uplink = "none"             # or a user's Compressor: package.module:Name (docs/extending.md)
     bits: Bits = 8                      # 16: float16 (fp16_format); 8 | 4 | 2: chunked integer codes
     chunk_size: int = 4096
     stochastic_rounding: bool = False

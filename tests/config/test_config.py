@@ -125,6 +125,8 @@ model:
   parameterization: dense
   lowrank_rank: null
   lowrank_fraction: null
+  hyper_embedding_dim: null
+  hyper_chunk_size: null
 diffusion:
   timesteps: 1000
   schedule: linear

@@ -81,7 +81,9 @@ def test_default_is_one_of_the_values(section, name, hint):
 def test_loader_rejects_a_bogus_value_naming_the_field(section, name, hint):
     value = bogus(hint)
     expected = (f"{section}.{name}: invalid value {value!r}; valid values: "
-                + ", ".join(str(v) for v in typing.get_args(hint)))
+                + ", ".join(str(v) for v in typing.get_args(hint))
+                + (" or an import path package.module:Name"       # tests/test_extensions.py
+                   if f"{section}.{name}" in choices.EXTENSIBLE_FIELDS else ""))
     with pytest.raises(ConfigError) as exc:
         config_from_tree({section: {name: value}})
     assert str(exc.value) == expected
