@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from feddm_hpc.diffusion.generated import ConvShell, LinearShell, check_plain_conv, dense_numel
+
 
 def chunk_count(m: int, n: int, chunk: int) -> int:
     return -(-(m * n) // chunk)
@@ -122,44 +124,29 @@ class _Hyper(nn.Module):
 
     @property
     def dense_numel(self) -> int:
-        return self.m * self.n + (self.m if self.bias is not None else 0)
+        return dense_numel(self.m, self.n, self.bias)
 
 
-class HyperLinear(_Hyper):
+class HyperLinear(LinearShell, _Hyper):
     def __init__(self, in_features: int, out_features: int, generator: HyperGenerator,
                  bias: bool = True):
         super().__init__(out_features, in_features, generator, bias, fan_in=in_features)
-        self.in_features, self.out_features = in_features, out_features
-
-    def weight(self) -> torch.Tensor:
-        return self.matrix()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.matrix(), self.bias)
+        self._shape_linear(in_features, out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"chunks={self.embeddings.shape[0]}")
 
 
-class HyperConv2d(_Hyper):
+class HyperConv2d(ConvShell, _Hyper):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Tuple[int, int],
                  generator: HyperGenerator, stride=1, padding=0, bias: bool = True):
         kh, kw = kernel_size
-        fan_in = in_channels * kh * kw
-        super().__init__(out_channels, fan_in, generator, bias, fan_in=fan_in)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
-
-    def weight(self) -> torch.Tensor:
-        return self.matrix().view(self.out_channels, self.in_channels, *self.kernel_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight(), self.bias, self.stride, self.padding)
+        super().__init__(out_channels, in_channels * kh * kw, generator, bias, fan_in=in_channels * kh * kw)
+        self._shape_conv(in_channels, out_channels, (kh, kw), stride, padding)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, chunks={self.embeddings.shape[0]}")
+        return f"{self.conv_repr()}, chunks={self.embeddings.shape[0]}"
 
 
 def from_dense(layer: nn.Module, generator: HyperGenerator) -> _Hyper:
@@ -168,8 +155,7 @@ def from_dense(layer: nn.Module, generator: HyperGenerator) -> _Hyper:
     if isinstance(layer, nn.Linear):
         return HyperLinear(layer.in_features, layer.out_features, generator, bias)
     if isinstance(layer, nn.Conv2d):
-        if layer.groups != 1 or layer.dilation != (1, 1) or layer.padding_mode != "zeros":
-            raise ValueError("only plain convolutions (groups 1, dilation 1, zero padding) are generated")
+        check_plain_conv(layer, "are generated")
         return HyperConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, generator,
                            layer.stride, layer.padding, bias)
     raise TypeError(f"cannot generate {type(layer).__name__}")

@@ -30,8 +30,9 @@ import math
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from feddm_hpc.diffusion.generated import ConvShell, LinearShell, check_plain_conv, dense_numel
 
 
 def factor_count(m: int, n: int, rank: int) -> int:
@@ -85,42 +86,27 @@ class _Hadamard(nn.Module):
     @property
     def dense_numel(self) -> int:
         """Values of the dense layer this one replaces (weight and bias)."""
-        return self.m * self.n + (self.m if self.bias is not None else 0)
+        return dense_numel(self.m, self.n, self.bias)
 
 
-class LowRankLinear(_Hadamard):
+class LowRankLinear(LinearShell, _Hadamard):
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True):
         super().__init__(out_features, in_features, rank, bias, fan_in=in_features)
-        self.in_features, self.out_features = in_features, out_features
-
-    def weight(self) -> torch.Tensor:
-        return self.matrix()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.matrix(), self.bias)
+        self._shape_linear(in_features, out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
 
 
-class LowRankConv2d(_Hadamard):
+class LowRankConv2d(ConvShell, _Hadamard):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Tuple[int, int], rank: int,
                  stride=1, padding=0, bias: bool = True):
         kh, kw = kernel_size
-        fan_in = in_channels * kh * kw
-        super().__init__(out_channels, fan_in, rank, bias, fan_in=fan_in)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
-
-    def weight(self) -> torch.Tensor:
-        return self.matrix().view(self.out_channels, self.in_channels, *self.kernel_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight(), self.bias, self.stride, self.padding)
+        super().__init__(out_channels, in_channels * kh * kw, rank, bias, fan_in=in_channels * kh * kw)
+        self._shape_conv(in_channels, out_channels, (kh, kw), stride, padding)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, rank={self.rank}")
+        return f"{self.conv_repr()}, rank={self.rank}"
 
 
 def from_dense(layer: nn.Module, rank: int) -> _Hadamard:
@@ -129,8 +115,7 @@ def from_dense(layer: nn.Module, rank: int) -> _Hadamard:
     if isinstance(layer, nn.Linear):
         return LowRankLinear(layer.in_features, layer.out_features, rank, bias)
     if isinstance(layer, nn.Conv2d):
-        if layer.groups != 1 or layer.dilation != (1, 1) or layer.padding_mode != "zeros":
-            raise ValueError("only plain convolutions (groups 1, dilation 1, zero padding) factor")
+        check_plain_conv(layer, "factor")
         return LowRankConv2d(layer.in_channels, layer.out_channels, layer.kernel_size, rank,
                              layer.stride, layer.padding, bias)
     raise TypeError(f"cannot factor {type(layer).__name__}")
