@@ -10,6 +10,7 @@ pids) lies in the scratch folder and the ports are free ones picked at start, so
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -68,6 +69,7 @@ def _free_port() -> int:
 CONF_TEMPLATE = """\
 # One-node test cluster written by tests/slurm_cluster.py
 ClusterName=feddmtest
+FirstJobId={first_job_id}
 SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
@@ -128,7 +130,11 @@ class SlurmCluster:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.conf.write_text(CONF_TEMPLATE.format(
             host=self.host, root=self.root, cpus=self.cpus,
-            ctld_port=_free_port(), slurmd_port=_free_port()))
+            ctld_port=_free_port(), slurmd_port=_free_port(),
+            # MPICH under srun names its shared-memory segment after the job: a cluster whose ids
+            # restart at 1 collides with /dev/shm/mpich_shm_* files a killed job of an earlier
+            # cluster left behind, and every rank fails MPI_Init with "Out of memory" (measured).
+            first_job_id=random.SystemRandom().randrange(1000, 60_000_000)))
         for daemon, extra in (("slurmctld", ["-c", "-i"]), ("slurmd", [])):
             out = open(self.root / f"{daemon}.stdout", "wb")
             self._outs.append(out)
