@@ -1,11 +1,12 @@
-"""Local-training speed of model.parameterization=lowrank against dense, on one CPU thread.
+"""Local-training speed of model.parameterization=lowrank (and hyper) against dense, one CPU thread.
 
-For the model sections of configs/tiny.yaml and configs/quickstart.yaml (MNIST, 1 x 28 x 28):
+For the model sections of configs/tiny.yaml, configs/quickstart.yaml and the frontier study's
+configs/frontier/base.yaml (1 x 28 x 28):
 Adam steps of the training loss on random batches of client.batch_size, for the dense U-Net and
 its lowrank forms, timed in interleaved repeats (best of --repeats, as the machine may be shared).
 Prints the parameter counts and the steps/s of each, and the ratio lowrank / dense.
 
-    .venv/bin/python benchmarks/lowrank_speed.py [--steps 20] [--repeats 3]
+    .venv/bin/python benchmarks/lowrank_speed.py [--steps 20] [--repeats 3] [--cases frontier]
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ CASES = {
     "tiny": (ROOT / "configs" / "tiny.yaml", [("lowrank_rank", 1), ("lowrank_fraction", 0.25)]),
     "quickstart": (ROOT / "configs" / "quickstart.yaml",
                    [("lowrank_fraction", 0.25), ("lowrank_fraction", 0.1)]),
+    # the frontier study's model (results/frontier): its two ranks and its hypernetwork
+    "frontier": (ROOT / "configs" / "frontier" / "base.yaml",
+                 [("lowrank_fraction", 0.25), ("lowrank_fraction", 0.1), ("hyper", None)]),
 }
 
 
@@ -52,12 +56,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
     args = ap.parse_args()
     torch.set_num_threads(1)
-    for name, (path, knobs) in CASES.items():
+    for name in args.cases:
+        path, knobs = CASES[name]
         config = load_config(str(path), [])
         variants = {"dense": config.model}
         for knob, value in knobs:
+            if knob == "hyper":   # the hypernetwork at its configured (default) size
+                variants["hyper"] = dataclasses.replace(config.model, parameterization="hyper")
+                continue
             variants[f"lowrank {knob}={value}"] = dataclasses.replace(
                 config.model, parameterization="lowrank", **{knob: value})
         runs = {}
