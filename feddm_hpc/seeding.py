@@ -37,6 +37,9 @@ class Purpose(enum.IntEnum):
     # Secure aggregation's mask seeds (privacy/secagg.py). It shared 16 with COHORT_PASS until
     # both streams were moved here; the masks cancel exactly, so no result depends on it.
     SECAGG = 17
+    # Each client's own samples of a partially shared run (evaluation/mixture.py): the seed
+    # its generation uses in place of the run's, so clients never share starting noise.
+    CLIENT_SAMPLE = 18
     # The scaling harness's simulated network links (scaling/network.py); its large number
     # predates this table and is kept so that committed scaling studies draw the same links.
     NETWORK = 7_000_001
@@ -44,13 +47,19 @@ class Purpose(enum.IntEnum):
 
 (COHORT, TRAIN, DROPOUT, ENCODE, SAMPLE, PARTITION, INIT, PARTICIPATION, SPEED, CONTROL_ENCODE,
  PERSONAL_SPLIT, PERSONAL_TRAIN, PERSONAL_DROPOUT, PERSONAL_EVAL, DP_NOISE, ATTACK, COHORT_PASS,
- SECAGG, NETWORK) = (int(p) for p in Purpose)
+ SECAGG, CLIENT_SAMPLE, NETWORK) = (int(p) for p in Purpose)
 
 
 def seed_for(seed: int, purpose: int, round_index: int = 0, client_id: int = 0) -> int:
     """A 63-bit integer seed for torch.Generator.manual_seed or numpy."""
     ss = np.random.SeedSequence([int(seed), int(purpose), int(round_index), int(client_id)])
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def client_sample_seed(seed: int, client_id: int) -> int:
+    """The seed client `client_id`'s samples use in place of the run's seed (partial sharing:
+    each client's model draws its own noise; evaluation/mixture.py, diffusion/grids.py)."""
+    return seed_for(seed, Purpose.CLIENT_SAMPLE, 0, client_id)
 
 
 def numpy_rng(seed: int, purpose: int, round_index: int = 0, client_id: int = 0) -> np.random.Generator:

@@ -128,6 +128,27 @@ def memorization_audit(config, samples_u8, extractor, plot_path: Path) -> dict:
     return out
 
 
+def partial_sharing_inputs(comm, config, model, data) -> dict:
+    """evaluate_params' inputs for a partially shared run's checkpoint (its clients' models,
+    shards and label histograms); {} for a run with one model."""
+    from feddm_hpc.config import shares_partly
+    from feddm_hpc.data import label_histograms
+    from feddm_hpc.federation.setup import load_partitioned
+    from feddm_hpc.federation.shared_space import SharedSpace, client_models
+    from feddm_hpc.params import ParamSpec
+
+    if not shares_partly(config):
+        return {}
+    space = SharedSpace(ParamSpec.from_model(model), config.federation.shared_parts)
+    models = client_models(space, data.ema, data.clients, config.federation.num_clients)
+    parts, hist = None, None
+    if comm.rank == 0:   # the shards are a pure function of the config (setup.py)
+        dataset, parts = load_partitioned(config)
+        if dataset.labels is not None:
+            hist = label_histograms(dataset.labels, parts, dataset.num_classes)
+    return dict(client_params=models, client_indices=parts, label_histogram=hist)
+
+
 def cmd_evaluate(args) -> int:
     result = evaluate_checkpoint(make_comm(), args)
     if result is not None:
@@ -181,8 +202,10 @@ def evaluate_checkpoint(comm, args, verbose: bool = True) -> Optional[dict]:
         print(f"note: {FID_UNAVAILABLE}; reporting FD/KID/PRDC in LeNet features",
               file=sys.stderr, flush=True)
 
+    mixture = partial_sharing_inputs(comm, config, model, data)
     result = evaluate_params(comm, config, data.ema, data.image_shape, data.round,
                              args.num_samples, model=model, device=device, sampler=args.sampler,
+                             **mixture,
                              steps=args.steps, eta=args.eta, seed=args.seed,
                              inception=loaded.get("inception"),
                              extractor_epochs=args.extractor_epochs,

@@ -15,6 +15,9 @@ def register(sub) -> None:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--eta", type=float, default=None, help="ddim noise in [0, 1] (default: the config's)")
     s.add_argument("--device", default="auto")
+    s.add_argument("--client", type=int, default=None,
+                   help="partially shared runs (federation.shared_parts): this client's model "
+                        "(default: all clients' models, an equal share each, in client order)")
     s.set_defaults(run=cmd_sample)
 
 
@@ -25,22 +28,26 @@ def cmd_sample(args) -> int:
         raise UserError("--num: must be >= 1")
     images, round_index, sampler, steps = draw_checkpoint_samples(
         args.checkpoint, args.num, sampler=args.sampler, steps=args.steps, seed=args.seed,
-        eta=args.eta, device=args.device)
+        eta=args.eta, device=args.device, client=args.client)
     save_image_grid(images, args.out)
     print(f"wrote {args.num} samples ({sampler}, {steps} steps) from round {round_index} to {args.out}")
     return EXIT_OK
 
 
 def draw_checkpoint_samples(checkpoint, num: int, sampler=None, steps=None, seed=None, eta=None,
-                            device: str = "auto"):
+                            device: str = "auto", client=None):
     """(images [num, C, H, W] in [-1, 1] on the CPU, the checkpoint's round, the sampler, its
-    step count) from the checkpoint's EMA model; sampler/steps/seed/eta default to its config's."""
+    step count) from the checkpoint's EMA model; sampler/steps/seed/eta default to its config's.
+    A partially shared run has a model per client: `client`'s, or (None) all clients' models
+    with an equal share of `num` each (diffusion/grids.draw_client_samples)."""
     from feddm_hpc.config import config_from_yaml_text
-    from feddm_hpc.diffusion.grids import draw_samples
+    from feddm_hpc.diffusion.grids import draw_client_samples, draw_samples
     from feddm_hpc.diffusion.schedule import make_schedule
     from feddm_hpc.federation.cuda_env import apply_determinism
     from feddm_hpc.federation.placement import bind_device, select_device
     from feddm_hpc.federation.setup import build_model
+    from feddm_hpc.federation.shared_space import SharedSpace, client_models
+    from feddm_hpc.params import ParamSpec
     from feddm_hpc.rundir.checkpoint import load_checkpoint
 
     if num < 1:
@@ -61,6 +68,19 @@ def draw_checkpoint_samples(checkpoint, num: int, sampler=None, steps=None, seed
     eta = config.sampling.eta if eta is None else eta
     if not 0.0 <= eta <= 1.0:
         raise UserError("--eta: must be in [0, 1]")
-    images = draw_samples(model, schedule, data.ema, data.image_shape, num, sampler, steps,
-                          seed, data.round, device, eta=eta, prediction=d.prediction)
+    space = SharedSpace(ParamSpec.from_model(model), config.federation.shared_parts)
+    models = client_models(space, data.ema, data.clients, config.federation.num_clients)
+    common = dict(eta=eta, prediction=d.prediction)
+    if models is None:
+        if client is not None:
+            raise UserError("--client: this run shares every part of its model (one global "
+                            "model, no per-client parts)")
+        images = draw_samples(model, schedule, data.ema, data.image_shape, num, sampler, steps,
+                              seed, data.round, device, **common)
+    else:
+        if client is not None and not 0 <= client < len(models):
+            raise UserError(f"--client: must be a client id in 0..{len(models) - 1}")
+        images = draw_client_samples(model, schedule, models, data.image_shape, num, sampler,
+                                     steps, seed, data.round, device,
+                                     clients=None if client is None else [client], **common)
     return images.cpu(), data.round, sampler, steps if sampler == "ddim" else d.timesteps

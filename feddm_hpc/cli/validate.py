@@ -15,8 +15,7 @@ def register(sub) -> None:
 def cmd_validate(args) -> int:
     from feddm_hpc.compression import make_compressor
     from feddm_hpc.config import load_config
-    from feddm_hpc.diffusion.parameterization import shared_size
-    from feddm_hpc.federation.setup import build_model, load_partitioned
+    from feddm_hpc.federation.setup import build_model, load_partitioned, sharing_of
     from feddm_hpc.plugins import is_import_path
     from feddm_hpc.strategies import load_user_strategy, make_strategy
 
@@ -31,7 +30,7 @@ def cmd_validate(args) -> int:
     sizes = [p.size for p in parts]
     h, w, c = ds.image_shape
     model = build_model(config, (c, h, w), "cpu")   # the rank knob's checks need the layer shapes
-    size = shared_size(model, config.model.parameterization)
+    size = sharing_of(config, model)
     # The strategy as the simulation builds it (a user's import path is imported and checked).
     make_strategy(config.federation.algorithm, config.server, size.shared, run_config=config)
     print(f"ok: {args.config}: {len(ds)} {d.dataset} images, {config.federation.num_clients} clients "

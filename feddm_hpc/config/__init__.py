@@ -34,7 +34,12 @@ from feddm_hpc.config.sections import (
     ServerConfig,
     SystemConfig,
 )
-from feddm_hpc.config.validation import check_cross_section, clients_have_state, validate
+from feddm_hpc.config.validation import (
+    check_cross_section,
+    clients_have_state,
+    shares_partly,
+    validate,
+)
 
 __all__ = [
     "LEGACY_VALUES", "CheckpointConfig", "ClientConfig", "CompressionConfig", "Config",
@@ -43,5 +48,5 @@ __all__ = [
     "SystemConfig",
     "check_choice", "check_choices", "check_cross_section", "choice_fields", "clients_have_state",
     "config_from_tree", "config_from_yaml_text", "dump_yaml", "literal_values", "load_config",
-    "read_yaml", "to_tree", "validate",
+    "read_yaml", "shares_partly", "to_tree", "validate",
 ]

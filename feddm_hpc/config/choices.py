@@ -36,6 +36,21 @@ Fp16Format = Literal["fp16", "bf16"]
 Target = Literal["update", "weights"]
 Downlink = Literal["none", "quant"]
 Parameterization = Literal["dense", "lowrank", "hyper"]  # diffusion.parameterization.PARAMETERIZATIONS
+# federation.shared_parts: presets, then the U-Net's parts              # diffusion.parts.NAMES
+SharedPart = Literal["all", "decoder", "latent_decoder", "encoder",
+                     "time_embedding", "input", "down", "middle", "up", "output"]
+UNET_PARTS = ("time_embedding", "input", "down", "middle", "up", "output")
+SHARED_PART_PRESETS = {"all": UNET_PARTS, "decoder": ("up", "output"),
+                       "latent_decoder": ("middle", "up", "output"),
+                       "encoder": ("time_embedding", "input", "down", "middle")}
+
+
+def expand_shared_parts(names) -> Tuple[str, ...]:
+    """federation.shared_parts (parts and presets) -> the parts covered, in UNET_PARTS order."""
+    covered = set()
+    for n in names:
+        covered.update(SHARED_PART_PRESETS.get(n, (n,)))
+    return tuple(p for p in UNET_PARTS if p in covered)
 Sampler = Literal["ddim", "ddpm"]                                      # diffusion.SAMPLERS
 Transport = Literal["gather", "hierarchical"]                          # transports.TRANSPORTS
 Placement = Literal["auto", "static", "per_round"]

@@ -40,9 +40,11 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     if origin is Literal:  # the value's type first (same messages as a plain field), then the set
         return check_choice(_coerce(value, literal_base(annotation), name), annotation, name)
     if origin in (tuple, Tuple):
+        item = (typing.get_args(annotation) or (int,))[0]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list of integers, got {value!r}")
-        return tuple(_coerce(v, int, name) for v in value)
+            what = "integers" if item is int else "names"
+            raise ConfigError(f"{name}: expected a list of {what}, got {value!r}")
+        return tuple(_coerce(v, item, name) for v in value)
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{name}: expected true or false, got {value!r}")

@@ -24,7 +24,7 @@ import tokenize
 import typing
 from typing import Any
 
-from feddm_hpc.config import sections
+from feddm_hpc.config import output_sections, sections
 
 BEGIN = "<!-- generated:config -->"
 END = "<!-- /generated:config -->"
@@ -117,7 +117,8 @@ def _table(prefix: str, cls: type, notes: dict[tuple[str, str], str]) -> list[st
 
 def render() -> str:
     """The generated block, markers included: the top-level keys, then one table per section."""
-    notes = field_comments(inspect.getsource(sections))
+    notes = {**field_comments(inspect.getsource(sections)),
+             **field_comments(inspect.getsource(output_sections))}
     hints = typing.get_type_hints(sections.Config)
     note = f"<!-- Generated from feddm_hpc/config/sections.py; do not edit. Regenerate: {REGENERATE} -->"
     out = [BEGIN, note, "", "### Top-level keys", ""]

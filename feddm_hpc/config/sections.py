@@ -7,7 +7,7 @@ Checks that read several sections live in validation.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Tuple, Union
+from typing import Optional, Tuple
 
 from feddm_hpc.config.choices import (
     Aggregation,
@@ -24,18 +24,23 @@ from feddm_hpc.config.choices import (
     Optimizer,
     Parameterization,
     Partition,
-    Placement,
-    Precision,
     Prediction,
-    Sampler,
     Schedule,
+    SharedPart,
     Straggler,
     Target,
     TopkValueBits,
-    Transport,
     Uplink,
+    check_choice,
     check_choices,
     require,
+)
+from feddm_hpc.config.output_sections import (
+    CheckpointConfig,
+    EvaluationConfig,
+    LoggingConfig,
+    SamplingConfig,
+    SystemConfig,
 )
 
 
@@ -135,6 +140,11 @@ class FederationConfig:
     step_time_s: float = 1.0            # modelled seconds per local step at slowness 1
     round_deadline_s: Optional[float] = None  # simulated seconds; slower clients are dropped
     inject_nan_clients: Tuple[int, ...] = ()  # testing aid: these clients report NaN weights
+    # Partial sharing (diffusion/parts.py, federation/shared_space.py): the U-Net parts whose
+    # parameters clients share; the others stay with each client. Parts: time_embedding, input,
+    # down, middle, up, output; presets: all (the whole model), decoder (up, output),
+    # latent_decoder (middle, up, output), encoder (time_embedding, input, down, middle).
+    shared_parts: Tuple[SharedPart, ...] = ("all",)
 
     def validate(self) -> None:
         check_choices(self, "federation")
@@ -150,6 +160,10 @@ class FederationConfig:
                 "federation.round_deadline_s: must be > 0 or null")
         require(all(0 <= i < self.num_clients for i in self.inject_nan_clients),
                 f"federation.inject_nan_clients: client ids must be in [0, {self.num_clients})")
+        require(len(self.shared_parts) > 0, "federation.shared_parts: must name at least one part "
+                "or preset (all: the whole model)")
+        for part in self.shared_parts:   # a section built in code skips _coerce's item check
+            check_choice(part, SharedPart, "federation.shared_parts")
 
 
 @dataclass(frozen=True)
@@ -292,92 +306,6 @@ class PersonalizationConfig:
     def validate(self) -> None:
         require(self.steps >= 0, "personalization.steps: must be >= 0 (0: off)")
         require(self.eval_size >= 1, "personalization.eval_size: must be >= 1")
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    sampler: Sampler = "ddim"
-    steps: int = 50                     # ddim steps (ddpm always uses all timesteps)
-    eta: float = 0.0                    # ddim noise: 0 deterministic, 1 ancestral-like (cleaner when undertrained)
-    num_samples: int = 64
-    every: int = 0                      # rounds between sample grids; 0: only at the end
-
-    def validate(self) -> None:
-        """steps <= diffusion.timesteps is checked in validation.py."""
-        check_choices(self, "sampling")
-        require(self.num_samples >= 0, "sampling.num_samples: must be >= 0 (0: no sample grids)")
-        require(self.every >= 0, "sampling.every: must be >= 0")
-        require(0.0 <= self.eta <= 1.0, "sampling.eta: must be in [0, 1]")
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    every: int = 0                      # rounds between evaluations during training; 0: off
-    num_samples: int = 1000             # generated and real images each (FD depends on N)
-    extractor_epochs: int = 2           # LeNet feature extractor, trained once and cached
-    extractor_max_train: Optional[int] = None  # train it on the first M images only (quick runs)
-
-    def validate(self) -> None:
-        require(self.every >= 0, "evaluation.every: must be >= 0 (0: off)")
-        require(self.num_samples >= 2, "evaluation.num_samples: must be >= 2")
-        require(self.extractor_epochs >= 1, "evaluation.extractor_epochs: must be >= 1")
-        require(self.extractor_max_train is None or self.extractor_max_train >= 100,
-                "evaluation.extractor_max_train: must be >= 100 or null")
-
-
-@dataclass(frozen=True)
-class CheckpointConfig:
-    every: int = 1                      # rounds between checkpoints (the last round always)
-    keep_last: int = 3
-
-    def validate(self) -> None:
-        require(self.every >= 1, "checkpoint.every: must be >= 1")
-        require(self.keep_last >= 1, "checkpoint.keep_last: must be >= 1")
-
-
-@dataclass(frozen=True)
-class SystemConfig:
-    device: str = "auto"                # auto | cpu | cuda | cuda:N
-    threads: int = 0                    # torch threads per rank; 0: from the cores this rank owns
-    progress: bool = True
-    collective_timeout_s: float = 0.0   # > 0: a collective that waits longer aborts the job (exit 4)
-    placement: Placement = "auto"       # who trains a cohort client (docs/scaling.md)
-    transport: Transport = "gather"     # gather: root decodes every payload in client-id order (rank-invariant)
-                                        # hierarchical: ranks pre-sum their clients, then Allreduce
-    deterministic: bool = False         # GPU: deterministic kernels, no TF32 (docs/gpus.md)
-    device_data_max_mb: int = 1024      # training images on the GPU up to this size (MiB per
-                                        # rank), above it in pinned host memory
-    # Clients a rank trains at once as one vectorized computation (federation/client_groups.py);
-    # auto: 1 on the CPU (measured no faster there), placement.GROUP_SIZE_AUTO_CUDA on a GPU.
-    client_group_size: Union[int, Literal["auto"]] = 1
-    # bf16: local training's forward under bfloat16 autocast (federation/precision.py); float32
-    # parameters, optimizer and updates. Measured ~1.4x fewer CPU-seconds a step (docs/gpus.md).
-    precision: Precision = "fp32"
-
-    def validate(self) -> None:
-        """placement per_round against stateful clients is checked in validation.py."""
-        check_choices(self, "system")
-        dev = self.device
-        require(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()),
-                f"system.device: {dev!r} is not one of auto, cpu, cuda, cuda:N")
-        require(self.threads >= 0, "system.threads: must be >= 0")
-        require(self.collective_timeout_s >= 0,
-                "system.collective_timeout_s: must be >= 0 (0: no timeout)")
-        require(self.device_data_max_mb >= 0,
-                "system.device_data_max_mb: must be >= 0 (0: never on the GPU)")
-        require(self.client_group_size == "auto" or self.client_group_size >= 1,
-                "system.client_group_size: must be >= 1 or auto")
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    tensorboard: bool = False           # event files in RUN_DIR/tensorboard (root; federation/tensorboard_log.py)
-
-    def validate(self) -> None:
-        from importlib.util import find_spec
-        require(not self.tensorboard or find_spec("tensorboard") is not None,
-                "logging.tensorboard: the tensorboard package is not installed; install it with: "
-                "pip install tensorboard (or pip install 'feddm_hpc[tensorboard]')")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import fields
 from importlib.util import find_spec
 
-from feddm_hpc.config.choices import require
+from feddm_hpc.config.choices import UNET_PARTS, expand_shared_parts, require
 from feddm_hpc.config.sections import Config
 from feddm_hpc.errors import ConfigError
 
@@ -18,10 +18,15 @@ _PLAIN_SGD = ("scaffold's control update (x - y_i)/(K lr) assumes plain SGD loca
               "set client.optimizer: sgd, client.momentum: 0, client.grad_clip: null")
 
 
+def shares_partly(c: Config) -> bool:
+    """federation.shared_parts leaves some U-Net part to each client (diffusion/parts.py)."""
+    return expand_shared_parts(c.federation.shared_parts) != UNET_PARTS
+
+
 def clients_have_state(c: Config) -> bool:
     """Per-client state that lives on a hosting rank between rounds (so clients cannot move)."""
     return (c.compression.error_feedback and c.compression.uplink != "none") \
-        or c.federation.algorithm == "scaffold"
+        or c.federation.algorithm == "scaffold" or shares_partly(c)
 
 
 def check_cross_section(c: Config) -> None:
@@ -37,6 +42,23 @@ def check_cross_section(c: Config) -> None:
             "dropout masks would not come from each client's own generator)")
     check_privacy_and_robustness(c)
     check_codec_available(c)
+    if shares_partly(c):
+        check_partial_sharing(c)
+
+
+def check_partial_sharing(c: Config) -> None:
+    """What partial sharing cannot serve, and why (docs/communication.md#partial-sharing)."""
+    require(c.model.parameterization != "hyper", "federation.shared_parts: the hypernetwork's "
+            "generator makes every part's weights, so no part can stay with a client; use "
+            "model.parameterization dense or lowrank, or shared_parts [all]")
+    require(c.federation.algorithm != "scaffold", "federation.shared_parts: scaffold's control "
+            "variates and correction are defined for the whole model; share all parts with scaffold")
+    require(c.personalization.steps == 0, "personalization.steps: a partially shared run already "
+            "keeps per-client parts (its per-client models are evaluated by feddm-hpc evaluate); "
+            "fine-tuning on top is not supported")
+    require(c.system.client_group_size in ("auto", 1), "system.client_group_size: clients trained "
+            "together start from one vector, but under federation.shared_parts each client starts "
+            "from its own private parts; use 1 or auto")
 
 
 def check_scaffold_client(client_cfg) -> None:

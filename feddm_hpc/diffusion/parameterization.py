@@ -41,11 +41,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
 from feddm_hpc.diffusion import hyper
+from feddm_hpc.diffusion import parts as unet_parts
 from feddm_hpc.diffusion.lowrank import _Hadamard, factor_count, from_dense, max_rank
 from feddm_hpc.diffusion.unet import build_unet, count_parameters
 from feddm_hpc.errors import ConfigError
@@ -59,24 +60,34 @@ HYPER_CHUNK_SIZE = 256                      # model.hyper_chunk_size: null under
 @dataclass(frozen=True)
 class SharedSize:
     parameterization: str
-    shared: int             # values of the shared (= trained) vector
+    shared: int             # values of the shared vector (trained, coded, aggregated)
     dense_equivalent: int   # values of the dense model of the same architecture
+    parts: Tuple[str, ...] = ()   # partial sharing: the shared U-Net parts (empty: all)
+    trained: int = 0        # partial sharing: the trained values, shared or private
 
     @property
     def ratio(self) -> float:
         return self.shared / self.dense_equivalent
 
     def describe(self) -> str:
+        if self.parts:
+            return (f"{self.parameterization}, shared parts {', '.join(self.parts)}: "
+                    f"{self.shared:,} shared of {self.trained:,} trained parameters, the rest "
+                    f"per client (dense-equivalent {self.dense_equivalent:,}, ratio {self.ratio:.3f})")
         if self.parameterization == "dense":
             return f"dense, {self.shared:,} shared parameters"
         return (f"{self.parameterization}, {self.shared:,} shared (trained) parameters of a "
                 f"dense-equivalent {self.dense_equivalent:,} (ratio {self.ratio:.3f})")
 
     def metrics_fields(self) -> dict:
-        """The metrics.jsonl fields (none under dense: its lines stay as they were)."""
-        if self.parameterization == "dense":
+        """The metrics.jsonl fields (none under dense sharing everything: its lines stay as
+        they were)."""
+        if self.parameterization == "dense" and not self.parts:
             return {}
-        return {"shared_params": self.shared, "dense_equivalent_params": self.dense_equivalent}
+        fields = {"shared_params": self.shared, "dense_equivalent_params": self.dense_equivalent}
+        if self.parts:
+            fields["shared_parts"] = list(self.parts)
+        return fields
 
 
 def _matrix_shape(layer: nn.Module) -> Tuple[int, int]:
@@ -188,12 +199,19 @@ def build_model(model_cfg, image_channels: int, image_size: int) -> nn.Module:
                       + ", ".join(PARAMETERIZATIONS))
 
 
-def shared_size(model: nn.Module, parameterization: str = "dense") -> SharedSize:
-    shared = count_parameters(model)
-    dense = shared
+def shared_size(model: nn.Module, parameterization: str = "dense",
+                shared_parts: Sequence[str] = ("all",)) -> SharedSize:
+    trained = count_parameters(model)
+    dense = trained
     for mod in model.modules():
         if isinstance(mod, (_Hadamard, hyper._Hyper)):   # a hyper layer's parameters omit the generator
             dense += mod.dense_numel - sum(p.numel() for p in mod.parameters())
         elif isinstance(mod, hyper.HyperGenerator):
             dense -= sum(p.numel() for p in mod.parameters())
-    return SharedSize(parameterization, shared, dense)
+    parts = unet_parts.resolve(shared_parts)
+    if parts == tuple(unet_parts.PARTS):
+        return SharedSize(parameterization, trained, dense)
+    named = list(model.named_parameters())   # the flat vector's order (params.ParamSpec)
+    mask = unet_parts.shared_mask([name for name, _ in named], parts)
+    shared = sum(p.numel() for (_, p), m in zip(named, mask) if m)
+    return SharedSize(parameterization, shared, dense, parts=parts, trained=trained)

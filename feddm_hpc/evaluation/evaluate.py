@@ -13,6 +13,7 @@ import numpy as np
 from feddm_hpc.comm import root_decides
 from feddm_hpc.errors import UserError
 from feddm_hpc.evaluation.generation import generate_samples
+from feddm_hpc.evaluation.mixture import generate_mixture, per_client_scores
 from feddm_hpc.evaluation.results import run_eval_path, write_result
 from feddm_hpc.evaluation.scores import score_samples
 
@@ -23,8 +24,14 @@ def evaluate_params(comm, config, params: np.ndarray, image_shape, round_index: 
                     eta: Optional[float] = None, seed: Optional[int] = None,
                     inception=None, cache_dir=None, extractor_epochs: int = 2,
                     extractor_max_train: Optional[int] = None, verbose: bool = False,
-                    return_samples: bool = False) -> Optional[dict]:
+                    return_samples: bool = False, client_params=None, client_indices=None,
+                    label_histogram=None) -> Optional[dict]:
     """Collective: sample `num_samples` images from `params` on all ranks, score them on the root.
+
+    A partially shared run passes `client_params` (client id -> flat model vector, the root's
+    values count) instead: the samples are the mixture of the clients' models (mixture.py),
+    scored as a whole, and each client's share against its own images (`client_indices`, root)
+    under "mixture". `params` is then unused.
 
     `model`/`schedule` default to fresh ones built from `config` (pass the simulation's own to
     save memory; `params` is loaded into `model`). sampler/steps/eta/seed default to the config's
@@ -65,12 +72,20 @@ def evaluate_params(comm, config, params: np.ndarray, image_shape, round_index: 
     if schedule is None:
         schedule = make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end).to(device)
     t0 = time.perf_counter()
-    fake = generate_samples(comm, model, schedule, params, image_shape, num_samples, sampler,
-                            steps, eta, seed, round_index, device, prediction=d.prediction)
+    if client_params is None:
+        fake = generate_samples(comm, model, schedule, params, image_shape, num_samples, sampler,
+                                steps, eta, seed, round_index, device, prediction=d.prediction)
+    else:
+        fake, owners = generate_mixture(comm, model, schedule, client_params, image_shape,
+                                        num_samples, sampler, steps, eta, seed, round_index,
+                                        device, prediction=d.prediction)
     if comm.rank != 0:
         return None
     t1 = time.perf_counter()
     result = score_samples(fake, reference(), num_samples, inception, cache_dir)
+    if client_params is not None:
+        result["mixture"] = per_client_scores(fake, owners, reference(), client_indices,
+                                              label_histogram, seed=seed)
     result.update(round=int(round_index), sampler=sampler,
                   steps=int(steps if sampler == "ddim" else d.timesteps), eta=float(eta),
                   seed=int(seed), ranks=comm.size, sample_s=round(t1 - t0, 3),
@@ -89,6 +104,9 @@ def evaluate_run(view, round_index: int, num_samples: int, **kwargs) -> Optional
     """
     s = view.setup
     kwargs.setdefault("verbose", True)   # say so when the first call trains the extractor
+    if view.client_models is not None:   # partial sharing: the mixture of the clients' models
+        kwargs.update(client_params=view.client_models(), client_indices=s.parts,
+                      label_histogram=s.histogram)
     result = evaluate_params(view.comm, view.cfg, view.ema, s.image_shape, round_index, num_samples,
                              model=s.model, schedule=s.schedule, device=s.device, **kwargs)
     if view.comm.rank == 0:

@@ -38,6 +38,9 @@ class RunView:
     global_params: np.ndarray        # read-only
     ema: np.ndarray                  # read-only
     start_round: int
+    # Partial sharing (federation.shared_parts): a collective call returning every client's
+    # model vector on the root (Simulation.client_models); None when the run has one model.
+    client_models: Optional[Callable[[], list]] = None
 
 
 class RoundCallback:
@@ -81,7 +84,8 @@ class SampleGrids(RoundCallback):
         from feddm_hpc.rundir.run_outputs import save_sample_grid
 
         if view.run_dir is not None:
-            save_sample_grid(view, round_index)
+            models = view.client_models() if view.client_models is not None else None  # collective
+            save_sample_grid(view, round_index, models)
             path = view.run_dir / "samples" / f"round-{round_index:06d}.png"
             if view.comm.rank == 0 and view.cfg.sampling.num_samples > 0:
                 self.written = (round_index, path)

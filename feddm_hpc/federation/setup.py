@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from feddm_hpc import seeding
-from feddm_hpc.config import clients_have_state
+from feddm_hpc.config import clients_have_state, shares_partly
 from feddm_hpc.data import label_histograms, load_configured, partition, summarize_partition
 from feddm_hpc.diffusion import parameterization
 from feddm_hpc.diffusion.schedule import NoiseSchedule, make_schedule
@@ -59,6 +59,16 @@ def build_model(config, image_shape, device: str):
     return model.to(device)
 
 
+def sharing_of(config, model) -> parameterization.SharedSize:
+    """What a client of this config shares of `model` (shared, trained and dense-equivalent
+    counts); a model whose parameters fall outside the U-Net's parts is a ConfigError."""
+    try:
+        return parameterization.shared_size(model, config.model.parameterization,
+                                            config.federation.shared_parts)
+    except ValueError as exc:
+        raise ConfigError(f"federation.shared_parts: {exc}") from None
+
+
 def load_partitioned(config):
     """The training split and each client's indices; every client holds at least one batch."""
     d = config.data
@@ -104,6 +114,8 @@ def build_setup(config, comm, log) -> RunSetup:
                           f"MPI ranks; launch at most {fed.num_clients} ranks")
     dataset, parts = load_partitioned(config)
     group_size = resolve_group_size(config.system.client_group_size, device, config.model.dropout)
+    if shares_partly(config):   # each client starts from its own private parts: one at a time
+        group_size = 1
     if group_size > 1 and fixed_hosts(config):
         hosted = assign_blocks([p.size for p in parts], comm.size, group_size)
     else:
@@ -118,8 +130,9 @@ def build_setup(config, comm, log) -> RunSetup:
     log.info(f"{dataset.name}: {len(dataset)} images {h}x{w}x{c}; {fed.num_clients} clients "
              f"({data_cfg.partition}) on {comm.size} rank(s); model {spec.total:,} parameters; "
              f"device {device}, {threads} thread(s) per rank")
-    if config.model.parameterization != "dense":
-        log.info("model: " + parameterization.shared_size(model, config.model.parameterization).describe())
+    sharing = sharing_of(config, model)
+    if sharing.parameterization != "dense" or sharing.parts:
+        log.info("model: " + sharing.describe())
     if histogram is not None:
         log.info(summarize_partition(histogram))
     images = image_store(dataset.images, device, config.system.device_data_max_mb)

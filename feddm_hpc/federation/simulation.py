@@ -21,7 +21,6 @@ from feddm_hpc import seeding
 from feddm_hpc.compression import make_compressor
 from feddm_hpc.config import Config, dump_yaml
 from feddm_hpc.diffusion.loss import make_loss
-from feddm_hpc.diffusion.parameterization import shared_size
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.federation import server
 from feddm_hpc.federation.aggregation import round_aggregation
@@ -34,7 +33,8 @@ from feddm_hpc.federation.phases import Phases
 from feddm_hpc.federation.placement import round_placement
 from feddm_hpc.federation.reports import ClientReport, make_report
 from feddm_hpc.federation.server import ema_decay_at
-from feddm_hpc.federation.setup import RunSetup, build_setup, fixed_hosts
+from feddm_hpc.federation.setup import RunSetup, build_setup, fixed_hosts, sharing_of
+from feddm_hpc.federation.shared_space import PrivateParts, SharedSpace, client_models
 from feddm_hpc.federation.transports import make_transport
 from feddm_hpc.federation.uplink import ClientUplink
 from feddm_hpc.rundir import checkpoint as ckpt
@@ -63,14 +63,20 @@ class Simulation:
         self.stop_requested = stop_requested
         self.setup: RunSetup = build_setup(config, comm, log)
         s = self.setup
-        self.num_params = s.spec.total
-        self.shared_size = shared_size(s.model, config.model.parameterization)
+        # The shared vector (shared_space.py) is what is trained, coded, aggregated and counted;
+        # when every part is shared it is the flat model vector itself (no copy).
+        self.space = SharedSpace(s.spec, config.federation.shared_parts)
+        self.num_params = self.space.size
+        self.shared_size = sharing_of(config, s.model)
         self.global_params = s.initial_params.copy()
+        self.shared_global = self.space.take(self.global_params)
         self.ema = self.global_params.copy()
+        self.private = PrivateParts(self.space, s.initial_params)
+        self._local_shared = None   # the shared slices of the client being reported (partial)
         self.strategy = make_strategy(config.federation.algorithm, config.server, self.num_params,
                                       run_config=config)
         self.compressor = make_compressor(config.compression)
-        self.downlink = Downlink(config.compression, self.global_params)
+        self.downlink = Downlink(config.compression, self.shared_global)
         self.uplink = ClientUplink(config, self.compressor, self.num_params)
         p = config.privacy
         secure = dict(seed=config.seed, bits=config.compression.bits, clip_range=p.secagg_range,
@@ -94,6 +100,7 @@ class Simulation:
             raise ConfigError("model: the checkpoint's parameters do not match this config's model "
                               "(model.* settings changed since the checkpoint was written)")
         self.global_params[:] = data.params
+        self.shared_global = self.space.take(self.global_params, out=self.shared_global)
         self.ema[:] = data.ema
         for name, part in self._server_parts().items():
             part.load_state_dict(getattr(data, name))
@@ -117,6 +124,8 @@ class Simulation:
     def _client_parts(self) -> Dict[str, object]:
         """Key prefix in the checkpoint's clients group -> the per-client stateful part."""
         parts = {"residual": self.compressor}
+        if not self.space.identity:
+            parts[self.private.prefix] = self.private
         if self.strategy.client_state is not None:
             parts[self.strategy.client_state.prefix] = self.strategy.client_state
         return parts
@@ -145,7 +154,7 @@ class Simulation:
         plan = plan_round(cfg.seed, r, cohort, cfg.federation, self._steps_of)
         comm.context = f"round {r}, broadcast"  # named in a collective-timeout message
         with phases.timed("broadcast"):
-            start, down_bytes = self.downlink.send(comm, self.global_params)
+            start, down_bytes = self.downlink.send(comm, self.shared_global)
             self.strategy.broadcast(comm)
 
         reports = self._train_clients(r, plan, start, phases)
@@ -204,11 +213,23 @@ class Simulation:
         strategy, parts = self.strategy, self.setup.parts
         if len(group) == 1:   # the one-at-a-time path, exactly as without groups
             cid = group[0]
-            return [self.trainer.train(start, cid, parts[cid], r, terms=strategy.gradient_terms(cid),
-                                       poison=self.uplink.data_poison(cid))]
+            local, result = self.trainer.train(self.private.compose(cid, start), cid, parts[cid], r,
+                                               terms=strategy.gradient_terms(cid),
+                                               poison=self.uplink.data_poison(cid))
+            return [(self._shared_of(cid, local), result)]
+        assert self.space.identity, "partial sharing trains one client at a time (setup.py)"
         members = [Member(c, parts[c], strategy.gradient_terms(c), self.uplink.data_poison(c))
                    for c in group]
         return self.group_trainer.train_group(start, members, r)
+
+    def _shared_of(self, cid: int, local: np.ndarray) -> np.ndarray:
+        """Keep the client's private slices; the shared ones are what it reports (under full
+        sharing: `local` itself)."""
+        if self.space.identity:
+            return local
+        self.private.keep(cid, local)
+        self._local_shared = self.space.take(local, out=self._local_shared)
+        return self._local_shared
 
     def _report(self, local, result, train_s, start, r, plan, phases) -> ClientReport:
         cid = result.client_id
@@ -251,7 +272,8 @@ class Simulation:
                 if not agg.accepted:   # DP: every round releases noise (aggregation.DPMean)
                     self.log.info(f"round {r}: no client update was accepted; the model moves by "
                                   f"the DP noise alone")
-                self.global_params[:] = self.strategy.server_step(self.global_params, agg)
+                self.shared_global[:] = self.strategy.server_step(self.shared_global, agg)
+                self.space.put(self.shared_global, self.global_params)   # full sharing: the same array
                 d = np.float32(ema_decay_at(self.cfg.server, r))
                 self.ema *= d
                 self.ema += (np.float32(1) - d) * self.global_params
@@ -305,12 +327,26 @@ class Simulation:
 
     # ------------------------------------------------------------------ the run
 
+    def client_models(self) -> Optional[List[np.ndarray]]:
+        """Collective, partial sharing only: every client's model (the EMA's shared parts, the
+        client's private parts, gathered from the ranks that host them) on the root; the other
+        ranks get placeholders of the same size (generation broadcasts the root's)."""
+        blobs = self.comm.gather_bytes(_pack_state(self.private.state_dict()))
+        n = self.cfg.federation.num_clients
+        if self.comm.rank != 0:
+            return [self.ema] * n
+        state: Dict[str, np.ndarray] = {}
+        for blob in blobs:
+            state.update(_unpack_state(blob))
+        return client_models(self.space, self.ema, state, n)
+
     def view(self) -> RunView:
         """What round callbacks may read (callbacks.py)."""
         return RunView(cfg=self.cfg, comm=self.comm, run_dir=self.run_dir, log=self.log,
                        setup=self.setup, trainer=self.trainer,
                        global_params=read_only(self.global_params), ema=read_only(self.ema),
-                       start_round=self.start_round)
+                       start_round=self.start_round,
+                       client_models=None if self.space.identity else self.client_models)
 
     def run(self, callbacks: Optional[List[RoundCallback]] = None) -> str:
         """Runs the remaining rounds. Returns "done" or "stopped" (a callback asked to stop).

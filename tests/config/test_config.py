@@ -147,6 +147,8 @@ federation:
   step_time_s: 1.0
   round_deadline_s: null
   inject_nan_clients: []
+  shared_parts:
+  - all
 client:
   local_steps: 50
   local_epochs: null
