@@ -15,7 +15,8 @@ COLUMNS = {
     "cell": "cell", "label": "label", "setting": "setting", "partition": "partition",
     "seeds": "seeds", "seed_list": "seeds", "fd": "final FD", "kid": "KID",
     "precision": "precision", "recall": "recall", "coverage": "coverage",
-    "uplink_ratio": "uplink / float32", "uplink_bytes": "uplink total",
+    "uplink_ratio": "uplink / float32", "uplink_dense_ratio": "uplink / dense float32",
+    "uplink_bytes": "uplink total",
     "eval_round": "eval round", "eval_n": "eval N", "z": "z", "clip_norm": "clip norm",
     "epsilon": "epsilon (delta)", "near_copy_pixel": "near copies, pixel",
     "near_copy_feature": "near copies, feature", "nearest_over_test_pixel": "nearest dist. / test's",
@@ -69,8 +70,8 @@ def _value(name: str, s: Optional[dict], digits: Optional[int]) -> str:
         return s[name]
     if name == "seeds":
         return f"{s['n']} ({', '.join(str(x) for x in s['seeds'])})"
-    if name == "uplink_ratio":
-        r = s["uplink_ratio"]
+    if name in ("uplink_ratio", "uplink_dense_ratio"):
+        r = s[name]
         return "–" if r["mean"] is None else (
             f"{r['mean']:.3f}" if not r["std"] else f"{r['mean']:.3f} ± {r['std']:.2g}")
     if name == "uplink_bytes":

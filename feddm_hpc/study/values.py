@@ -8,7 +8,8 @@ from typing import Dict, List, Optional, Sequence
 from feddm_hpc.evaluation.report import Run, describe_algorithm, describe_codec, describe_partition, row
 
 # Numbers averaged over a cell's seeds (mean ± sample std in the tables).
-NUMERIC = ("fd", "kid", "precision", "recall", "coverage", "uplink_ratio", "uplink_bytes",
+NUMERIC = ("fd", "kid", "precision", "recall", "coverage", "uplink_ratio", "uplink_dense_ratio",
+           "uplink_bytes",
            "final_train_loss", "wall_s", "near_copy_pixel", "near_copy_feature",
            "nearest_over_test_pixel", "clipped_fraction_mean")
 # Every per-run value a paired difference or a plot may use.
@@ -53,13 +54,42 @@ def run_values(run: Run) -> dict:
         "near_copy_pixel": near.get("pixel"), "near_copy_feature": near.get("feature"),
         "nearest_over_test_pixel": rel,
         "clipped_fraction_mean": _mean([r.get("clipped_fraction") for r in run.metrics]),
+        "uplink_dense_ratio": _dense_ratio(base["uplink_ratio"], last),
         "aggregation": run.get("server.aggregation", "mean"),
         "attacked": run.get("attack.kind", "none") != "none",
     }
 
 
+def _dense_ratio(uplink_ratio: Optional[float], last_metrics: dict) -> Optional[float]:
+    """Uplink bytes over what float32 updates of the dense model would have sent: the
+    float32 baseline of metrics.jsonl counts the shared vector, which low-rank factors, a
+    hypernetwork or partial sharing make smaller than the dense model."""
+    if uplink_ratio is None:
+        return None
+    shared, dense = last_metrics.get("shared_params"), last_metrics.get("dense_equivalent_params")
+    return uplink_ratio * shared / dense if shared and dense else uplink_ratio
+
+
+def describe_model(run: Run) -> str:
+    """What a client trains and shares, beyond the dense U-Net ("" for it)."""
+    kind = run.get("model.parameterization", "dense")
+    text = ""
+    if kind == "lowrank":
+        rank, fraction = run.get("model.lowrank_rank"), run.get("model.lowrank_fraction")
+        text = f"low-rank {'rank ' + str(rank) if rank is not None else f'fraction {fraction:g}'}"
+    elif kind == "hyper":
+        text = "hypernetwork"
+    parts = run.get("federation.shared_parts", ["all"])
+    if list(parts) != ["all"]:
+        text += (", " if text else "") + "shares " + "+".join(parts)
+    return text
+
+
 def describe_setting(run: Run) -> str:
     text = describe_algorithm(run)
+    model = describe_model(run)
+    if model:
+        text += ", " + model
     codec = describe_codec(run)
     if codec != "none":
         if run.get("compression.stochastic_rounding") and run.get("compression.uplink") == "quant":
