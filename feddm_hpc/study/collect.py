@@ -17,6 +17,7 @@ from typing import Dict, List
 from feddm_hpc.errors import UserError
 from feddm_hpc.evaluation.report import comparability_notes, load_run
 from feddm_hpc.study import paired as P
+from feddm_hpc.study.pareto import front_text, panel_fronts
 from feddm_hpc.study.runs import inspect_run, plan_runs
 from feddm_hpc.study.spec import Spec
 from feddm_hpc.study.tables import markdown_table, num
@@ -112,6 +113,9 @@ def collect(spec: Spec, out: Path) -> int:
     except ImportError:
         plot_note = "plots skipped: matplotlib is not installed (pip install matplotlib)"
     note_texts, sweeps = notes(spec, summaries, runs, left_out)
+    fronts = [info for plot in rep.plots if plot.kind == "pareto"
+              for info in panel_fronts(plot, summaries)]
+    note_texts += [front_text(info) for info in fronts]
     paired = P.paired_table(rep.paired, summaries) if rep.paired else []
 
     parts = [f"# {rep.title or 'Study ' + spec.name}", ""]
@@ -133,6 +137,8 @@ def collect(spec: Spec, out: Path) -> int:
     summary = {"spec": str(spec.path), "name": spec.name,
                "cells": [summaries[c.name] for c in spec.cells], "paired": paired,
                "sweeps": sweeps, "notes": note_texts, "left_out": left_out}
+    if fronts:   # only then: the committed summaries of studies without one stay as they are
+        summary["pareto"] = fronts
     (out / "summary.json").write_text(json.dumps(_strict(summary), indent=1) + "\n")
     if plot_note:
         print(plot_note, file=sys.stderr)

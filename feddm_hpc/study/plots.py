@@ -1,11 +1,13 @@
 """The report's plots (matplotlib, Agg backend): curves of a value over the evaluated rounds or
-the cumulative uplink bytes, panels side by side; scatters of one point per run."""
+the cumulative uplink bytes, panels side by side; scatters of one point per run; Pareto plots of
+one point per cell (seed means, min..max bars) with the cells' front (pareto.py)."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from feddm_hpc.study.pareto import panel_fronts
 from feddm_hpc.study.values import curve
 
 
@@ -93,6 +95,39 @@ def scatter_plot(plot, summaries: Dict[str, dict], path: Path) -> Optional[Path]
     return path
 
 
+def pareto_plot(plot, summaries: Dict[str, dict], style: Dict[str, tuple],
+                path: Path) -> Optional[Path]:
+    """Per panel: each cell at its mean (x, y), bars from the seeds' min to max in both, its
+    name beside it; the front as a dashed step line (log x)."""
+    import matplotlib.pyplot as plt
+
+    fronts = panel_fronts(plot, summaries)
+    if not any(info["points"] for info in fronts):
+        return None
+    fig, axes = plt.subplots(1, len(fronts), figsize=(6.5 * len(fronts), 5), squeeze=False)
+    for ax, info in zip(axes[0], fronts):
+        for cell, (mx, my) in info["points"].items():
+            sx, sy = summaries[cell][plot.x], summaries[cell][plot.y[0]]
+            st = style[cell][1]
+            ax.errorbar([mx], [my], xerr=[[mx - sx["min"]], [sx["max"] - mx]],
+                        yerr=[[my - sy["min"]], [sy["max"] - my]], color=st["color"],
+                        marker=st["marker"], capsize=3, linestyle="none")
+            ax.annotate(cell, (mx, my), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        front = [info["points"][c] for c in info["front"]]
+        if len(front) > 1:
+            ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="black",
+                    linestyle="--", alpha=0.6, label="Pareto front")
+            ax.legend(fontsize=8)
+        ax.set(xscale="log", title=info["panel"], xlabel=plot.xlabel)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(plot.ylabels[0])
+    fig.suptitle(plot.title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_plots(report, cells: List[str], runs: Dict[str, list], summaries: Dict[str, dict],
                 out: Path) -> List[Path]:
     """Every plot of the report that has data; ImportError without matplotlib."""
@@ -104,6 +139,8 @@ def write_plots(report, cells: List[str], runs: Dict[str, list], summaries: Dict
     for plot in report.plots:
         if plot.kind == "curve":
             p = curve_plot(plot, runs, style, out / plot.file)
+        elif plot.kind == "pareto":
+            p = pareto_plot(plot, summaries, style, out / plot.file)
         else:
             p = scatter_plot(plot, summaries, out / plot.file)
         if p is not None:

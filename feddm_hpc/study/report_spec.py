@@ -32,7 +32,9 @@ be a cell of the spec; the package itself names none.
 
 A curve plot draws per cell the mean over seeds of `y` at each evaluated round (band: min..max)
 against the round or the cumulative uplink bytes (x: round | uplink_bytes); a scatter plot draws
-one point per run. Unstyled series take tab10 colours in the order of `series`.
+one point per run; a pareto plot (kind: pareto, x: a run value, y: fd, panels) one point per cell
+(seed means, min..max bars) and the cells' Pareto front, also listed in a note and summary.json.
+Unstyled series take tab10 colours in the order of `series`.
 """
 from __future__ import annotations
 
@@ -222,8 +224,9 @@ def _plot(value, where: str, cells: Sequence[str]) -> Plot:
                         "panels", "cells"), where)
     file = f.string(data.get("file"), f"{where}.file")
     require(file.endswith(".png") and "/" not in file, f"{where}.file: expected NAME.png")
-    kind = f.string(data.get("kind", "curve"), f"{where}.kind", ("curve", "scatter"))
-    x = f.string(data.get("x", "round"), f"{where}.x", CURVE_X if kind == "curve" else RUN_VALUES)
+    kind = f.string(data.get("kind", "curve"), f"{where}.kind", ("curve", "scatter", "pareto"))
+    x = f.string(data.get("x", "round" if kind == "curve" else None), f"{where}.x",
+                 CURVE_X if kind == "curve" else RUN_VALUES)
     ys = tuple(f.string(y, f"{where}.y", RUN_VALUES)
                for y in f.str_list(data.get("y", "fd"), f"{where}.y"))
     ylabels = f.str_list(data.get("ylabels", data.get("ylabel", list(ys))), f"{where}.ylabels")
@@ -233,7 +236,7 @@ def _plot(value, where: str, cells: Sequence[str]) -> Plot:
                   xlabel=f.string(data.get("xlabel", x), f"{where}.xlabel"))
     if kind == "scatter":
         return Plot(**common, cells=_cells(data.get("cells", list(cells)), f"{where}.cells", cells))
-    require(len(ys) == 1, f"{where}.y: a curve plot draws one value")
+    require(len(ys) == 1, f"{where}.y: a {kind} plot draws one value")
     panels = f.mapping(data.get("panels", {"": list(cells)}), f"{where}.panels")
     return Plot(**common, panels=tuple((t, _cells(c, f"{where}.panels.{t}", cells))
                                        for t, c in panels.items()))

@@ -46,6 +46,7 @@ PLOTS = """\
     - {file: fd_vs_round.png, x: round, panels: {all: [base, q8, big]}}
     - {file: fd_vs_uplink.png, x: uplink_bytes}
     - {file: scatter.png, kind: scatter, x: uplink_ratio, y: [fd, kid], cells: [base, q8]}
+    - {file: front.png, kind: pareto, x: uplink_bytes, panels: {all: [base, q8, big]}}
 """
 FDS = {"base": [100.0, 110.0, 120.0], "q8": [103.0, 111.0, 125.0], "big": [150.0, 162.0]}
 
@@ -117,10 +118,23 @@ def test_collect_draws_the_spec_plots(tmp_path):
     spec, out = _study(tmp_path, SPEC + PLOTS)
     assert collect(spec, out) == 0
     table = (out / "table.md").read_text()
-    for name in ("fd_vs_round.png", "fd_vs_uplink.png", "scatter.png"):
+    for name in ("fd_vs_round.png", "fd_vs_uplink.png", "scatter.png", "front.png"):
         assert (out / name).read_bytes()[:8] == PNG, name
         assert f"![{name[:-4]}]({name})" in table
     assert table.index("## Plots") > table.index("## Paired")
+    # base (2,000 B, FD 110) and q8 (500 B, 113) are on the front; big (2,000 B, 156) is not
+    assert ("- Pareto front of mean fd against mean uplink_bytes (front.png, all; lower is better "
+            "in both): q8 (500, 113), base (2000, 110)") in table
+    front = json.loads((out / "summary.json").read_text())["pareto"][0]
+    assert front["front"] == ["q8", "base"] and sorted(front["points"]) == ["base", "big", "q8"]
+
+
+def test_pareto_front_keeps_the_non_dominated_cells():
+    from feddm_hpc.study.pareto import pareto_front
+
+    points = {"a": (1.0, 5.0), "b": (2.0, 3.0), "c": (2.0, 4.0), "d": (3.0, 3.0), "e": (4.0, 1.0)}
+    assert pareto_front(points) == ["a", "b", "e"]        # c and d are dominated by b
+    assert pareto_front({"x": (1.0, 1.0), "y": (1.0, 1.0)}) == ["x", "y"]   # ties dominate no one
 
 
 def test_paired_delta_math():
