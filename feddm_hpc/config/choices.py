@@ -36,6 +36,7 @@ Fp16Format = Literal["fp16", "bf16"]
 Target = Literal["update", "weights"]
 Downlink = Literal["none", "quant"]
 Parameterization = Literal["dense", "lowrank", "hyper"]  # diffusion.parameterization.PARAMETERIZATIONS
+ModelName = Literal["unet"]                                            # diffusion.models.MODELS
 Sampler = Literal["ddim", "ddpm"]                                      # diffusion.SAMPLERS
 Transport = Literal["gather", "hierarchical"]                          # transports.TRANSPORTS
 Placement = Literal["auto", "static", "per_round"]
@@ -63,8 +64,11 @@ def literal_base(hint: Any) -> type:
 
 # Fields that also take a user's class by import path, `package.module:Name` (docs/extending.md).
 # Only the syntax is checked here (the config layer imports nothing); the import and the protocol
-# check happen where the object is built: compression.make_compressor, strategies.make_strategy.
-EXTENSIBLE_FIELDS = frozenset({"federation.algorithm", "compression.uplink"})
+# check happen where the object is built: compression.make_compressor, strategies.make_strategy,
+# data.load_dataset, diffusion.models.build_network (logging.callbacks, a list of import paths
+# only, is checked in sections.py and built by federation.callbacks.user_callbacks).
+EXTENSIBLE_FIELDS = frozenset({"federation.algorithm", "compression.uplink", "data.dataset",
+                               "model.name"})
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 

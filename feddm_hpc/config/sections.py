@@ -7,7 +7,7 @@ Checks that read several sections live in validation.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Tuple, Union
+from typing import Any, Dict, Literal, Optional, Tuple, Union
 
 from feddm_hpc.config.choices import (
     Aggregation,
@@ -21,6 +21,7 @@ from feddm_hpc.config.choices import (
     Lossless,
     LossWeighting,
     LrSchedule,
+    ModelName,
     Optimizer,
     Parameterization,
     Partition,
@@ -41,7 +42,7 @@ from feddm_hpc.config.choices import (
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: Dataset = "mnist"
+    dataset: Dataset = "mnist"      # or a loader function of your own, package.module:Name (docs/extending.md)
     path: Optional[str] = None      # folder (fashion_mnist, image_folder, cifar10) or file (npz, hdf5)
     subset: Optional[int] = None    # seeded random subset of the training split, for quick runs
     image_size: Optional[int] = None  # image_folder: resize to this side; null: the files' one size
@@ -67,6 +68,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    name: ModelName = "unet"        # unet (the fields below) or a torch Module of your own, package.module:Name (docs/extending.md)
+    options: Dict[str, Any] = field(default_factory=dict)  # constructor arguments of a model other than unet
     base_channels: int = 32
     channel_mults: Tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1
@@ -372,12 +375,8 @@ class SystemConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     tensorboard: bool = False           # event files in RUN_DIR/tensorboard (root; federation/tensorboard_log.py)
-
-    def validate(self) -> None:
-        from importlib.util import find_spec
-        require(not self.tensorboard or find_spec("tensorboard") is not None,
-                "logging.tensorboard: the tensorboard package is not installed; install it with: "
-                "pip install tensorboard (or pip install 'feddm_hpc[tensorboard]')")
+    callbacks: Tuple[str, ...] = ()     # round callbacks of your own, package.module:Name each, run after the built-in ones (docs/extending.md)
+    # (the tensorboard package and the callbacks' syntax are checked in validation.py)
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,11 @@ Checks that need no data and no MPI; data- and rank-dependent checks happen at s
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import fields
 from importlib.util import find_spec
 
-from feddm_hpc.config.choices import require
+from feddm_hpc.config.choices import is_import_path, require
 from feddm_hpc.config.sections import Config
 from feddm_hpc.errors import ConfigError
 
@@ -37,6 +38,23 @@ def check_cross_section(c: Config) -> None:
             "dropout masks would not come from each client's own generator)")
     check_privacy_and_robustness(c)
     check_codec_available(c)
+    check_extensions(c)
+
+
+def check_extensions(c: Config) -> None:
+    """The fields that name a user's extension (docs/extending.md), as far as the config can tell
+    without importing it: model.options and the U-Net-only parameterizations against
+    model.name, the syntax of each logging.callbacks entry."""
+    m = c.model
+    require(m.name != "unet" or not m.options,
+            "model.options: constructor arguments of a model other than model.name=unet "
+            "(the U-Net takes the model.* fields)")
+    require(m.name == "unet" or m.parameterization == "dense",
+            f"model.parameterization: {m.parameterization} factors the U-Net's layers; "
+            f"model.name={m.name} needs dense")
+    for path in c.logging.callbacks:
+        require(is_import_path(path),
+                f"logging.callbacks: {path!r} is not an import path package.module:Name")
 
 
 def check_scaffold_client(client_cfg) -> None:
@@ -49,10 +67,14 @@ def check_scaffold_client(client_cfg) -> None:
 
 def check_codec_available(c: Config) -> None:
     """What only the environment decides: zstd needs the zstandard package (compression/lossless.py
-    says the same when the codec is built at start-up; the section checks the rest)."""
+    says the same when the codec is built at start-up; the section checks the rest), TensorBoard
+    logging the tensorboard package."""
     require(c.compression.lossless != "zstd" or find_spec("zstandard") is not None,
             "compression.lossless: 'zstd' needs the 'zstandard' package, which is not installed "
             "(pip install zstandard), or use 'zlib'")
+    require(not c.logging.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+            "logging.tensorboard: the tensorboard package is not installed; install it with: "
+            "pip install tensorboard (or pip install 'feddm_hpc[tensorboard]')")
 
 
 def check_privacy_and_robustness(c: Config) -> None:
