@@ -1,4 +1,5 @@
-"""`feddm-hpc sample CHECKPOINT --out FILE.png`: a grid of samples from a checkpoint's EMA model."""
+"""`feddm-hpc sample CHECKPOINT --out FILE.png`: a grid of samples from a checkpoint's EMA model
+(or from an export folder of `feddm-hpc export`: the same samples, bit for bit)."""
 from __future__ import annotations
 
 from feddm_hpc.cli.exits import EXIT_OK
@@ -6,8 +7,8 @@ from feddm_hpc.errors import UserError
 
 
 def register(sub) -> None:
-    s = sub.add_parser("sample", help="draw samples from a checkpoint's EMA model")
-    s.add_argument("checkpoint")
+    s = sub.add_parser("sample", help="draw samples from a checkpoint's EMA model (or an export folder)")
+    s.add_argument("checkpoint", help="a checkpoint file, or a folder written by feddm-hpc export")
     s.add_argument("--num", type=int, default=64)
     s.add_argument("--out", required=True)
     s.add_argument("--sampler", choices=("ddim", "ddpm"), default=None)
@@ -34,23 +35,22 @@ def cmd_sample(args) -> int:
 def draw_checkpoint_samples(checkpoint, num: int, sampler=None, steps=None, seed=None, eta=None,
                             device: str = "auto"):
     """(images [num, C, H, W] in [-1, 1] on the CPU, the checkpoint's round, the sampler, its
-    step count) from the checkpoint's EMA model; sampler/steps/seed/eta default to its config's."""
-    from feddm_hpc.config import config_from_yaml_text
+    step count) from the checkpoint's EMA model (or an export folder's, the same images);
+    sampler/steps/seed/eta default to its config's."""
     from feddm_hpc.diffusion.grids import draw_samples
     from feddm_hpc.diffusion.schedule import make_schedule
     from feddm_hpc.federation.cuda_env import apply_determinism
     from feddm_hpc.federation.placement import bind_device, select_device
     from feddm_hpc.federation.setup import build_model
-    from feddm_hpc.rundir.checkpoint import load_checkpoint
+    from feddm_hpc.rundir.export import read_ema_model
 
     if num < 1:
         raise UserError("--num: must be >= 1")
-    data = load_checkpoint(checkpoint)
-    config = config_from_yaml_text(data.config_yaml)
+    config, weights, image_shape, round_index = read_ema_model(checkpoint)
     apply_determinism(config.system.deterministic)
     device = select_device(device, 0)
     bind_device(device)
-    model = build_model(config, data.image_shape, device)
+    model = build_model(config, image_shape, device)
     d = config.diffusion
     schedule = make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end).to(device)
     sampler = sampler or config.sampling.sampler
@@ -61,6 +61,6 @@ def draw_checkpoint_samples(checkpoint, num: int, sampler=None, steps=None, seed
     eta = config.sampling.eta if eta is None else eta
     if not 0.0 <= eta <= 1.0:
         raise UserError("--eta: must be in [0, 1]")
-    images = draw_samples(model, schedule, data.ema, data.image_shape, num, sampler, steps,
-                          seed, data.round, device, eta=eta, prediction=d.prediction)
-    return images.cpu(), data.round, sampler, steps if sampler == "ddim" else d.timesteps
+    images = draw_samples(model, schedule, weights, image_shape, num, sampler, steps,
+                          seed, round_index, device, eta=eta, prediction=d.prediction)
+    return images.cpu(), round_index, sampler, steps if sampler == "ddim" else d.timesteps
