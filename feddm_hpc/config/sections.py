@@ -68,8 +68,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: ModelName = "unet"        # unet (the fields below) or a torch Module of your own, package.module:Name (docs/extending.md)
-    options: Dict[str, Any] = field(default_factory=dict)  # constructor arguments of a model other than unet
+    name: ModelName = "unet"        # unet (the fields below), diffusers_unet2d (docs/export.md) or a torch Module of your own, package.module:Name (docs/extending.md)
+    options: Dict[str, Any] = field(default_factory=dict)  # constructor arguments of a model other than unet (diffusers_unet2d: UNet2DModel's)
     base_channels: int = 32
     channel_mults: Tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1

@@ -68,13 +68,16 @@ def check_scaffold_client(client_cfg) -> None:
 def check_codec_available(c: Config) -> None:
     """What only the environment decides: zstd needs the zstandard package (compression/lossless.py
     says the same when the codec is built at start-up; the section checks the rest), TensorBoard
-    logging the tensorboard package."""
+    logging the tensorboard package, model.name diffusers_unet2d the diffusers package."""
     require(c.compression.lossless != "zstd" or find_spec("zstandard") is not None,
             "compression.lossless: 'zstd' needs the 'zstandard' package, which is not installed "
             "(pip install zstandard), or use 'zlib'")
     require(not c.logging.tensorboard or importlib.util.find_spec("tensorboard") is not None,
             "logging.tensorboard: the tensorboard package is not installed; install it with: "
             "pip install tensorboard (or pip install 'feddm_hpc[tensorboard]')")
+    require(c.model.name != "diffusers_unet2d" or importlib.util.find_spec("diffusers") is not None,
+            "model.name: diffusers_unet2d needs the diffusers package, which is not installed; "
+            "install it with: pip install 'feddm_hpc[diffusers]' (or pip install diffusers)")
 
 
 def check_privacy_and_robustness(c: Config) -> None:

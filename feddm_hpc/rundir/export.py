@@ -27,6 +27,7 @@ from feddm_hpc.rundir.safetensors_io import read_safetensors, write_safetensors
 
 FORMAT = "feddm_hpc.export/1"
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
+DIFFUSERS_META = "feddm_hpc.json"   # config.json's content in a diffusers pipeline folder
 _U_NET_ARGS = ("base_channels", "channel_mults", "num_res_blocks", "attention_resolutions", "dropout")
 
 
@@ -73,11 +74,19 @@ def export_checkpoint(checkpoint, out_dir) -> dict:
         dense = model if dense_cfg == config.model else build_model(dense_cfg, c, h)
         state = dense_state(model, dense)
     out = Path(out_dir)
-    for name in (WEIGHTS, CONFIG):
+    for name in (WEIGHTS, CONFIG, DIFFUSERS_META, "model_index.json"):
         if (out / name).exists():
             raise UserError(f"{out / name}: already exists; export into a new folder")
     out.mkdir(parents=True, exist_ok=True)
     info = export_info(config, dense_cfg, data, str(checkpoint))
+    if config.model.name == "diffusers_unet2d":
+        from feddm_hpc.rundir import diffusers_export
+
+        diffusers_export.save_pipeline(model, config, out)
+        info.update(weights=diffusers_export.WEIGHTS, weights_prefix=diffusers_export.PREFIX,
+                    pipeline="DDPMPipeline")
+        (out / DIFFUSERS_META).write_text(json.dumps(info, indent=2) + "\n")
+        return info
     write_safetensors(out / WEIGHTS, {k: v.numpy() for k, v in state.items()},
                       {"format": FORMAT, "round": str(data.round)})
     (out / CONFIG).write_text(json.dumps(info, indent=2) + "\n")
@@ -108,8 +117,13 @@ def export_info(config, dense_cfg, data, source: str) -> dict:
     }
 
 
+def _meta(folder: Path) -> Path:
+    """The export's JSON: feddm_hpc.json in a diffusers pipeline folder, else config.json."""
+    return folder / DIFFUSERS_META if (folder / DIFFUSERS_META).is_file() else folder / CONFIG
+
+
 def is_export(path) -> bool:
-    return Path(path).is_dir() and (Path(path) / CONFIG).is_file()
+    return Path(path).is_dir() and _meta(Path(path)).is_file()
 
 
 def load_export(folder) -> Tuple[object, np.ndarray, dict]:
@@ -121,27 +135,30 @@ def load_export(folder) -> Tuple[object, np.ndarray, dict]:
     from feddm_hpc.params import flatten
 
     folder = Path(folder)
+    meta = _meta(folder)
     try:
-        info = json.loads((folder / CONFIG).read_text())
+        info = json.loads(meta.read_text())
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{folder / CONFIG}: not a readable export config ({exc})") from None
+        raise CheckpointError(f"{meta}: not a readable export config ({exc})") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise CheckpointError(f"{folder / CONFIG}: not a feddm_hpc export (format "
+        raise CheckpointError(f"{meta}: not a feddm_hpc export (format "
                               f"{info.get('format') if isinstance(info, dict) else None!r}, "
                               f"expected {FORMAT!r})")
     config = config_from_yaml_text(info["config_yaml"])
     config = dataclasses.replace(config, model=dense_model_config(config.model))
-    tensors, _ = read_safetensors(folder / WEIGHTS)
+    weights = folder / info.get("weights", WEIGHTS)
+    prefix = info.get("weights_prefix", "")
+    tensors = {prefix + k: v for k, v in read_safetensors(weights)[0].items()}
     c, h, _ = info["image_shape"]
     model = build_model(config.model, image_channels=c, image_size=h)
     names = [n for n, _ in model.named_parameters()]
     if sorted(names) != sorted(tensors):
-        raise CheckpointError(f"{folder / WEIGHTS}: its tensors do not match the model of "
-                              f"{CONFIG} ({len(tensors)} tensors for {len(names)} parameters)")
+        raise CheckpointError(f"{weights}: its tensors do not match the model of {meta.name} "
+                              f"({len(tensors)} tensors for {len(names)} parameters)")
     with torch.no_grad():
         for name, p in model.named_parameters():
             if tuple(tensors[name].shape) != tuple(p.shape):
-                raise CheckpointError(f"{folder / WEIGHTS}: {name} has shape "
+                raise CheckpointError(f"{weights}: {name} has shape "
                                       f"{tuple(tensors[name].shape)}, the model {tuple(p.shape)}")
             p.copy_(torch.from_numpy(tensors[name]))
     return config, flatten(model), info
