@@ -303,3 +303,32 @@ def test_csv_dataset_with_a_user_model_and_callback_resumes_exactly(tmp_path, us
     rows = (run / "rounds.csv").read_text().splitlines()
     assert rows[0] == "round,train_loss,uplink_bytes,downlink_bytes" and len(rows) == 3
     assert (tmp_path / "split" / "rounds.csv").read_text().splitlines() == rows  # appended on resume
+
+
+def test_a_user_model_exports_and_samples_bit_identically(tmp_path, user_pkg):
+    """feddm-hpc export of a model.name import path: its parameters by name and model.options;
+    the export folder samples exactly as the checkpoint."""
+    from feddm_hpc.cli.sample import draw_checkpoint_samples
+    from feddm_hpc.config import dump_yaml
+    from feddm_hpc.params import ParamSpec, flatten
+    from feddm_hpc.rundir.checkpoint import CheckpointData, save_checkpoint
+    from feddm_hpc.rundir.export import export_checkpoint
+
+    cfg = config_from_tree({"model": {"name": "userext2_pkg.mods:TinyDenoiser", "options": {"width": 4}},
+                            "diffusion": {"timesteps": 20}, "sampling": {"steps": 3}})
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 3, 8)
+    spec, params = ParamSpec.from_model(model), flatten(model)
+    ckpt = save_checkpoint(tmp_path / "round-000000.h5", CheckpointData(
+        round=0, config_yaml=dump_yaml(cfg), params=params, ema=params * np.float32(0.5),
+        spec_text=spec.as_text(), param_fingerprint=spec.fingerprint(), image_shape=(3, 8, 8)))
+    info = export_checkpoint(ckpt, tmp_path / "export")
+    assert info["model"] == {"name": "userext2_pkg.mods:TinyDenoiser", "image_channels": 3,
+                             "image_size": 8, "options": {"width": 4}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert torch.equal(draw_checkpoint_samples(ckpt, 2, device="cpu")[0],
+                           draw_checkpoint_samples(tmp_path / "export", 2, device="cpu")[0])
+    finally:
+        torch.set_num_threads(threads)
