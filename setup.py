@@ -22,13 +22,18 @@ setup(
         "plots": ["matplotlib"],
         # ruff: tests/test_code_shape.py (import order); setuptools, wheel: the offline wheel build
         # (--no-build-isolation) of tests/test_wheel_install.py, as pyproject.toml's build-system.
-        # pillow, tensorboard: the tests of the images and tensorboard extras.
-        "test": ["pytest>=7", "ruff>=0.5", "setuptools>=61", "wheel", "pillow", "tensorboard"],
+        # pillow, tensorboard, diffusers, safetensors: the tests of the images, tensorboard and
+        # diffusers extras (diffusers and its dependencies: about 95 MB, 25 s of make setup).
+        "test": ["pytest>=7", "ruff>=0.5", "setuptools>=61", "wheel", "pillow", "tensorboard",
+                 "diffusers", "safetensors"],
         # data.dataset=image_folder decodes JPEG/PNG files with Pillow.
         "images": ["pillow"],
         # logging.tensorboard=true writes event files through torch.utils.tensorboard.
         "tensorboard": ["tensorboard"],
         "zstd": ["zstandard"],
+        # model.name=diffusers_unet2d (diffusers' UNet2DModel) and its export as a DDPMPipeline
+        # folder. feddm-hpc export of the project's U-Net needs nothing extra.
+        "diffusers": ["diffusers", "safetensors"],
     },
     entry_points={"console_scripts": ["feddm-hpc=feddm_hpc.cli:main"]},
 )

@@ -7,6 +7,8 @@
     print(run.metrics[-1]["train_loss"], run.latest_checkpoint)
     images = api.sample(run.latest_checkpoint, num=16)   # float32 [16, C, H, W] in [-1, 1]
     scores = api.evaluate(run.latest_checkpoint, num_samples=500)
+    api.export(run.latest_checkpoint, "exported")        # model.safetensors + config.json
+    model = api.load_model("exported")                   # a torch Module (also from a checkpoint)
     run = api.resume("runs/notebook", {"federation.rounds": 4})
 
 The functions run the same code as the command line (federation/job.py, the evaluate command),
@@ -31,7 +33,8 @@ from feddm_hpc.config.loading import config_from_yaml_text
 
 Overrides = Union[Mapping[str, object], Sequence[str], None]
 
-__all__ = ["Config", "Run", "evaluate", "is_root", "load_config", "resume", "sample", "train"]
+__all__ = ["Config", "Run", "evaluate", "export", "is_root", "load_config", "load_model", "resume",
+           "sample", "train"]
 
 
 def _as_sets(overrides: Overrides) -> List[str]:
@@ -137,11 +140,36 @@ def resume(run_dir: Union[str, Path], overrides: Overrides = None, *, comm=None)
 def sample(checkpoint: Union[str, Path], num: int = 16, *, sampler: Optional[str] = None,
            steps: Optional[int] = None, seed: Optional[int] = None, eta: Optional[float] = None,
            device: str = "cpu") -> np.ndarray:
-    """num images from the checkpoint's EMA model as float32 [num, C, H, W] in [-1, 1], drawn
-    exactly as `feddm-hpc sample` draws them (the same seed gives the same images)."""
+    """num images from the checkpoint's EMA model (or an export folder's) as float32
+    [num, C, H, W] in [-1, 1], drawn exactly as `feddm-hpc sample` draws them (the same seed
+    gives the same images)."""
     from feddm_hpc.cli.sample import draw_checkpoint_samples
     return draw_checkpoint_samples(checkpoint, num, sampler=sampler, steps=steps, seed=seed,
                                    eta=eta, device=device)[0].numpy()
+
+
+def export(checkpoint: Union[str, Path], out_dir: Union[str, Path]) -> dict:
+    """`feddm-hpc export CHECKPOINT OUT_DIR`: the checkpoint's EMA model as model.safetensors
+    and config.json (docs/export.md). Returns config.json's content."""
+    from feddm_hpc.rundir.export import export_checkpoint
+    return export_checkpoint(checkpoint, out_dir)
+
+
+def load_model(source: Union[str, Path]):
+    """The EMA model of a checkpoint file or an export folder as a torch.nn.Module on the CPU, in
+    eval mode: `model(x [B,C,H,W] in [-1, 1], t [B] int64)` predicts the noise (or v, as the
+    run's diffusion.prediction says)."""
+    import torch
+
+    from feddm_hpc.diffusion.parameterization import build_model
+    from feddm_hpc.params import unflatten_into
+    from feddm_hpc.rundir.export import read_ema_model
+
+    config, weights, image_shape, _ = read_ema_model(source)
+    model = build_model(config.model, image_channels=image_shape[0], image_size=image_shape[1])
+    with torch.no_grad():
+        unflatten_into(weights, model)
+    return model.eval()
 
 
 def evaluate(checkpoint: Union[str, Path], num_samples: int = 1000, *, comm=None,

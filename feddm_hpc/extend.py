@@ -7,6 +7,9 @@ module is missing, the name is absent or the class does not meet its protocol):
 
     compression.uplink=pkg.mod:MyCodec       a Compressor subclass (below)
     federation.algorithm=pkg.mod:MyStrategy  a Strategy subclass (below)
+    data.dataset=pkg.mod:load_mine           a DatasetLoader function (below)
+    model.name=pkg.mod:MyDenoiser            a torch.nn.Module subclass, the Denoiser protocol
+    logging.callbacks=[pkg.mod:MyCallback]   RoundCallback subclasses (below)
 
 Codec protocol -- a concrete subclass of `Compressor` with
     name: str                        shown in logs
@@ -32,16 +35,59 @@ restored like a built-in's (a dict of numpy arrays). The client half (broadcast,
 upload_names/client_uploads, client_state) is optional; a strategy with per-client state
 (`client_state` not None) needs system.placement: static.
 
-Examples: examples/sign_codec.py, examples/server_nesterov.py.
+Dataset protocol -- a function `loader(path, split) -> (images, labels, num_classes)`, the
+built-in loaders' interface (DatasetLoader below): path is data.path (None when unset), split
+"train" or "test"; images [N,H,W] or [N,H,W,C] uint8 (or float in [0, 1]), labels non-negative
+ints [N] or None, num_classes an int or None. Called on every rank: it must return the same
+arrays every time. Raise DataError (exit 2) for missing files; any other exception is reported
+as a DataError naming data.dataset. data.subset, the partition and evaluation apply as to a
+built-in dataset.
+
+Model protocol -- a torch.nn.Module subclass built as Name(image_channels=, image_size=,
+**model.options) under the run's initialisation seed, whose forward(x [B,C,H,W] float32,
+t [B] int64) returns a tensor of x's shape (Denoiser below); float32 parameters, no running
+statistics (BatchNorm): federation moves the parameters only. Checked with one forward pass
+of two blank images when built. model.parameterization must be dense.
+
+Callback protocol -- a RoundCallback subclass, built with no arguments on every rank, that
+overrides `after_round(view, round_index, record) -> bool` (record: the round's metrics line on
+the root, None elsewhere; True asks the run to stop, and every rank must answer alike) and/or
+`at_end(view)`; `view` is a RunView (config, communicator, run directory, read-only global and
+EMA vectors). They run after the built-in callbacks, in list order.
+
+Examples: examples/sign_codec.py, examples/nesterov_strategy.py, examples/pixel_csv_dataset.py,
+examples/round_csv_log.py.
 """
+from typing import Optional, Protocol, Tuple
+
+import numpy as np
+
 from feddm_hpc.compression.base import Compressor, decode_payload, finite_range
 from feddm_hpc.compression.header import HEADER_SIZE, Header
 from feddm_hpc.compression.registry import USER_CODEC_IDS, load_user_codec
+from feddm_hpc.errors import ConfigError, DataError
+from feddm_hpc.federation.callbacks import RoundCallback, RunView
 from feddm_hpc.plugins import load_class
 from feddm_hpc.strategies import load_user_strategy
 from feddm_hpc.strategies.base import ClientState, Strategy
 from feddm_hpc.strategies.terms import GradientTerm
 
-__all__ = ["ClientState", "Compressor", "GradientTerm", "HEADER_SIZE", "Header", "Strategy",
+
+class DatasetLoader(Protocol):
+    """data.dataset=pkg.mod:Name: what a user's loader function looks like."""
+
+    def __call__(self, path: Optional[str], split: str
+                 ) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[int]]: ...
+
+
+class Denoiser(Protocol):
+    """model.name=pkg.mod:Name: what a user's torch.nn.Module looks like (besides being one)."""
+
+    def __init__(self, *, image_channels: int, image_size: int, **options) -> None: ...
+
+    def forward(self, x, t): ...
+
+__all__ = ["ClientState", "Compressor", "ConfigError", "DataError", "DatasetLoader", "Denoiser",
+           "GradientTerm", "HEADER_SIZE", "Header", "RoundCallback", "RunView", "Strategy",
            "USER_CODEC_IDS", "decode_payload", "finite_range", "load_class", "load_user_codec",
            "load_user_strategy"]

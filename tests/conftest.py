@@ -53,6 +53,32 @@ def train_tiny(run_dir: Path, *extra, nprocs: int = 1) -> Path:
     return run_dir
 
 
+def pythonpath_env(*extra_paths) -> dict:
+    """env_extra for run_cli with these folders in front of PYTHONPATH (a user's extensions)."""
+    paths = [str(p) for p in extra_paths] + [os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
+def straight_and_resumed(tmp_path, *sets, extra_paths=(ROOT,)) -> Path:
+    """Two rounds of configs/tiny.yaml (with --set `sets`) straight at 2 ranks; one round at 2
+    ranks, then resumed to two at 3 ranks: asserts bit-identical final parameters and returns the
+    straight run (the resumed one is tmp_path / "split"). extra_paths go on PYTHONPATH."""
+    extra = [a for s in sets for a in ("--set", s)]
+    env = pythonpath_env(*extra_paths)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    out = run_cli(["train", str(TINY), "--run-dir", str(straight), *DETERMINISTIC, *extra],
+                  nprocs=2, env_extra=env)
+    assert out.returncode == 0, out.stderr
+    out = run_cli(["train", str(TINY), "--run-dir", str(split), *DETERMINISTIC, *extra,
+                   "--set", "federation.rounds=1"], nprocs=2, env_extra=env)
+    assert out.returncode == 0, out.stderr
+    out = run_cli(["resume", str(split), "--set", "federation.rounds=2"], nprocs=3, env_extra=env)
+    assert out.returncode == 0, out.stderr
+    assert "resumed from" in out.stderr
+    assert np.array_equal(final_params(split), final_params(straight))
+    return straight
+
+
 def start_long_run(run_dir: Path, rounds: int, *extra, wait_rounds: int = 2) -> subprocess.Popen:
     """Starts a long 2-rank tiny run in the background and returns once `wait_rounds` rounds
     are logged (so a signal or fault lands mid-run, after checkpoints exist)."""

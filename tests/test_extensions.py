@@ -5,7 +5,6 @@ a bad path; the examples/ extensions run under mpiexec and resume bit-identicall
 from __future__ import annotations
 
 import json
-import os
 import sys
 import textwrap
 
@@ -17,7 +16,7 @@ from feddm_hpc.config import CompressionConfig, ServerConfig, config_from_tree, 
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.strategies import make_strategy
 
-from conftest import DETERMINISTIC, ROOT, TINY, final_params, run_cli
+from conftest import ROOT, TINY, final_params, pythonpath_env, run_cli, straight_and_resumed
 
 SIGN = "examples.sign_codec:SignCompressor"
 NESTEROV = "examples.nesterov_strategy:NesterovServerMomentum"
@@ -213,11 +212,6 @@ def test_nesterov_example_formula_and_state(monkeypatch):
 
 # ---------------------------------------------------------------- the command line
 
-def _env(*extra_paths):
-    paths = [str(p) for p in extra_paths] + [os.environ.get("PYTHONPATH", "")]
-    return {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("field, path, message", [
     ("compression.uplink", "userext_pkg.nope:X", "cannot import module 'userext_pkg.nope'"),
@@ -228,7 +222,7 @@ def _env(*extra_paths):
     ("federation.algorithm", "userext_pkg.mods:RawCodec", "is not a subclass of"),
 ])
 def test_validate_exits_2_naming_the_field(user_pkg, field, path, message):
-    out = run_cli(["validate", str(TINY), "--set", f"{field}={path}"], env_extra=_env(user_pkg))
+    out = run_cli(["validate", str(TINY), "--set", f"{field}={path}"], env_extra=pythonpath_env(user_pkg))
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {field}: ") and message in lines[0], out.stderr
@@ -237,33 +231,15 @@ def test_validate_exits_2_naming_the_field(user_pkg, field, path, message):
 @pytest.mark.slow
 def test_validate_accepts_the_examples():
     out = run_cli(["validate", str(TINY), "--set", f"compression.uplink={SIGN}",
-                   "--set", f"federation.algorithm={NESTEROV}"], env_extra=_env(ROOT))
+                   "--set", f"federation.algorithm={NESTEROV}"], env_extra=pythonpath_env(ROOT))
     assert out.returncode == 0, out.stderr
     assert f"algorithm {NESTEROV}, uplink {SIGN}" in out.stdout
-
-
-def _straight_and_resumed(tmp_path, *sets):
-    """Two rounds straight at 2 ranks; one round at 2 ranks, then resume to two at 3 ranks."""
-    extra = [a for s in sets for a in ("--set", s)]
-    env = _env(ROOT)
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    out = run_cli(["train", str(TINY), "--run-dir", str(straight), *DETERMINISTIC, *extra],
-                  nprocs=2, env_extra=env)
-    assert out.returncode == 0, out.stderr
-    out = run_cli(["train", str(TINY), "--run-dir", str(split), *DETERMINISTIC, *extra,
-                   "--set", "federation.rounds=1"], nprocs=2, env_extra=env)
-    assert out.returncode == 0, out.stderr
-    out = run_cli(["resume", str(split), "--set", "federation.rounds=2"], nprocs=3, env_extra=env)
-    assert out.returncode == 0, out.stderr
-    assert "resumed from" in out.stderr
-    assert np.array_equal(final_params(split), final_params(straight))
-    return straight
 
 
 @pytest.mark.slow
 @pytest.mark.mpi
 def test_sign_codec_runs_under_mpi_and_resumes_exactly(tmp_path):
-    run = _straight_and_resumed(tmp_path, f"compression.uplink={SIGN}",
+    run = straight_and_resumed(tmp_path, f"compression.uplink={SIGN}",
                                 "compression.error_feedback=true")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     n = load_config(TINY).federation.num_clients
@@ -274,7 +250,7 @@ def test_sign_codec_runs_under_mpi_and_resumes_exactly(tmp_path):
 @pytest.mark.slow
 @pytest.mark.mpi
 def test_user_strategy_runs_under_mpi_and_resumes_exactly(tmp_path):
-    _straight_and_resumed(tmp_path, f"federation.algorithm={NESTEROV}", "server.momentum=0.9")
+    straight_and_resumed(tmp_path, f"federation.algorithm={NESTEROV}", "server.momentum=0.9")
 
 
 def test_user_strategy_with_extra_uploads_is_refused_with_dp(user_pkg):

@@ -4,13 +4,13 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-from feddm_hpc.cli import evaluate, inspect, privacy, report, sample, study, train, validate
+from feddm_hpc.cli import evaluate, export, inspect, privacy, report, sample, study, train, validate
 from feddm_hpc.cli.args import UserParser
 from feddm_hpc.cli.exits import EXIT_COLLECTIVE_TIMEOUT, EXIT_OK, EXIT_USER
 from feddm_hpc.cli.world import leave_mpi, mpi_world, report_user_error
 from feddm_hpc.errors import UserError
 
-COMMAND_MODULES = (train, sample, inspect, validate, evaluate, report, study, privacy)   # help lists them in this order
+COMMAND_MODULES = (train, sample, export, inspect, validate, evaluate, report, study, privacy)   # help lists them in this order
 
 
 def build_parser() -> UserParser:

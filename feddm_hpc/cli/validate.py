@@ -1,4 +1,5 @@
-"""`feddm-hpc validate CONFIG`: check a config and load (and partition) its data, without training."""
+"""`feddm-hpc validate CONFIG`: check a config and load (and partition) its data, without training.
+Every extension named by import path is imported and checked as train start-up does."""
 from __future__ import annotations
 
 from feddm_hpc.cli.args import add_set
@@ -15,6 +16,7 @@ def register(sub) -> None:
 def cmd_validate(args) -> int:
     from feddm_hpc.compression import make_compressor
     from feddm_hpc.config import load_config
+    from feddm_hpc.federation.callbacks import user_callbacks
     from feddm_hpc.federation.setup import build_model, load_partitioned, sharing_of
     from feddm_hpc.plugins import is_import_path
     from feddm_hpc.strategies import load_user_strategy, make_strategy
@@ -25,6 +27,7 @@ def cmd_validate(args) -> int:
     make_compressor(config.compression)
     if is_import_path(config.federation.algorithm):
         load_user_strategy(config.federation.algorithm)   # before the data, like the codec
+    user_callbacks(config.logging.callbacks)
     d = config.data
     ds, parts = load_partitioned(config)
     sizes = [p.size for p in parts]

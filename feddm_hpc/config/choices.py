@@ -51,6 +51,7 @@ def expand_shared_parts(names) -> Tuple[str, ...]:
     for n in names:
         covered.update(SHARED_PART_PRESETS.get(n, (n,)))
     return tuple(p for p in UNET_PARTS if p in covered)
+ModelName = Literal["unet", "diffusers_unet2d"]                        # diffusion.models.MODELS
 Sampler = Literal["ddim", "ddpm"]                                      # diffusion.SAMPLERS
 Transport = Literal["gather", "hierarchical"]                          # transports.TRANSPORTS
 Placement = Literal["auto", "static", "per_round"]
@@ -78,8 +79,11 @@ def literal_base(hint: Any) -> type:
 
 # Fields that also take a user's class by import path, `package.module:Name` (docs/extending.md).
 # Only the syntax is checked here (the config layer imports nothing); the import and the protocol
-# check happen where the object is built: compression.make_compressor, strategies.make_strategy.
-EXTENSIBLE_FIELDS = frozenset({"federation.algorithm", "compression.uplink"})
+# check happen where the object is built: compression.make_compressor, strategies.make_strategy,
+# data.load_dataset, diffusion.models.build_network (logging.callbacks, a list of import paths
+# only, is checked in sections.py and built by federation.callbacks.user_callbacks).
+EXTENSIBLE_FIELDS = frozenset({"federation.algorithm", "compression.uplink", "data.dataset",
+                               "model.name"})
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 

@@ -40,11 +40,15 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     if origin is Literal:  # the value's type first (same messages as a plain field), then the set
         return check_choice(_coerce(value, literal_base(annotation), name), annotation, name)
     if origin in (tuple, Tuple):
-        item = (typing.get_args(annotation) or (int,))[0]
+        item = typing.get_args(annotation)[0]
         if not isinstance(value, (list, tuple)):
-            what = "integers" if item is int else "names"
-            raise ConfigError(f"{name}: expected a list of {what}, got {value!r}")
+            plural = "integers" if item is int else "strings"
+            raise ConfigError(f"{name}: expected a list of {plural}, got {value!r}")
         return tuple(_coerce(v, item, name) for v in value)
+    if origin in (dict, typing.Dict):
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{name}: expected a mapping of names to values, got {value!r}")
+        return {k: _plain(v, f"{name}.{k}") for k, v in value.items()}
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{name}: expected true or false, got {value!r}")
@@ -67,6 +71,17 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
             raise ConfigError(f"{name}: expected a string, got {value!r}")
         return value
     raise AssertionError(f"unsupported annotation {annotation}")
+
+
+def _plain(value: Any, name: str) -> Any:
+    """A copy of YAML plain data (null, booleans, numbers, strings, lists and mappings of them)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, name) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _plain(v, f"{name}.{k}") for k, v in value.items()}
+    raise ConfigError(f"{name}: expected plain YAML data, got {value!r}")
 
 
 def _describe(annotation: Any) -> str:

@@ -5,7 +5,7 @@ reads the field comments of both modules).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Literal, Optional, Tuple, Union
 
 from feddm_hpc.config.choices import Placement, Precision, Sampler, Transport, check_choices, require
 
@@ -88,9 +88,5 @@ class SystemConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     tensorboard: bool = False           # event files in RUN_DIR/tensorboard (root; federation/tensorboard_log.py)
-
-    def validate(self) -> None:
-        from importlib.util import find_spec
-        require(not self.tensorboard or find_spec("tensorboard") is not None,
-                "logging.tensorboard: the tensorboard package is not installed; install it with: "
-                "pip install tensorboard (or pip install 'feddm_hpc[tensorboard]')")
+    callbacks: Tuple[str, ...] = ()     # round callbacks of your own, package.module:Name each, run after the built-in ones (docs/extending.md)
+    # (the tensorboard package and the callbacks' syntax are checked in validation.py)

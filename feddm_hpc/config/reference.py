@@ -96,6 +96,8 @@ def _values(hint: Any) -> str:
         return " or ".join("`null`" if a is type(None) else _values(a) for a in args)
     if origin is tuple:
         return f"list of {_values(args[0])}"
+    if origin is dict:
+        return "mapping"
     return getattr(hint, "__name__", str(hint))
 
 

@@ -7,7 +7,7 @@ Checks that read several sections live in validation.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from feddm_hpc.config.choices import (
     Aggregation,
@@ -21,6 +21,7 @@ from feddm_hpc.config.choices import (
     Lossless,
     LossWeighting,
     LrSchedule,
+    ModelName,
     Optimizer,
     Parameterization,
     Partition,
@@ -46,7 +47,7 @@ from feddm_hpc.config.output_sections import (
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: Dataset = "mnist"
+    dataset: Dataset = "mnist"      # or a loader function of your own, package.module:Name (docs/extending.md)
     path: Optional[str] = None      # folder (fashion_mnist, image_folder, cifar10) or file (npz, hdf5)
     subset: Optional[int] = None    # seeded random subset of the training split, for quick runs
     image_size: Optional[int] = None  # image_folder: resize to this side; null: the files' one size
@@ -72,6 +73,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    name: ModelName = "unet"        # unet (the fields below), diffusers_unet2d (docs/export.md) or a torch Module of your own, package.module:Name (docs/extending.md)
+    options: Dict[str, Any] = field(default_factory=dict)  # constructor arguments of a model other than unet (diffusers_unet2d: UNet2DModel's)
     base_channels: int = 32
     channel_mults: Tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 1

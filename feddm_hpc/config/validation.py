@@ -4,10 +4,11 @@ Checks that need no data and no MPI; data- and rank-dependent checks happen at s
 """
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import fields
 from importlib.util import find_spec
 
-from feddm_hpc.config.choices import UNET_PARTS, expand_shared_parts, require
+from feddm_hpc.config.choices import UNET_PARTS, expand_shared_parts, is_import_path, require
 from feddm_hpc.config.sections import Config
 from feddm_hpc.errors import ConfigError
 
@@ -42,12 +43,15 @@ def check_cross_section(c: Config) -> None:
             "dropout masks would not come from each client's own generator)")
     check_privacy_and_robustness(c)
     check_codec_available(c)
+    check_extensions(c)
     if shares_partly(c):
         check_partial_sharing(c)
 
 
 def check_partial_sharing(c: Config) -> None:
     """What partial sharing cannot serve, and why (docs/communication.md#partial-sharing)."""
+    require(c.model.name == "unet", f"federation.shared_parts: the parts are the project U-Net's; "
+            f"model.name={c.model.name} shares the whole model (shared_parts [all])")
     require(c.model.parameterization != "hyper", "federation.shared_parts: the hypernetwork's "
             "generator makes every part's weights, so no part can stay with a client; use "
             "model.parameterization dense or lowrank, or shared_parts [all]")
@@ -61,6 +65,22 @@ def check_partial_sharing(c: Config) -> None:
             "from its own private parts; use 1 or auto")
 
 
+def check_extensions(c: Config) -> None:
+    """The fields that name a user's extension (docs/extending.md), as far as the config can tell
+    without importing it: model.options and the U-Net-only parameterizations against
+    model.name, the syntax of each logging.callbacks entry."""
+    m = c.model
+    require(m.name != "unet" or not m.options,
+            "model.options: constructor arguments of a model other than model.name=unet "
+            "(the U-Net takes the model.* fields)")
+    require(m.name == "unet" or m.parameterization == "dense",
+            f"model.parameterization: {m.parameterization} factors the U-Net's layers; "
+            f"model.name={m.name} needs dense")
+    for path in c.logging.callbacks:
+        require(is_import_path(path),
+                f"logging.callbacks: {path!r} is not an import path package.module:Name")
+
+
 def check_scaffold_client(client_cfg) -> None:
     """ConfigError naming the first client field that breaks option II's plain-SGD assumption."""
     for name, wanted in SCAFFOLD_CLIENT:
@@ -71,10 +91,17 @@ def check_scaffold_client(client_cfg) -> None:
 
 def check_codec_available(c: Config) -> None:
     """What only the environment decides: zstd needs the zstandard package (compression/lossless.py
-    says the same when the codec is built at start-up; the section checks the rest)."""
+    says the same when the codec is built at start-up; the section checks the rest), TensorBoard
+    logging the tensorboard package, model.name diffusers_unet2d the diffusers package."""
     require(c.compression.lossless != "zstd" or find_spec("zstandard") is not None,
             "compression.lossless: 'zstd' needs the 'zstandard' package, which is not installed "
             "(pip install zstandard), or use 'zlib'")
+    require(not c.logging.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+            "logging.tensorboard: the tensorboard package is not installed; install it with: "
+            "pip install tensorboard (or pip install 'feddm_hpc[tensorboard]')")
+    require(c.model.name != "diffusers_unet2d" or importlib.util.find_spec("diffusers") is not None,
+            "model.name: diffusers_unet2d needs the diffusers package, which is not installed; "
+            "install it with: pip install 'feddm_hpc[diffusers]' (or pip install diffusers)")
 
 
 def check_privacy_and_robustness(c: Config) -> None:

@@ -8,6 +8,7 @@ Nothing here downloads: missing files are a DataError that says where to get the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -16,10 +17,13 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from feddm_hpc.data.arrays import normalize_arrays
 from feddm_hpc.data.cifar10 import load_cifar10
 from feddm_hpc.data.idx import read_idx_images, read_idx_labels
 from feddm_hpc.data.image_folder import load_image_folder
+from feddm_hpc.data.user_dataset import load_user_split
 from feddm_hpc.errors import ConfigError, DataError
+from feddm_hpc.plugins import is_import_path
 
 SPLITS = ("train", "test")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -150,31 +154,7 @@ def _array_keys(split: str):
 
 
 def _normalize(path: str, images, labels):
-    """Validate and convert user arrays to uint8 [N,H,W,C] and int64 labels."""
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4 or min(images.shape) == 0:
-        raise DataError(f"{path}: `images` must be [N,H,W] or [N,H,W,C] and non-empty, "
-                        f"got shape {images.shape}; {_ARRAY_HINT}")
-    if images.dtype.kind == "f":
-        if not np.isfinite(images).all() or images.min() < 0 or images.max() > 1:
-            raise DataError(f"{path}: float `images` must lie in [0, 1]; {_ARRAY_HINT}")
-        images = np.rint(images.astype(np.float64) * 255.0).astype(np.uint8)
-    elif images.dtype != np.uint8:
-        raise DataError(f"{path}: `images` must be uint8 or float, got {images.dtype}; "
-                        f"{_ARRAY_HINT}")
-    num_classes = None
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.dtype.kind not in "iu" or labels.shape != (images.shape[0],):
-            raise DataError(f"{path}: `labels` must be integers of shape ({images.shape[0]},),"
-                            f" got {labels.dtype} {labels.shape}; {_ARRAY_HINT}")
-        if labels.min() < 0:
-            raise DataError(f"{path}: `labels` must be non-negative; {_ARRAY_HINT}")
-        labels = labels.astype(np.int64)
-        num_classes = int(labels.max()) + 1
-    return images, labels, num_classes
+    return normalize_arrays(path, images, labels, _ARRAY_HINT)
 
 
 def _need_path(path: Optional[str], kind: str) -> str:
@@ -247,10 +227,15 @@ def subset_indices(num_examples: int, subset, seed: int, where: str) -> np.ndarr
 def load_dataset(name: str, path: Optional[str] = None, split: str = "train", *,
                  subset: Optional[int] = None, seed: int = 0, image_size: Optional[int] = None,
                  channels: Optional[int] = None, center_crop: bool = False) -> Dataset:
-    """Load a dataset split by name. `subset`: a random subset of that many examples, drawn
-    with numpy PCG64(seed) and kept in original order, for quick runs. image_size, channels,
-    center_crop: the decoding options of image_folder (data/image_folder.py)."""
-    if name not in DATASETS:
+    """Load a dataset split by name, or by a user's loader named by import path
+    (data/user_dataset.py). `subset`: a random subset of that many examples, drawn with numpy
+    PCG64(seed) and kept in original order, for quick runs. image_size, channels, center_crop:
+    the decoding options of image_folder (data/image_folder.py)."""
+    if is_import_path(name):   # a user's loader (data/user_dataset.py), imported on every rank
+        loader = functools.partial(load_user_split, name)
+    elif name in DATASETS:
+        loader = DATASETS[name]
+    else:
         raise ConfigError(f"data.dataset: unknown dataset {name!r}; valid: "
                           f"{', '.join(sorted(DATASETS))}")
     if split not in SPLITS:
@@ -259,12 +244,12 @@ def load_dataset(name: str, path: Optional[str] = None, split: str = "train", *,
     if name in IMAGE_LOADERS:
         select = None if subset is None else \
             (lambda n: subset_indices(n, subset, seed, f"{name} {split}"))
-        images, labels, num_classes = DATASETS[name](path, split, select=select, **options)
+        images, labels, num_classes = loader(path, split, select=select, **options)
         return _make(name, images, labels, num_classes)
     for option, value in options.items():
         if value not in (None, False):
             raise ConfigError(f"data.{option}: only for data.dataset=image_folder, not {name}")
-    images, labels, num_classes = DATASETS[name](path, split)
+    images, labels, num_classes = loader(path, split)
     if subset is not None:
         keep = subset_indices(len(images), subset, seed, f"{name} {split}")
         images = images[keep]

@@ -48,7 +48,8 @@ from torch import nn
 from feddm_hpc.diffusion import hyper
 from feddm_hpc.diffusion import parts as unet_parts
 from feddm_hpc.diffusion.lowrank import _Hadamard, factor_count, from_dense, max_rank
-from feddm_hpc.diffusion.unet import build_unet, count_parameters
+from feddm_hpc.diffusion.models import build_network
+from feddm_hpc.diffusion.unet import count_parameters
 from feddm_hpc.errors import ConfigError
 
 PARAMETERIZATIONS = ("dense", "lowrank", "hyper")   # config.choices.Parameterization
@@ -182,15 +183,18 @@ def generate(model: nn.Module, embedding_dim: int, chunk_size: int,
 
 
 def build_model(model_cfg, image_channels: int, image_size: int) -> nn.Module:
-    """The model whose flattened parameters are the shared vector. Under lowrank (hyper) the dense
+    """The model whose flattened parameters are the shared vector (model.name's network,
+    diffusion/models.py). Under lowrank (hyper) the dense
     U-Net is built first (same draws as dense), then its layers are replaced by fresh factors
     (the generator, then the embeddings) drawn
     from the same global generator, so the model is a function of the seed alone.
     Raises ValueError (a shape the U-Net cannot take) or ConfigError (a rank knob)."""
-    model = build_unet(model_cfg, image_channels, image_size)
+    model = build_network(model_cfg, image_channels, image_size)
     kind = getattr(model_cfg, "parameterization", "dense")
     if kind == "dense":
         return model
+    if getattr(model_cfg, "name", "unet") != "unet":   # ModelConfig.validate refuses it too
+        raise ConfigError(f"model.parameterization: {kind} needs model.name=unet")
     if kind == "lowrank":
         return factorize(model, plan_ranks(model, model_cfg))
     if kind == "hyper":

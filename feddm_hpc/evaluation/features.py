@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -185,7 +186,8 @@ def get_feature_extractor(dataset_name: str, train_images, train_labels, test_im
                     num_train=int(train_images.shape[0]), num_classes=int(num_classes),
                     in_channels=int(train_images.shape[3]), image_size=int(train_images.shape[1]))
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-    name = f"{ARCH}-{dataset_name}-{checksum[:8]}"
+    # A user's dataset is named by its import path (pkg.mod:Name): keep the file name plain.
+    name = f"{ARCH}-{re.sub(r'[^A-Za-z0-9_.-]', '_', dataset_name)}-{checksum[:8]}"
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = path / f"{name}-{key[:16]}.pt"
 

@@ -9,13 +9,17 @@ A callback sees a `RunView`, never the Simulation: the config, the communicator,
 directory, the log, the start-up objects and read-only views of the global and EMA vectors.
 Callbacks may use the rank's model instance and trainer as scratch space: local training
 reloads the global vector into the model before every client.
+
+`logging.callbacks` adds the user's own, by import path (`user_callbacks`), after the built-in
+ones and before the stop decision; their protocol is RoundCallback (re-exported by
+feddm_hpc.extend). A callback holds no state in checkpoints: a resumed run builds it afresh.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -133,10 +137,32 @@ class Personalization(RoundCallback):
         personalize(view)
 
 
-def standard_callbacks(stop_requested: Callable[[], bool], sample_grids: bool = False) -> List[RoundCallback]:
+def user_callbacks(paths: Sequence[str], field: str = "logging.callbacks") -> List[RoundCallback]:
+    """The user's callbacks of `logging.callbacks`, in list order: each a RoundCallback subclass
+    by import path, overriding after_round or at_end, built with no arguments (on every rank).
+    ConfigError naming the field otherwise (docs/extending.md)."""
+    from feddm_hpc.errors import ConfigError
+    from feddm_hpc.plugins import load_class
+
+    built: List[RoundCallback] = []
+    for path in paths:
+        cls = load_class(path, field, RoundCallback)
+        if cls.after_round is RoundCallback.after_round and cls.at_end is RoundCallback.at_end:
+            raise ConfigError(f"{field}: {path!r} overrides neither after_round nor at_end of "
+                              f"{RoundCallback.__module__}.RoundCallback")
+        try:
+            built.append(cls())
+        except Exception as exc:
+            raise ConfigError(f"{field}: building {path!r} (with no arguments) failed: "
+                              f"{type(exc).__name__}: {exc}") from None
+    return built
+
+
+def standard_callbacks(stop_requested: Callable[[], bool], sample_grids: bool = False,
+                       extra: Sequence[RoundCallback] = ()) -> List[RoundCallback]:
     """The callbacks of a training run, in their order: log, personalization (at the end, before
     the final grid), sample grids, evaluation, TensorBoard (a no-op unless logging.tensorboard),
-    stop decision."""
+    `extra` (the user's logging.callbacks), stop decision."""
     from feddm_hpc.federation.tensorboard_log import TensorBoardLog
 
     callbacks: List[RoundCallback] = [RoundLog(), Personalization()]
@@ -144,4 +170,5 @@ def standard_callbacks(stop_requested: Callable[[], bool], sample_grids: bool = 
     if grids is not None:
         callbacks.append(grids)
     evaluation = Evaluation()
-    return callbacks + [evaluation, TensorBoardLog(grids, evaluation), StopOnRequest(stop_requested)]
+    return callbacks + [evaluation, TensorBoardLog(grids, evaluation), *extra,
+                        StopOnRequest(stop_requested)]

@@ -57,13 +57,14 @@ def run_training(comm, config, run_dir: Path, checkpoint_path: Optional[str] = N
     the config stored in it, before overrides). Returns "done", "stopped" (`stop()` became true:
     a checkpoint was written) or "complete" (no round was left)."""
     from feddm_hpc.config import dump_yaml
-    from feddm_hpc.federation.callbacks import standard_callbacks
+    from feddm_hpc.federation.callbacks import standard_callbacks, user_callbacks
     from feddm_hpc.federation.simulation import Simulation
     from feddm_hpc.rundir.checkpoint import load_checkpoint
     from feddm_hpc.rundir.run_outputs import write_run_files
     from feddm_hpc.rundir.runlog import RunLog
 
     comm.timeout_s = config.system.collective_timeout_s
+    extra = user_callbacks(config.logging.callbacks)   # imported and checked before any data
     log = RunLog(comm.rank, run_dir, progress=config.system.progress)
     sim = Simulation(config, comm, run_dir, log, stop_requested=stop)
     if comm.rank == 0:
@@ -78,7 +79,7 @@ def run_training(comm, config, run_dir: Path, checkpoint_path: Optional[str] = N
         log.info(f"nothing to do: all {config.federation.rounds} rounds are complete")
         return "complete"
     t0 = time.perf_counter()
-    outcome = sim.run(standard_callbacks(stop, sample_grids=True))
+    outcome = sim.run(standard_callbacks(stop, sample_grids=True, extra=extra))
     log.close()
     if outcome == "stopped":
         log.info(f"stopped on {stop_name() or 'request'} after a checkpoint; "

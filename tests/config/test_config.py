@@ -113,6 +113,8 @@ data:
   dirichlet_alpha: 0.5
   classes_per_client: 2
 model:
+  name: unet
+  options: {}
   base_channels: 32
   channel_mults:
   - 1
@@ -231,6 +233,7 @@ system:
   precision: fp32
 logging:
   tensorboard: false
+  callbacks: []
 """
 
 

@@ -58,7 +58,7 @@ NEEDS = {
 
 def test_the_issue_s_choice_fields_are_all_literals():
     assert set(IDS) == {
-        "data.dataset", "data.partition", "model.parameterization", "diffusion.schedule",
+        "data.dataset", "data.partition", "model.name", "model.parameterization", "diffusion.schedule",
         "diffusion.prediction",
         "diffusion.loss_weighting", "federation.algorithm", "federation.straggler",
         "federation.cohort_sampling",
@@ -138,7 +138,7 @@ def test_wrong_type_keeps_the_plain_type_message(section, name, hint):
 def _registries():
     from feddm_hpc import strategies
     from feddm_hpc.compression import COMPRESSORS, header, quantize, topk
-    from feddm_hpc.diffusion import loss, parameterization, samplers, schedule
+    from feddm_hpc.diffusion import loss, models, parameterization, samplers, schedule
     from feddm_hpc.federation import attacks, precision, transports
     from feddm_hpc.strategies import robust
     datasets = importlib.import_module("feddm_hpc.data.datasets")
@@ -158,6 +158,7 @@ def _registries():
         ("diffusion.samplers.SAMPLERS", samplers.SAMPLERS, choices.Sampler),
         ("diffusion.parameterization.PARAMETERIZATIONS", parameterization.PARAMETERIZATIONS,
          choices.Parameterization),
+        ("diffusion.models.MODELS", models.MODELS, choices.ModelName),
         ("data.datasets.DATASETS", datasets.DATASETS, choices.Dataset),
         ("data.partition.SCHEMES", partition.SCHEMES, choices.Partition),
         ("strategies.robust.AGGREGATION_RULES", robust.AGGREGATION_RULES, choices.Aggregation),
