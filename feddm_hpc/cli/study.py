@@ -1,4 +1,4 @@
-"""`feddm-hpc study SPEC.yaml [--jobs N] [--slurm] [--collect] [--status] [--out DIR]`: run a study
+"""`feddm-hpc study SPEC.yaml [--jobs N] [--slurm] [--collect] [--status] [--copy-done DIR] [--out DIR]`: run a study
 (its cells x seeds, each trained and evaluated in OUT/runs/<cell>/seed<k>), show its progress,
 or build its table, paired differences and plots. The spec format: feddm_hpc/study/spec.py."""
 from __future__ import annotations
@@ -23,6 +23,9 @@ def register(sub) -> None:
                       help="only read the complete runs: write table.md, summary.json, plots")
     mode.add_argument("--status", action="store_true",
                       help="print per cell the runs complete, running, to do, and rounds trained")
+    mode.add_argument("--copy-done", default=None, metavar="DIR",
+                      help="copy the complete runs, without checkpoints, into DIR/runs (what a "
+                           "results folder commits; a study run with --out DIR skips them)")
     mode.add_argument("--task", type=int, default=None, help=argparse.SUPPRESS)  # one Slurm task
     p.set_defaults(run=cmd_study)
 
@@ -39,6 +42,13 @@ def cmd_study(args) -> int:
         from feddm_hpc.study.status import status_text
 
         print(status_text(spec, out))
+        return 0
+    if args.copy_done:
+        from feddm_hpc.study.copy_done import copy_done
+
+        copied = copy_done(spec, out, Path(args.copy_done))
+        print(f"copied {len(copied)} complete run(s) to {args.copy_done}/runs"
+              + (": " + ", ".join(copied) if copied else ""))
         return 0
     if args.collect:
         from feddm_hpc.study.collect import collect
