@@ -70,7 +70,7 @@ def main() -> None:
             print(f"  {preset:8s} shared {space.size / spec.total:.3f}: compose {compose_us:,.0f} us, "
                   f"keep+take {keep_us:,.0f} us ({(compose_us + keep_us) / copy_us:.2f} full copies)")
     config = load_config(str(MODELS["frontier 267k"][0]), [])
-    from benchmarks.lowrank_speed import trainer   # noqa: E402  (the same step as the speed benchmark)
+    from benchmarks.lowrank_speed import trainer  # noqa: E402  (the same step as the speed benchmark)
     _, steps = trainer(config, config.model)
     steps(2)
     step_s = min(steps(5) for _ in range(2)) / 5

@@ -29,7 +29,7 @@ import numpy as np
 
 from feddm_hpc.config import Config, dump_yaml
 from feddm_hpc.config import load_config as _load_config_file
-from feddm_hpc.config.loading import config_from_yaml_text
+from feddm_hpc.config.loading import config_from_yaml_text, render_set_value
 
 Overrides = Union[Mapping[str, object], Sequence[str], None]
 
@@ -42,8 +42,7 @@ def _as_sets(overrides: Overrides) -> List[str]:
     if not overrides:
         return []
     if isinstance(overrides, Mapping):
-        return [f"{key}={json.dumps(value) if not isinstance(value, str) else value}"
-                for key, value in overrides.items()]
+        return [f"{key}={render_set_value(value, key)}" for key, value in overrides.items()]
     return [str(s) for s in overrides]
 
 

@@ -7,6 +7,7 @@ int -> float and list -> tuple.
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import fields, is_dataclass
 from pathlib import Path
@@ -204,3 +205,33 @@ def to_tree(config: Config) -> dict:
 
 def dump_yaml(config: Config) -> str:
     return yaml.safe_dump(to_tree(config), sort_keys=False)
+
+
+def render_set_value(value: Any, where: str, no_whitespace: bool = False) -> str:
+    """`value` as the TEXT of `--set KEY=TEXT` that the loader reads back as the same value: the
+    one renderer of study specs, scaling specs and the Python API. no_whitespace: refuse strings
+    with whitespace (the Slurm sweep file splits its lines on whitespace). ConfigError naming
+    `where` for a value no config field can hold."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(render_set_value(v, where, no_whitespace) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(str(k))}:{render_set_value(v, where, no_whitespace)}"
+                              for k, v in value.items()) + "}"
+    if isinstance(value, str):
+        if no_whitespace and any(ch.isspace() for ch in value):
+            raise ConfigError(f"{where}: a value with whitespace cannot be passed on (got {value!r})")
+        try:
+            if yaml.safe_load(value) == value and "," not in value and value.strip() == value:
+                return value
+        except yaml.YAMLError:
+            pass
+        return json.dumps(value)
+    raise ConfigError(f"{where}: expected a number, string, boolean, null, list or mapping, "
+                      f"got {value!r}")
+

@@ -32,14 +32,12 @@ values are ConfigErrors naming the field (`grid.ranks[1]: ...`), which the CLI t
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
-import yaml
-
 from feddm_hpc.config import Config, dump_yaml, load_config, read_yaml
+from feddm_hpc.config.loading import render_set_value
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.scaling.network import NetworkConfig, parse_network
 
@@ -89,24 +87,7 @@ class Spec:
 def render_value(value: Any, name: str) -> str:
     """A value as `--set` text that YAML reads back as the same value, without whitespace
     (the SLURM sweep file splits its lines on whitespace)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(render_value(v, name) for v in value) + "]"
-    if isinstance(value, str):
-        if any(ch.isspace() for ch in value):
-            raise ConfigError(f"{name}: a value with whitespace cannot be passed on (got {value!r})")
-        try:
-            if yaml.safe_load(value) == value and "," not in value:
-                return value
-        except yaml.YAMLError:
-            pass
-        return json.dumps(value)
-    raise ConfigError(f"{name}: expected a number, string, boolean, null or list, got {value!r}")
+    return render_set_value(value, name, no_whitespace=True)
 
 
 def _mapping(value, name: str, allow_none: bool = True) -> dict:

@@ -2,12 +2,10 @@
 its dotted field (`cells.nodp.seeds[1]: expected an integer, got 'a'`), as feddm_hpc.config does."""
 from __future__ import annotations
 
-import json
 from typing import Any, Iterable, List, Mapping, Optional
 
-import yaml
-
 from feddm_hpc.config.choices import require
+from feddm_hpc.config.loading import render_set_value
 from feddm_hpc.errors import ConfigError
 
 
@@ -75,22 +73,7 @@ def int_list(value, where: str, minimum: Optional[int] = None) -> List[int]:
 
 def render_value(value: Any, where: str) -> str:
     """A value as `--set KEY=TEXT` text that the config loader reads back as the same value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(render_value(v, where) for v in value) + "]"
-    if isinstance(value, str):
-        try:
-            if yaml.safe_load(value) == value and "," not in value and value.strip() == value:
-                return value
-        except yaml.YAMLError:
-            pass
-        return json.dumps(value)
-    raise ConfigError(f"{where}: expected a number, string, boolean, null or list, got {value!r}")
+    return render_set_value(value, where)
 
 
 def overrides(value, where: str) -> List[str]:
