@@ -47,27 +47,31 @@ STEPS=(
     # system.deterministic: 2 rounds of 4 clients x 3 steps + 16 samples, ~10 s; its checkpoint
     # feeds evaluate.
     "det-a 30 invariance st_det_a"
-    "det-b 25 invariance st_det_b"                       # the same run again (warm disk): = det-a
-    "det-host-store 25 invariance st_det_host_store"     # images in pinned host memory: = det-a
+    "det-b 20 invariance st_det_b"                       # the same run again (warm disk): = det-a
+    "det-host-store 20 invariance st_det_host_store"     # images in pinned host memory: = det-a
     "det-2ranks 40 invariance st_det_2ranks"             # + mpiexec, 2 processes on 1 GPU: = det-a
     # (2) Correctness. One client of tiny, 20 steps, trained 4 times (warm-up, timed, "error"
     # and "warn" sync-debug modes) in one process: ~10 s.
-    "sync-debug 30 correctness st_sync_debug"
+    "sync-debug 25 correctness st_sync_debug"
     # det-a's checkpoint at N=500 (was 1000: the GPU-vs-CPU comparison needs no more), no
     # memorization audit: ~10 s on the GPU (+ ~10 s training a LeNet on 5,000 images when
     # .gpu/cache has none; evaluate-cpu then reuses it) ...
     "evaluate-cuda 45 correctness st_evaluate_cuda"
-    "evaluate-cpu 35 correctness st_evaluate_cpu"        # ... the same sampling on 16 CPU cores
+    "evaluate-cpu 30 correctness st_evaluate_cpu"        # ... the same sampling on 16 CPU cores
     # (3) Throughput, last. quickstart for 2 rounds of 2 clients x 135 steps (280k-parameter
     # U-Net) + 16 samples at DDIM 50: ~12 s; at 2 ranks + mpiexec and a second process.
     "quickstart-1rank 35 throughput st_quickstart_1rank"
-    "quickstart-2ranks 40 throughput st_quickstart_2ranks"
-    "precision 30 throughput st_precision"               # quickstart: 100 steps x 2 x fp32/bf16
+    "quickstart-2ranks 35 throughput st_quickstart_2ranks"
+    "precision 25 throughput st_precision"               # quickstart: 100 steps x 2 x fp32/bf16
     # 32 clients x 10 steps at G = 1, 4, 8, 32 (was 64 clients up to G = 64), tiny and quickstart,
     # one process, MNIST partitioned twice, a vmap trace per G: ~20 s.
-    "client-groups 40 throughput st_client_groups"
+    "client-groups 35 throughput st_client_groups"
     # tiny on 2 ranks twice: the simulator and a plain loop, one mpiexec each (~10-15 s each).
-    "overhead 45 throughput st_overhead"
+    "overhead 40 throughput st_overhead"
+    # benchmarks/transport.py at the 40M-parameter U-Net only, float32 updates, 8 clients, 2
+    # rounds on 2 ranks: the raw warm Gatherv against the simulator's gather (gather_vs_raw=),
+    # host side (payloads are host buffers); ~15 s of building and moving 1.3 GB a round.
+    "transport 40 throughput st_transport"
 )
 DEFAULT_BUDGET_S=480
 
@@ -292,6 +296,12 @@ st_overhead() {
     "$PY" benchmarks/overhead.py --config configs/tiny.yaml --np 2 --repeats 1 --set "system.device=$DEV" \
         "${DATA[@]}" || return
     grep -E "^(config|repeat|overhead_ratio|simulator_wall_s|plain_loop_wall_s)" "$LOG" | sed 's/^/    /' >&3
+}
+
+st_transport() {
+    [ -n "$MPI" ] || skip "no working mpiexec"
+    "$PY" benchmarks/transport.py --np 2 --clients 8 --rounds 2 --codecs float32 || return
+    grep -E "gather|rss|gather_vs_raw=" "$LOG" | tail -8 | sed 's/^/    /' >&3
 }
 
 cat > "$WORK/digest.py" <<'EOF'

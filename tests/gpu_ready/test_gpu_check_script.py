@@ -179,12 +179,12 @@ def test_steps_over_the_time_left_are_skipped_and_reported(tmp_path):
                          "#!/bin/sh\ncat >/dev/null\necho 'torch 0.0, dry run on cpu'\n")
     out, summary, elapsed = _run(tmp_path, {
         "PATH": "/usr/bin:/bin", "PYTHON": str(python), "MPIEXEC": "/bin/false", "GPU_CHECK_DEVICE": "cpu",
-        "GPU_CHECK_BUDGET_S": "20", "GPU_CHECK_CARRY_DIR": str(_carry(tmp_path))})
+        "GPU_CHECK_BUDGET_S": "15", "GPU_CHECK_CARRY_DIR": str(_carry(tmp_path))})
     assert out.returncode == 0 and elapsed < 5, out.stdout + out.stderr
     text = summary.read_text()
     _, steps, _, _ = _plan()
     for _, name, budget, _ in steps:
         assert f"SKIP {name}: out of time (" in text and f"its budget is {budget}s)" in text
     assert "PASS" not in text and "FAIL " not in text
-    skipped = re.search(r"^skipped for lack of time \(budget 20s\): (.*)$", text, re.MULTILINE)
+    skipped = re.search(r"^skipped for lack of time \(budget 15s\): (.*)$", text, re.MULTILINE)
     assert skipped and skipped[1].split() == [name for _, name, _, _ in steps]
