@@ -295,7 +295,7 @@ st_overhead() {
     [ -n "$MPI" ] || skip "no working mpiexec"
     "$PY" benchmarks/overhead.py --config configs/tiny.yaml --np 2 --repeats 1 --set "system.device=$DEV" \
         "${DATA[@]}" || return
-    grep -E "^(config|repeat|overhead_ratio|simulator_wall_s|plain_loop_wall_s)" "$LOG" | sed 's/^/    /' >&3
+    grep -E "^(config|repeat|overhead_ratio|simulator_wall_s|plain_loop_wall_s|cpu_ratio_median|wall_ratio_median)" "$LOG" | sed 's/^/    /' >&3
 }
 
 st_transport() {

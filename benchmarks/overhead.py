@@ -9,10 +9,17 @@ Both run on the device the config's system.device selects (plain_train.py uses t
 select_device), so with `device: auto` on a GPU machine both train on the GPU; a whole process
 is timed, and its exit waits for its GPU work, so no torch.cuda.synchronize is needed here.
 mpiexec: $MPIEXEC, else the one beside the interpreter, else the first on PATH.
-The last line is `overhead_ratio=<a/b>`.
+Besides wall time, each command's CPU time (user + system of every process it started, from
+getrusage(RUSAGE_CHILDREN): mpiexec waits for its ranks) is compared, which other load on a
+shared machine inflates far less. `--shape many-small` is issue 23's many-small-clients shape:
+200 clients x 1 local step of a 24k-parameter U-Net (tiny.yaml at base_channels 6), batch 8,
+3 rounds (use --repeats 5: the figures are medians of the paired repeats, with their range).
+The last line is `overhead_ratio=<a/b>` (best wall of each).
 """
 import argparse
 import os
+import resource
+import statistics
 import shutil
 import subprocess
 import sys
@@ -59,13 +66,25 @@ def find_mpiexec(python: str) -> str:
     return found
 
 
+SHAPES = {
+    "many-small": ["federation.num_clients=200", "client.local_steps=1", "client.batch_size=8",
+                   "federation.rounds=3", "model.base_channels=6"],
+}
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def timed(cmd, env):
-    t0 = time.perf_counter()
+    """(wall seconds, CPU seconds of the command's whole process tree)."""
+    t0, c0 = time.perf_counter(), _children_cpu()
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, _children_cpu() - c0
     if out.returncode != 0:
         sys.exit(f"command failed ({out.returncode}): {' '.join(cmd)}\n{out.stderr[-2000:]}")
-    return elapsed
+    return elapsed, cpu
 
 
 def main():
@@ -74,8 +93,12 @@ def main():
     ap.add_argument("--np", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--shape", choices=sorted(SHAPES), default=None,
+                    help="a named set of overrides on --config (before any --set)")
     args = ap.parse_args()
-    overrides = ["system.progress=false", "sampling.num_samples=0", "checkpoint.every=1", *args.overrides]
+    shape = SHAPES[args.shape] if args.shape else []
+    overrides = ["system.progress=false", "sampling.num_samples=0", "checkpoint.every=1", *shape,
+                 *args.overrides]
     cfg = load_config(ROOT / args.config, overrides)
     steps = steps_per_rank(cfg, args.np)
     py = sys.executable
@@ -87,16 +110,25 @@ def main():
     print(f"config {args.config}, {args.np} ranks, {cfg.federation.rounds} rounds, training steps "
           f"per rank {steps}, device of local rank 0: {device} (both commands)")
     best_a = best_b = float("inf")
+    wall_ratios, cpu_ratios = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             run_dir = Path(tmp) / f"run{i}"
-            a = timed([*launch, "-m", "feddm_hpc", "train", args.config, "--run-dir", str(run_dir), *sets], env)
-            b = timed([*launch, str(ROOT / "benchmarks" / "plain_train.py"), "--config", args.config,
-                       "--steps", ",".join(map(str, steps)), *sets], env)
-            print(f"repeat {i}: simulator {a:.2f}s  plain loop {b:.2f}s  ratio {a / b:.3f}")
+            a, a_cpu = timed([*launch, "-m", "feddm_hpc", "train", args.config, "--run-dir", str(run_dir),
+                              *sets], env)
+            b, b_cpu = timed([*launch, str(ROOT / "benchmarks" / "plain_train.py"), "--config",
+                              args.config, "--steps", ",".join(map(str, steps)), *sets], env)
+            wall_ratios.append(a / b)
+            cpu_ratios.append(a_cpu / b_cpu)
+            print(f"repeat {i}: simulator {a:.2f}s ({a_cpu:.2f} CPU-s)  plain loop {b:.2f}s "
+                  f"({b_cpu:.2f} CPU-s)  ratio wall {a / b:.3f} CPU {a_cpu / b_cpu:.3f}")
             best_a, best_b = min(best_a, a), min(best_b, b)
     print(f"simulator_wall_s={best_a:.2f}")
     print(f"plain_loop_wall_s={best_b:.2f}")
+    print(f"wall_ratio_median={statistics.median(wall_ratios):.3f} "
+          f"(range {min(wall_ratios):.3f}-{max(wall_ratios):.3f})")
+    print(f"cpu_ratio_median={statistics.median(cpu_ratios):.3f} "
+          f"(range {min(cpu_ratios):.3f}-{max(cpu_ratios):.3f})")
     print(f"overhead_ratio={best_a / best_b:.3f}")
 
 
