@@ -19,8 +19,8 @@ The last line is `overhead_ratio=<a/b>` (best wall of each).
 import argparse
 import os
 import resource
-import statistics
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
