@@ -1,6 +1,6 @@
 """`feddm-hpc study SPEC --out OUT --copy-done DIR`: the complete runs of a study, without their
 checkpoints, copied into DIR/runs/<cell>/seed<k>/ (config.yaml, metrics.jsonl, partition.json,
-eval/, samples/): what a results folder commits. A copy is itself a study folder: `--collect`
+eval/ without the memorization plots, samples/): what a results folder commits. A copy is itself a study folder: `--collect`
 reports from it, and a study run with `--out DIR` skips its runs (a run copy without checkpoints
 is complete when its metrics reach the final round and its evaluations are there), so a long
 study continues on a fresh machine from what was committed."""
@@ -15,6 +15,8 @@ from feddm_hpc.study.runs import inspect_run, plan_runs
 from feddm_hpc.study.spec import Spec
 
 KEPT = ("config.yaml", "metrics.jsonl", "partition.json", "eval", "samples")
+# eval/ keeps its JSON results; the memorization audit's plots (~50 kB each) stay behind
+SKIPPED = ("*.memorization.png",)
 
 
 def copy_done(spec: Spec, out: Path, dest: Path) -> List[str]:
@@ -36,7 +38,7 @@ def copy_done(spec: Spec, out: Path, dest: Path) -> List[str]:
         for name in KEPT:
             src = plan.run_dir / name
             if src.is_dir():
-                shutil.copytree(src, target / name)
+                shutil.copytree(src, target / name, ignore=shutil.ignore_patterns(*SKIPPED))
             elif src.is_file():
                 shutil.copy2(src, target / name)
         copied.append(f"{plan.cell}/seed{plan.seed}")
