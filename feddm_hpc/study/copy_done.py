@@ -1,9 +1,9 @@
 """`feddm-hpc study SPEC --out OUT --copy-done DIR`: the complete runs of a study, without their
 checkpoints, copied into DIR/runs/<cell>/seed<k>/ (config.yaml, metrics.jsonl, partition.json,
-eval/ without the memorization plots, samples/): what a results folder commits. A copy is itself a study folder: `--collect`
-reports from it, and a study run with `--out DIR` skips its runs (a run copy without checkpoints
-is complete when its metrics reach the final round and its evaluations are there), so a long
-study continues on a fresh machine from what was committed."""
+eval/ without the memorization plots, samples/): what a results folder commits. A copy is itself
+a study folder: `--collect` reports from it, and a study run with `--out DIR` skips its runs (a
+run copy without checkpoints is complete when its metrics reach the final round and its
+evaluations are there), so a long study continues on a fresh machine from what was committed."""
 from __future__ import annotations
 
 import shutil
