@@ -225,5 +225,15 @@ def make_transport(name: str, num_params: int, num_extras: int, target: str,
     return cls(num_params, num_extras, target)
 
 
+def transport_for(cfg, num_params: int, num_extras: int) -> Transport:
+    """The run's transport, chosen once: system.transport, or under privacy.secure_aggregation
+    the secure gather (the only one that can unmask a sum)."""
+    p = cfg.privacy
+    secure = dict(seed=cfg.seed, bits=cfg.compression.bits, clip_range=p.secagg_range,
+                  min_clients=p.secagg_min_clients) if p.secure_aggregation else None
+    return make_transport(cfg.system.transport, num_params, num_extras, cfg.compression.target,
+                          secure)
+
+
 __all__ = ["AllreduceTransport", "GatherTransport", "Reduced", "SecureGatherTransport", "TRANSPORTS",
-           "Transport", "make_transport"]
+           "Transport", "make_transport", "transport_for"]
