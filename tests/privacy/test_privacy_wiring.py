@@ -12,8 +12,8 @@ from feddm_hpc.config import load_config
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.federation import aggregation, server
 from feddm_hpc.federation import reports as wire
-from feddm_hpc.federation.transports import SecureGatherTransport
 from feddm_hpc.federation.attacks import DataPoison
+from feddm_hpc.federation.transports import SecureGatherTransport
 from feddm_hpc.federation.uplink import build_uplink
 from feddm_hpc.privacy import accounting, dp, secagg
 
