@@ -2,10 +2,14 @@
 
 Per round (DESIGN.md section 2): cohort from (seed, round) and who of it reports (dropout,
 stragglers: participation.py) on every rank; the downlink (downlink.py) and, for SCAFFOLD, the
-server control c; local training of the rank's arriving clients in id order; encode; sizes +
-Gatherv of the payloads and a metadata array; the root decodes, checks and accumulates in
-client-id order (server.py), applies the strategy, updates the EMA, logs one metrics line and
-checkpoints by policy. Between rounds and at the end: round callbacks (callbacks.py).
+server control c; local training of the rank's arriving clients in id order; each client's
+vector through the uplink's stages; the transport brings the reports to the root, which
+decodes, checks and accumulates in client-id order (server.py) with the round's aggregation
+rule, applies the strategy, updates the EMA, logs one metrics line and checkpoints by policy.
+Between rounds and at the end: round callbacks (callbacks.py).
+
+The round names no mechanism: the uplink, the transport, the aggregation rule and this rank's
+grouping of clients are chosen once, in __init__, from the config (docs/design.md).
 """
 from __future__ import annotations
 

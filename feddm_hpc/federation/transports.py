@@ -137,7 +137,7 @@ class AllreduceTransport(Transport):
 
 class SecureGatherTransport(GatherTransport):
     """The gather transport under privacy.secure_aggregation: the payloads are masked integer
-    codes followed by the masked statistics words (federation/uplink.py,
+    codes followed by the masked statistics words (the uplink's mask stage, federation/uplink_stages.py;
     privacy/secagg_inputs.py); the root adds them in the ring, removes what is left of the masks
     of the cohort clients whose input never arrived (dropped, late, or unencodable) and decodes
     only the sum. It never decodes, and cannot decode, one client's update; so it cannot reject
