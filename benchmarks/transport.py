@@ -4,14 +4,14 @@ collectives and memory copies of the same bytes, at a small U-Net and at the Fed
 
 One process tree (2 MPI ranks unless --np; the script starts mpiexec itself when run without
 it), one config per model: every case builds the round's real objects through the package (the
-model, to size the shared vector; compressor, ClientUplink, Downlink, the transport,
+model, to size the shared vector; compressor, the uplink, Downlink, the transport,
 server.aggregate, checkpoint.save_checkpoint) and drives them for --rounds rounds on synthetic
 updates of the right size (no training: the phases below do not depend on what the update
 holds, except top-k's selection, which gets Gaussian values). Clients are dealt to ranks
 round-robin (client c on rank c % np), so the root hosts clients too, as in a real run.
 
-Per round and rank: broadcast (Downlink.send of the float32 global vector), encode (ClientUplink.encode
-and make_report of each hosted client), then the transport's reduce, which times gather,
+Per round and rank: broadcast (Downlink.send of the float32 global vector), encode (Uplink.send:
+the update local - start and the codec, as in a run; and make_report of each hosted client), then the transport's reduce, which times gather,
 decode and aggregate (the root decodes and accumulates in client-id order), then the root
 writes a checkpoint (params, EMA, spec, metrics). Afterwards, with the case's buffers freed, the
 raw references of the same byte counts on the same ranks: a warm Gatherv (pre-touched
@@ -131,7 +131,7 @@ def run_case(comm, cfg, shared, clients: int, rounds: int, ckpt_dir: Path, base:
     from feddm_hpc.federation.downlink import Downlink
     from feddm_hpc.federation.reports import make_report
     from feddm_hpc.federation.transports import make_transport
-    from feddm_hpc.federation.uplink import ClientUplink
+    from feddm_hpc.federation.uplink import build_uplink
     from feddm_hpc.rundir import checkpoint as ckpt
 
     n, params, spec_text, fingerprint, shape = shared
@@ -145,7 +145,8 @@ def run_case(comm, cfg, shared, clients: int, rounds: int, ckpt_dir: Path, base:
     rss0 = reset_peak()
 
     compressor = make_compressor(cfg.compression)
-    uplink = ClientUplink(cfg, compressor, n)
+    uplink = build_uplink(cfg, compressor, n)
+    zero = np.zeros(n, dtype=np.float32)   # the start: the uplink's delta then is the update
     downlink = Downlink(cfg.compression, global_params)
     transport = make_transport(cfg.system.transport, n, 0, cfg.compression.target)
     outbox = getattr(transport, "outbox", None)   # the wire-speed transport's send buffer
@@ -163,7 +164,7 @@ def run_case(comm, cfg, shared, clients: int, rounds: int, ckpt_dir: Path, base:
         for c in mine:
             np.multiply(base, np.float32(1.0 + 0.01 * c), out=update)   # the client's update
             t0 = time.perf_counter()
-            payload = uplink.encode(update, c, r, cohort)
+            payload = uplink.send(c, r, cohort, zero, update).payload
             rep = make_report(c, 100 + c, 0.1, 0.0, payload, (), 0, **report_kw)
             enc += time.perf_counter() - t0
             payload_bytes += rep.uplink_bytes

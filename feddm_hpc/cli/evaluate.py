@@ -160,7 +160,6 @@ def evaluate_checkpoint(comm, args, verbose: bool = True) -> Optional[dict]:
     """Collective: scores the checkpoint as the flags in `args` (this command's parser) say,
     writes the JSON file and returns the result on the root (None on the other ranks)."""
     import numpy as np
-    import torch
 
     from feddm_hpc.config import config_from_yaml_text
     from feddm_hpc.evaluation.evaluate import evaluate_params
@@ -168,9 +167,7 @@ def evaluate_checkpoint(comm, args, verbose: bool = True) -> Optional[dict]:
     from feddm_hpc.evaluation.per_client import client_histogram_distances, read_label_histogram
     from feddm_hpc.evaluation.results import eval_json_path, write_result
     from feddm_hpc.evaluation.scores import FID_UNAVAILABLE
-    from feddm_hpc.federation.cuda_env import apply_determinism
-    from feddm_hpc.federation.placement import bind_device, select_device, threads_per_rank
-    from feddm_hpc.federation.setup import build_model
+    from feddm_hpc.federation.setup import build_model, prepare_device
     from feddm_hpc.params import ParamSpec
     from feddm_hpc.rundir.checkpoint import load_checkpoint
 
@@ -182,10 +179,7 @@ def evaluate_checkpoint(comm, args, verbose: bool = True) -> Optional[dict]:
     data = load_checkpoint(ckpt_path, verify=False)
     config = config_from_yaml_text(data.config_yaml, args.overrides)
     _check_flags(args, config)
-    torch.set_num_threads(threads_per_rank(config.system.threads, comm.local_size))
-    apply_determinism(config.system.deterministic)
-    device = select_device(args.device or config.system.device, comm.local_rank)
-    bind_device(device)
+    device, _ = prepare_device(config, comm, device=args.device)
     model = build_model(config, data.image_shape, device)
     if ParamSpec.from_model(model).fingerprint() != data.param_fingerprint:
         raise ConfigError("model: --set changed the model's shape; the checkpoint's parameters do "

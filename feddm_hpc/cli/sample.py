@@ -45,9 +45,7 @@ def draw_checkpoint_samples(checkpoint, num: int, sampler=None, steps=None, seed
     from feddm_hpc.config import shares_partly
     from feddm_hpc.diffusion.grids import draw_client_samples, draw_samples
     from feddm_hpc.diffusion.schedule import make_schedule
-    from feddm_hpc.federation.cuda_env import apply_determinism
-    from feddm_hpc.federation.placement import bind_device, select_device
-    from feddm_hpc.federation.setup import build_model
+    from feddm_hpc.federation.setup import build_model, prepare_device
     from feddm_hpc.federation.shared_space import SharedSpace, client_models
     from feddm_hpc.params import ParamSpec
     from feddm_hpc.rundir.checkpoint import load_checkpoint
@@ -56,9 +54,7 @@ def draw_checkpoint_samples(checkpoint, num: int, sampler=None, steps=None, seed
     if num < 1:
         raise UserError("--num: must be >= 1")
     config, weights, image_shape, round_index = read_ema_model(checkpoint)
-    apply_determinism(config.system.deterministic)
-    device = select_device(device, 0)
-    bind_device(device)
+    device, _ = prepare_device(config, device=device)   # one process: no sharing check
     model = build_model(config, image_shape, device)
     d = config.diffusion
     schedule = make_schedule(d.schedule, d.timesteps, d.beta_start, d.beta_end).to(device)

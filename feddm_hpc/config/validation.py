@@ -10,6 +10,7 @@ from importlib.util import find_spec
 
 from feddm_hpc.config.choices import UNET_PARTS, expand_shared_parts, is_import_path, require
 from feddm_hpc.config.sections import Config
+from feddm_hpc.config.uplink_plan import uplink_plan
 from feddm_hpc.errors import ConfigError
 
 # What strategies/scaffold.py assumes of the clients, as data (config imports no strategy): its
@@ -105,11 +106,12 @@ def check_codec_available(c: Config) -> None:
 
 
 def check_privacy_and_robustness(c: Config) -> None:
-    """DP, secure aggregation and robust rules each assume something of the rest of the run."""
-    p, s, comp = c.privacy, c.server, c.compression
+    """DP, secure aggregation and robust rules each assume something of the rest of the run.
+    What they need of the client's outgoing vector and its codec follows from the uplink's
+    stages (uplink_plan.py); the rest is about the strategy, the transport and the rule."""
+    p, s = c.privacy, c.server
+    uplink_plan(c).check()
     if p.dp:
-        require(comp.target == "update", "privacy.clip_norm: needs compression.target=update "
-                "(DP clips the client's update, not its weights)")
         require(c.federation.algorithm != "scaffold", "privacy.clip_norm: not with scaffold (its "
                 "control deltas would leave the clients unclipped and unnoised)")
         require(c.federation.cohort_sampling == "uniform" or c.federation.clients_per_round is None,
@@ -127,11 +129,6 @@ def check_privacy_and_robustness(c: Config) -> None:
         require(c.federation.algorithm != "scaffold",
                 f"server.aggregation: {s.aggregation} is not defined for scaffold's control deltas")
     if p.secure_aggregation:
-        require(comp.uplink == "quant", "privacy.secure_aggregation: needs compression.uplink=quant "
-                "(an integer codec; the masks live in its integer ring)")
-        require(not comp.error_feedback, "privacy.secure_aggregation: not with "
-                "compression.error_feedback")
-        require(comp.target == "update", "privacy.secure_aggregation: needs compression.target=update")
         require(c.system.transport == "gather", "privacy.secure_aggregation: needs system.transport=gather")
         require(s.aggregation == "mean", "privacy.secure_aggregation: the root sees only the sum, "
                 "so server.aggregation must be mean")

@@ -69,6 +69,22 @@ def score_output(output: torch.Tensor, target: torch.Tensor, t: torch.Tensor,
     return (weight * per_example).mean()
 
 
+def score_outputs(output: torch.Tensor, target: torch.Tensor, t: torch.Tensor,
+                  schedule: NoiseSchedule, prediction: str = "eps", weighting: str = "none",
+                  min_snr_gamma: float = 5.0) -> torch.Tensor:
+    """score_output for clients trained together (federation/client_groups.py): output and
+    target [G, B, ...], t [G, B] -> each client's loss [G]. The same value as score_output row by
+    row, summed in another order (per-example means first), so equal up to float rounding."""
+    per_example = (output - target).pow(2).flatten(2).mean(dim=2)          # [G, B]
+    if weighting == "none":
+        return per_example.mean(dim=1)
+    if weighting != "min_snr":
+        raise ValueError(f"unknown loss weighting {weighting!r}; valid: {', '.join(LOSS_WEIGHTINGS)}")
+    weight = example_weights(t.reshape(-1), schedule, prediction, min_snr_gamma,
+                             output).view_as(per_example)
+    return (weight * per_example).mean(dim=1)
+
+
 def make_loss(diffusion_cfg):
     """training_loss with the config's prediction and weighting bound: (model, x0, schedule, gen)."""
     d = diffusion_cfg

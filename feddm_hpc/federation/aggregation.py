@@ -1,5 +1,5 @@
-"""How one round's accepted client updates become its mean update, chosen once per round from
-`server.aggregation` and `privacy`:
+"""How one round's accepted client updates become its mean update, chosen once per run from
+`server.aggregation` and `privacy` (aggregation_rule), a fresh rule object each round:
 
 WeightedMean   FedAvg: sum_i n_i u_i / sum_i n_i (n_i the client's samples); the default.
 UniformMean    sum_i u_i / k over the k accepted clients: secure aggregation without DP (the root
@@ -21,7 +21,8 @@ round's metrics line.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+import functools
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -120,17 +121,24 @@ class Robust(RoundAggregation):
         return result.vector.astype(np.float32)
 
 
-def round_aggregation(cfg, round_index: int, cohort: Sequence[int]) -> RoundAggregation:
-    """The rule of one round (a fresh object: DP's noise and the robust selection are per round)."""
+def aggregation_rule(cfg) -> Callable[[int, Sequence[int]], RoundAggregation]:
+    """The run's rule, chosen once: (round index, cohort) -> that round's RoundAggregation (a
+    fresh object each round: DP's noise and the robust selection are per round)."""
     p, rule = cfg.privacy, cfg.server.aggregation
     if p.dp:
-        return DPMean(round_index, cohort, cfg.seed, p, cfg.federation.num_clients)
+        return functools.partial(DPMean, seed=cfg.seed, privacy=p,
+                                 num_clients=cfg.federation.num_clients)
     if rule != "mean":
-        return Robust(round_index, cohort, cfg.server)
+        return functools.partial(Robust, server_cfg=cfg.server)
     if p.secure_aggregation:
-        return UniformMean(round_index, cohort)
-    return WeightedMean(round_index, cohort)
+        return UniformMean
+    return WeightedMean
+
+
+def round_aggregation(cfg, round_index: int, cohort: Sequence[int]) -> RoundAggregation:
+    """The rule of one round (aggregation_rule's, for callers that need a single round)."""
+    return aggregation_rule(cfg)(round_index, cohort)
 
 
 __all__: List[str] = ["DPMean", "Robust", "RoundAggregation", "UniformMean", "WeightedMean",
-                      "round_aggregation"]
+                      "aggregation_rule", "round_aggregation"]

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
 from feddm_hpc import seeding
+from feddm_hpc.config.uplink_plan import UPDATE_ATTACKS
 
 ATTACK_PURPOSE = seeding.ATTACK
 
-ATTACK_KINDS = ("sign_flip", "scaled", "gaussian", "label_flip")
-UPDATE_ATTACKS = ("sign_flip", "scaled", "gaussian")
+ATTACK_KINDS = (*UPDATE_ATTACKS, "label_flip")
 
 
 def sign_flip(update: np.ndarray) -> np.ndarray:
@@ -122,3 +122,18 @@ def apply_update_attack(kind: str, update: np.ndarray, scale: float,
         raise ValueError("label_flip poisons the data, not the update: apply label_flip_images "
                          "to the attacked client's images")
     raise ValueError(f"attack kind {kind!r} is not one of {', '.join(ATTACK_KINDS)}")
+
+
+class DataPoison:
+    """The label-flip attack as the local training sees it: `of(client_id)` is the transform of
+    an attacked client's batches (label_flip_images), None for every other client and run.
+    (The attacks on the update are a stage of the uplink: federation/uplink_stages.py.)"""
+
+    def __init__(self, cfg):
+        a = cfg.attack
+        self.attacked = frozenset(attacked_clients(a.clients or None, a.fraction or None,
+                                                   cfg.federation.num_clients, cfg.seed)
+                                  if a.kind == "label_flip" else ())
+
+    def of(self, client_id: int) -> Optional[Callable]:
+        return label_flip_images if client_id in self.attacked else None

@@ -84,6 +84,12 @@ def to_device(array: np.ndarray, device) -> torch.Tensor:
     return pinned.to(device, non_blocking=True)
 
 
+def training_batch(images: torch.Tensor, batch: torch.Tensor, poison=None) -> torch.Tensor:
+    """One step's batch in [-1, 1], through a data attack's transform for an attacked client."""
+    x0 = select_batch(images, batch)
+    return x0 if poison is None else poison(x0)
+
+
 def add_gradient_terms(params, terms) -> None:
     """Add the strategy's gradient terms (strategies/terms.py: FedProx's proximal term,
     SCAFFOLD's correction) to the gradients, in place and in order, before gradient clipping, as
@@ -109,6 +115,18 @@ class LocalTrainer:
         self.params = [p for p in model.parameters()]
         self.local_vector = np.empty(sum(p.numel() for p in self.params), dtype=np.float32)
 
+    def client_inputs(self, client_id: int, indices: np.ndarray, round_index: int, steps: int,
+                      purpose: int = seeding.TRAIN) -> tuple:
+        """(a client's `steps` batches [steps, batch_size] on the images' device, the generator
+        of its noise), both seeded by (seed, purpose, round, client id): what one client and a
+        group of clients (client_groups.py) draw alike."""
+        batches = BatchStream(indices, self.cfg.batch_size,
+                              seeding.numpy_rng(self.seed, purpose, round_index, client_id))
+        plan = to_device(batch_plan(batches, steps), self.images.device)
+        noise_gen = generators.make_generator(
+            self.device, seeding.seed_for(self.seed, purpose, round_index, client_id))
+        return plan, noise_gen
+
     def train(self, global_vector: np.ndarray, client_id: int, indices: np.ndarray,
               round_index: int, terms: Sequence = (), steps: int | None = None,
               streams: tuple = (seeding.TRAIN, seeding.DROPOUT),
@@ -129,21 +147,15 @@ class LocalTrainer:
             lr = round_lr(self.cfg, round_index, self.total_rounds)
         optimizer = make_optimizer(self.cfg, self.params, lr)
         purpose, drop_purpose = streams
-        batches = BatchStream(indices, self.cfg.batch_size,
-                              seeding.numpy_rng(self.seed, purpose, round_index, client_id))
-        noise_gen = generators.make_generator(
-            self.device, seeding.seed_for(self.seed, purpose, round_index, client_id))
-        # Dropout draws from torch's global generator: seed it per client as well.
-        torch.manual_seed(seeding.seed_for(self.seed, drop_purpose, round_index, client_id))
         if steps is None:
             steps = local_steps_for(self.cfg, indices.size)
+        plan, noise_gen = self.client_inputs(client_id, indices, round_index, steps, purpose)
+        # Dropout draws from torch's global generator: seed it per client as well.
+        torch.manual_seed(seeding.seed_for(self.seed, drop_purpose, round_index, client_id))
         self.model.train()
         total = torch.zeros((), device=self.device)
-        plan = to_device(batch_plan(batches, steps), self.images.device)
         for batch in plan.unbind(0):
-            x0 = select_batch(self.images, batch)
-            if poison is not None:
-                x0 = poison(x0)
+            x0 = training_batch(self.images, batch, poison)
             with forward_precision(self.device, self.precision):
                 loss = self.loss_fn(self.model, x0, self.schedule, noise_gen)
             optimizer.zero_grad(set_to_none=True)

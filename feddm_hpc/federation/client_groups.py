@@ -26,22 +26,17 @@ import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from feddm_hpc import generators, seeding
-from feddm_hpc.data import select_batch
-from feddm_hpc.diffusion.loss import example_weights, noised_inputs
+from feddm_hpc.diffusion.loss import noised_inputs, score_outputs
 from feddm_hpc.federation.client import (
-    BatchStream,
     LocalResult,
-    batch_plan,
     local_steps_for,
     make_optimizer,
     round_lr,
-    to_device,
+    training_batch,
 )
 from feddm_hpc.federation.placement import balance
 from feddm_hpc.federation.precision import forward_precision
 from feddm_hpc.params import unflatten_into
-from feddm_hpc.strategies.terms import ConstantCorrection, ProximalTerm
 
 
 @dataclass(frozen=True)
@@ -79,52 +74,19 @@ def place_groups(groups: list[list[int]], steps_of: Callable[[int], int],
     return [[groups[i] for i in sorted(idx)] for idx in balance(loads, num_ranks)]
 
 
-class StackedProximal:
-    """FedProx's mu (w - w_global) on stacked rows: every client's anchor is the same global model."""
-
-    def __init__(self, mu: float, stacked: Sequence[torch.Tensor]):
-        self.mu = mu
-        self.anchor = [p.detach().clone() for p in stacked]
-
-    def add_to(self, stacked):
-        for p, a in zip(stacked, self.anchor):
-            p.grad.add_(p - a, alpha=self.mu)
-
-
-class StackedCorrection:
-    """SCAFFOLD's fixed c - c_i, one row per client."""
-
-    def __init__(self, vectors: Sequence[np.ndarray], stacked: Sequence[torch.Tensor]):
-        matrix = torch.from_numpy(np.ascontiguousarray(np.stack(vectors), dtype=np.float32))
-        matrix = matrix.to(stacked[0].device)
-        self.parts, offset = [], 0
-        for p in stacked:
-            n = p[0].numel()
-            self.parts.append(matrix[:, offset:offset + n].reshape(p.shape))
-            offset += n
-
-    def add_to(self, stacked):
-        for p, c in zip(stacked, self.parts):
-            p.grad.add_(c)
-
-
 def stack_terms(per_client: Sequence[Sequence], stacked: Sequence[torch.Tensor]) -> list:
-    """The group's terms: the k-th term of every client, merged into one acting on the rows."""
+    """The group's terms: the k-th term of every client, merged by its kind into one acting on
+    the rows (GradientTerm.stacked: this module names no term)."""
     counts = {len(t) for t in per_client}
     if len(counts) != 1:
         raise ValueError("clients of one group must carry the same kinds of gradient terms")
     merged = []
     for k in range(counts.pop()):
         column = [terms[k] for terms in per_client]
-        if all(isinstance(t, ProximalTerm) for t in column):
-            mus = {t.mu for t in column}
-            if len(mus) != 1:
-                raise ValueError("clients of one group must share the proximal mu")
-            merged.append(StackedProximal(mus.pop(), stacked))
-        elif all(isinstance(t, ConstantCorrection) for t in column):
-            merged.append(StackedCorrection([t.vector for t in column], stacked))
-        else:
-            raise ValueError(f"no vectorized form of gradient term {type(column[0]).__name__}")
+        kind = type(column[0])
+        if any(not isinstance(t, kind) for t in column):
+            raise ValueError("clients of one group must carry the same kinds of gradient terms")
+        merged.append(kind.stacked(column, stacked))
     return merged
 
 
@@ -169,13 +131,8 @@ class GroupTrainer:
         terms = stack_terms([m.terms for m in members], stacked)
         optimizer = make_optimizer(cfg, stacked, round_lr(cfg, round_index, tr.total_rounds))
         steps = [local_steps_for(cfg, m.indices.size) for m in members]
-        plans, gens = [], []
-        for m, s in zip(members, steps):
-            rng = seeding.numpy_rng(tr.seed, seeding.TRAIN, round_index, m.client_id)
-            plans.append(to_device(batch_plan(BatchStream(m.indices, cfg.batch_size, rng), s),
-                                   tr.images.device))
-            gens.append(generators.make_generator(
-                tr.device, seeding.seed_for(tr.seed, seeding.TRAIN, round_index, m.client_id)))
+        plans, gens = zip(*(tr.client_inputs(m.client_id, m.indices, round_index, s)
+                            for m, s in zip(members, steps)))
         # Which rows are still training at each step, built once: indexing it needs no host sync.
         active_at = torch.from_numpy(np.arange(max(steps))[:, None] < np.array(steps)[None, :])
         active_at = active_at.to(tr.device)
@@ -186,14 +143,13 @@ class GroupTrainer:
         for step in range(max(steps)):
             for i, m in enumerate(members):
                 if step < steps[i]:        # a finished client's row is fed its last inputs again
-                    x0 = select_batch(tr.images, plans[i][step])
-                    if m.poison is not None:
-                        x0 = m.poison(x0)
+                    x0 = training_batch(tr.images, plans[i][step], m.poison)
                     last[i] = noised_inputs(x0, tr.schedule, gens[i], d.prediction)
             x_t, t, target = (torch.stack(parts) for parts in zip(*last))
             with forward_precision(tr.device, tr.precision):
                 output = self.batched(params, x_t, t)
-            losses = self._losses(output.float(), target, t)                     # [G]
+            losses = score_outputs(output.float(), target, t, tr.schedule, d.prediction,
+                                   d.loss_weighting, d.min_snr_gamma)            # [G]
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
             with torch.no_grad():
@@ -210,13 +166,3 @@ class GroupTrainer:
         vectors = torch.stack(results).cpu().numpy()   # one copy to the host for the whole group
         return [(vectors[i], LocalResult(m.client_id, int(m.indices.size), float(mean[i]), steps[i]))
                 for i, m in enumerate(members)]
-
-    def _losses(self, output: torch.Tensor, target: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Each client's mean (weighted) squared error: [G], as diffusion.loss.score_output."""
-        d = self.diffusion
-        per_example = (output - target).pow(2).flatten(2).mean(dim=2)          # [G, B]
-        if d.loss_weighting == "none":
-            return per_example.mean(dim=1)
-        weight = example_weights(t.reshape(-1), self.t.schedule, d.prediction, d.min_snr_gamma,
-                                 output).view_as(per_example)
-        return (weight * per_example).mean(dim=1)

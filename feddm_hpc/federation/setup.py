@@ -1,16 +1,19 @@
 """Everything a run needs before round 0, built identically on every rank with no communication:
 threads and device, the dataset and its partition, client placement, the model and its schedule.
 All consistency checks happen here, before any training, so bad settings fail fast with exit 2.
+
+`prepare_device` is also the device set-up of every other command (evaluate, sample).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from feddm_hpc import seeding
+from feddm_hpc.comm import SerialCommunicator
 from feddm_hpc.config import clients_have_state, shares_partly
 from feddm_hpc.data import label_histograms, load_configured, partition, summarize_partition
 from feddm_hpc.diffusion import parameterization
@@ -27,6 +30,7 @@ from feddm_hpc.federation.placement import (
 )
 from feddm_hpc.federation.precision import cpu_flags, slow_bf16_warning
 from feddm_hpc.params import ParamSpec, flatten
+from feddm_hpc.rundir.runlog import RunLog
 
 
 @dataclass
@@ -80,23 +84,27 @@ def load_partitioned(config):
     return dataset, parts
 
 
-def prepare_device(config, comm, log):
-    """(device, threads) of this rank, in the order CUDA needs: the deterministic switch before
-    any CUDA work, the GPU-sharing check (collective) before the first CUDA context, then the
-    rank's GPU made current (placement.bind_device)."""
+def prepare_device(config, comm=None, log=None, device: Optional[str] = None) -> Tuple[str, int]:
+    """(device, threads) of this process, set up the one way every command does it (train,
+    resume, evaluate, sample, and the Python API through them), in the order CUDA needs: the
+    deterministic switch before any CUDA work, torch's threads (placement.threads_per_rank), the
+    GPU-sharing check (collective over `comm`) before the first CUDA context, then the rank's
+    GPU made current (placement.bind_device).
+    comm: default one process; log: default messages on stderr; device: a command's --device,
+    else system.device."""
+    comm = comm if comm is not None else SerialCommunicator()
+    log = log if log is not None else RunLog(comm.rank, None, progress=False)
     system = config.system
+    setting = device or system.device
     apply_determinism(system.deterministic)
     threads = threads_per_rank(system.threads, comm.local_size)
     torch.set_num_threads(threads)
-    device = select_device(system.device, comm.local_rank)
-    if system.device != "cpu":  # the same on every rank, so all or none join the collective
+    device = select_device(setting, comm.local_rank)
+    if setting != "cpu":  # the same on every rank, so all or none join the collective
         check_gpu_sharing(comm, device, log)
     bind_device(device)
     if comm.size > 1 and device.startswith("cuda"):
         log.rank_warn(f"device {device}, {threads} thread(s)")
-    slow = slow_bf16_warning(device, system.precision, cpu_flags())
-    if slow:
-        log.info(f"warning: {slow}")
     return device, threads
 
 
@@ -107,6 +115,9 @@ def fixed_hosts(config) -> bool:
 
 def build_setup(config, comm, log) -> RunSetup:
     device, threads = prepare_device(config, comm, log)
+    slow = slow_bf16_warning(device, config.system.precision, cpu_flags())
+    if slow:   # training's autocast (sampling and evaluation run in float32)
+        log.info(f"warning: {slow}")
 
     fed, data_cfg = config.federation, config.data
     if comm.size > fed.num_clients:

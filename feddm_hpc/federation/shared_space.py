@@ -105,6 +105,7 @@ class PrivateParts:
         self._initial = space.take_private(initial_full) if not space.identity else None
         self._values: Dict[int, np.ndarray] = {}
         self._full: Optional[np.ndarray] = None   # the composed start, reused client by client
+        self._shared: Optional[np.ndarray] = None  # the reported shared slices, reused likewise
 
     def compose(self, client_id: int, shared_start: np.ndarray) -> np.ndarray:
         """The client's full starting vector: global shared values, its own private ones.
@@ -123,6 +124,13 @@ class PrivateParts:
             return
         out = self._values.get(client_id)
         self._values[client_id] = self.space.take_private(local_full, out)
+
+    def split(self, client_id: int, local_full: np.ndarray) -> np.ndarray:
+        """Keep the client's private slices; return the shared ones, which it reports (under
+        full sharing `local_full` itself; else a buffer reused client by client)."""
+        self.keep(client_id, local_full)
+        self._shared = self.space.take(local_full, out=self._shared)
+        return self._shared
 
     def of(self, client_id: int) -> np.ndarray:
         return self._values.get(client_id, self._initial)

@@ -2,10 +2,14 @@
 
 Per round (DESIGN.md section 2): cohort from (seed, round) and who of it reports (dropout,
 stragglers: participation.py) on every rank; the downlink (downlink.py) and, for SCAFFOLD, the
-server control c; local training of the rank's arriving clients in id order; encode; sizes +
-Gatherv of the payloads and a metadata array; the root decodes, checks and accumulates in
-client-id order (server.py), applies the strategy, updates the EMA, logs one metrics line and
-checkpoints by policy. Between rounds and at the end: round callbacks (callbacks.py).
+server control c; local training of the rank's arriving clients in id order; each client's
+vector through the uplink's stages; the transport brings the reports to the root, which
+decodes, checks and accumulates in client-id order (server.py) with the round's aggregation
+rule, applies the strategy, updates the EMA, logs one metrics line and checkpoints by policy.
+Between rounds and at the end: round callbacks (callbacks.py).
+
+The round names no mechanism: the uplink, the transport, the aggregation rule and this rank's
+grouping of clients are chosen once, in __init__, from the config (docs/design.md).
 """
 from __future__ import annotations
 
@@ -23,20 +27,20 @@ from feddm_hpc.config import Config, dump_yaml
 from feddm_hpc.diffusion.loss import make_loss
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.federation import server
-from feddm_hpc.federation.aggregation import round_aggregation
+from feddm_hpc.federation.aggregation import aggregation_rule
+from feddm_hpc.federation.attacks import DataPoison
 from feddm_hpc.federation.callbacks import RoundCallback, RunView, read_only, standard_callbacks
 from feddm_hpc.federation.client import LocalTrainer, local_steps_for
-from feddm_hpc.federation.client_groups import GroupTrainer, Member, form_groups, place_groups
 from feddm_hpc.federation.downlink import Downlink
 from feddm_hpc.federation.participation import plan_round
 from feddm_hpc.federation.phases import Phases
-from feddm_hpc.federation.placement import round_placement
+from feddm_hpc.federation.rank_training import RankTraining, grouping_of_run
 from feddm_hpc.federation.reports import ClientReport, make_report
 from feddm_hpc.federation.server import ema_decay_at
-from feddm_hpc.federation.setup import RunSetup, build_setup, fixed_hosts, sharing_of
+from feddm_hpc.federation.setup import RunSetup, build_setup, sharing_of
 from feddm_hpc.federation.shared_space import PrivateParts, SharedSpace, client_models
-from feddm_hpc.federation.transports import make_transport
-from feddm_hpc.federation.uplink import ClientUplink
+from feddm_hpc.federation.transports import transport_for
+from feddm_hpc.federation.uplink import build_uplink
 from feddm_hpc.rundir import checkpoint as ckpt
 from feddm_hpc.rundir.runlog import RunLog
 from feddm_hpc.strategies import make_strategy
@@ -72,25 +76,29 @@ class Simulation:
         self.shared_global = self.space.take(self.global_params)
         self.ema = self.global_params.copy()
         self.private = PrivateParts(self.space, s.initial_params)
-        self._local_shared = None   # the shared slices of the client being reported (partial)
         self.strategy = make_strategy(config.federation.algorithm, config.server, self.num_params,
                                       run_config=config)
         self.compressor = make_compressor(config.compression)
         self.downlink = Downlink(config.compression, self.shared_global)
-        self.uplink = ClientUplink(config, self.compressor, self.num_params)
-        p = config.privacy
-        secure = dict(seed=config.seed, bits=config.compression.bits, clip_range=p.secagg_range,
-                      min_clients=p.secagg_min_clients) if p.secure_aggregation else None
-        self.transport = make_transport(config.system.transport, self.num_params,
-                                        len(self.strategy.upload_names), config.compression.target,
-                                        secure)
+        # Chosen once, so that the round names no mechanism: what a client's vector goes
+        # through (uplink.py), how reports travel (transports.py), how they are aggregated
+        # (aggregation.py), and which clients this rank trains in which groups (rank_training.py).
+        self.uplink = build_uplink(config, self.compressor, self.num_params)
+        self.transport = transport_for(config, self.num_params, len(self.strategy.upload_names))
         self.transport.outbox.attach(self.compressor)   # payloads encoded into the send buffer
-        self._delta = None   # local - start of the client being encoded, reused (_outgoing)
+        self.rule_of_round = aggregation_rule(config)
         self.trainer = LocalTrainer(s.model, s.schedule, config.client, s.images, s.device, config.seed,
                                     loss_fn=make_loss(config.diffusion),
                                     total_rounds=config.federation.rounds,
                                     precision=config.system.precision)
-        self.group_trainer = GroupTrainer(self.trainer, config.diffusion) if s.group_size > 1 else None
+        self.training = RankTraining(self.trainer, s, grouping_of_run(config, s, comm.rank, comm.size,
+                                                                      self._steps_of),
+                                     self.private, self.strategy.gradient_terms,
+                                     DataPoison(config).of, config.diffusion)
+        # Under DP the metrics line holds per-client values only if released on purpose.
+        p = config.privacy
+        self.client_metrics = not p.dp or p.release_client_metrics
+        self.client_parts = self._stateful_client_parts()
         self.start_round = 0
 
     # ------------------------------------------------------------------ resume
@@ -109,7 +117,7 @@ class Simulation:
         by_prefix: Dict[str, Dict[str, np.ndarray]] = {}
         for key, value in data.clients.items():
             by_prefix.setdefault(key.split("/", 1)[0], {})[key] = value
-        for prefix, part in self._client_parts().items():
+        for prefix, part in self.client_parts.items():
             part.load_state_dict(by_prefix.get(prefix, {}), client_ids=mine)
         self.start_round = data.round + 1
         self.log.reset_metrics(data.metrics_lines)
@@ -121,24 +129,15 @@ class Simulation:
         after the global model. A new stateful part is one entry here or in _client_parts."""
         return {"strategy": self.strategy, "server": self.downlink}
 
-    def _client_parts(self) -> Dict[str, object]:
-        """Key prefix in the checkpoint's clients group -> the per-client stateful part."""
-        parts = {"residual": self.compressor}
-        if not self.space.identity:
-            parts[self.private.prefix] = self.private
-        if self.strategy.client_state is not None:
+    def _stateful_client_parts(self) -> Dict[str, object]:
+        """Key prefix in the checkpoint's clients group -> the per-client stateful part (the
+        codec's residuals and the private parts hold nothing when unused)."""
+        parts = {"residual": self.compressor, self.private.prefix: self.private}
+        if self.strategy.client_state is not None:   # a strategy without per-client state
             parts[self.strategy.client_state.prefix] = self.strategy.client_state
         return parts
 
     # ------------------------------------------------------------------ one round
-
-    def _trainers_of_round(self, plan) -> List[List[int]]:
-        """rank -> clients it trains this round: dealt afresh when clients carry no state
-        (system.placement auto/per_round), else the static, checkpointed placement."""
-        if fixed_hosts(self.cfg):
-            return self.setup.hosted
-        arrived = list(plan.arrived)
-        return round_placement(arrived, [self._steps_of(c) for c in arrived], self.comm.size)
 
     def _steps_of(self, cid: int) -> int:
         return local_steps_for(self.cfg.client, self.setup.parts[cid].size)
@@ -164,7 +163,7 @@ class Simulation:
             comm.barrier()
         comm.context = f"round {r}, gather"
         reduced = self.transport.reduce(comm, reports, start, phases,
-                                        round_aggregation(cfg, r, plan.cohort))
+                                        self.rule_of_round(r, plan.cohort))
         record = None
         if comm.rank == 0:
             if sorted(reduced.reports) != sorted(plan.arrived):
@@ -187,9 +186,9 @@ class Simulation:
         reports: List[ClientReport] = []
         for name in ("train", "encode", "train_cpu"):   # present even on a rank with no client
             phases.add(name, 0.0)
-        for group in self._groups_of_round(plan):
+        for group in self.training.groups(plan):
             t, t_cpu = time.perf_counter(), time.process_time()
-            trained = self._train_group(group, start, r)
+            trained = self.training.train(group, start, r)
             train_s = time.perf_counter() - t
             phases.add("train_cpu", time.process_time() - t_cpu)
             phases.add("train", train_s)
@@ -197,68 +196,18 @@ class Simulation:
                 reports.append(self._report(local, result, train_s, start, r, plan, phases))
         return reports
 
-    def _groups_of_round(self, plan) -> List[List[int]]:
-        """This rank's clients of the round as training groups, in id order: groups of one, or
-        groups of system.client_group_size formed from the whole round and placed whole."""
-        g = self.setup.group_size
-        if g == 1:
-            hosted = set(self._trainers_of_round(plan)[self.comm.rank])
-            return [[c] for c in plan.arrived if c in hosted]
-        if fixed_hosts(self.cfg):   # state lives on the block's rank: groups are blocks
-            hosted = set(self.setup.hosted[self.comm.rank])
-            return [grp for grp in form_groups(plan.arrived, g, blocks=True) if grp[0] in hosted]
-        return place_groups(form_groups(plan.arrived, g), self._steps_of, self.comm.size)[self.comm.rank]
-
-    def _train_group(self, group: List[int], start, r) -> list:
-        strategy, parts = self.strategy, self.setup.parts
-        if len(group) == 1:   # the one-at-a-time path, exactly as without groups
-            cid = group[0]
-            local, result = self.trainer.train(self.private.compose(cid, start), cid, parts[cid], r,
-                                               terms=strategy.gradient_terms(cid),
-                                               poison=self.uplink.data_poison(cid))
-            return [(self._shared_of(cid, local), result)]
-        assert self.space.identity, "partial sharing trains one client at a time (setup.py)"
-        members = [Member(c, parts[c], strategy.gradient_terms(c), self.uplink.data_poison(c))
-                   for c in group]
-        return self.group_trainer.train_group(start, members, r)
-
-    def _shared_of(self, cid: int, local: np.ndarray) -> np.ndarray:
-        """Keep the client's private slices; the shared ones are what it reports (under full
-        sharing: `local` itself)."""
-        if self.space.identity:
-            return local
-        self.private.keep(cid, local)
-        self._local_shared = self.space.take(local, out=self._local_shared)
-        return self._local_shared
-
     def _report(self, local, result, train_s, start, r, plan, phases) -> ClientReport:
+        """The client's vector through the uplink's stages (uplink.py), then its report."""
         cid = result.client_id
-        if cid in self.cfg.federation.inject_nan_clients:  # testing aid: one NaN and one Inf,
-            local[local.size // 2], local[-1] = np.nan, np.inf   # as a diverged client would send
         t_enc = time.perf_counter()
-        vec = self._outgoing(local, start, cid, r)
-        update = self.uplink.encode(vec, cid, r, plan.cohort, result.loss, result.num_samples)
-        extras = () if update is None else \
+        out = self.uplink.send(cid, r, plan.cohort, start, local, result.loss, result.num_samples)
+        extras = () if out.payload is None else \
             self.strategy.client_uploads(cid, r, start, local, result.steps)
         phases.add("encode", time.perf_counter() - t_enc)
-        loss, num_samples, norm = self.uplink.public_scalars(result.loss, result.num_samples)
-        report = make_report(cid, num_samples, loss, train_s, update, extras,
+        report = make_report(cid, out.num_samples, out.loss, train_s, out.payload, extras,
                              len(self.strategy.upload_names), outbox=self.transport.outbox)
-        report.update_norm = norm
+        report.update_norm = out.update_norm
         return report
-
-    def _outgoing(self, local, start, cid, r) -> np.ndarray:
-        """The vector the client encodes: its update (or weights, compression.target), after the
-        uplink's attack and DP clipping, which act on the update."""
-        self.uplink.last_norm = None
-        if not self.uplink.transforms_update:
-            if self.cfg.compression.target == "weights":
-                return local
-            if self._delta is None or self._delta.shape != local.shape:
-                self._delta = np.empty_like(local)
-            return np.subtract(local, start, out=self._delta)
-        update = self.uplink.prepare(local - start, cid, r)
-        return start + update if self.cfg.compression.target == "weights" else update
 
     def _apply(self, r, plan, down_bytes, reduced, phases) -> dict:
         """Root: the server step on the aggregate, the EMA, and the round's metrics record."""
@@ -278,10 +227,9 @@ class Simulation:
                 self.ema *= d
                 self.ema += (np.float32(1) - d) * self.global_params
         prev = self.log.metrics_lines[-1] if self.log.metrics_lines else None
-        p = self.cfg.privacy
         record = server.round_record(r, plan, reduced.reports, agg, self.num_params, down_bytes,
                                      len(self.strategy.upload_names), self.strategy.broadcast_vectors,
-                                     prev, client_metrics=not p.dp or p.release_client_metrics)
+                                     prev, client_metrics=self.client_metrics)
         record.update(self.shared_size.metrics_fields())   # lowrank: shared and dense-equivalent counts
         record["phases"] = phases.rounded()
         return record
@@ -298,7 +246,7 @@ class Simulation:
         """Collective: per-client state is gathered to the root, which writes the file."""
         t = time.perf_counter()
         self.comm.context = f"round {r}, checkpoint"
-        state = {k: v for part in self._client_parts().values() for k, v in part.state_dict().items()}
+        state = {k: v for part in self.client_parts.values() for k, v in part.state_dict().items()}
         blobs = self.comm.gather_bytes(_pack_state(state))
         error = None
         if self.comm.rank == 0:

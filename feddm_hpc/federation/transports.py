@@ -137,7 +137,7 @@ class AllreduceTransport(Transport):
 
 class SecureGatherTransport(GatherTransport):
     """The gather transport under privacy.secure_aggregation: the payloads are masked integer
-    codes followed by the masked statistics words (federation/uplink.py,
+    codes followed by the masked statistics words (the uplink's mask stage, federation/uplink_stages.py;
     privacy/secagg_inputs.py); the root adds them in the ring, removes what is left of the masks
     of the cohort clients whose input never arrived (dropped, late, or unencodable) and decodes
     only the sum. It never decodes, and cannot decode, one client's update; so it cannot reject
@@ -225,5 +225,15 @@ def make_transport(name: str, num_params: int, num_extras: int, target: str,
     return cls(num_params, num_extras, target)
 
 
+def transport_for(cfg, num_params: int, num_extras: int) -> Transport:
+    """The run's transport, chosen once: system.transport, or under privacy.secure_aggregation
+    the secure gather (the only one that can unmask a sum)."""
+    p = cfg.privacy
+    secure = dict(seed=cfg.seed, bits=cfg.compression.bits, clip_range=p.secagg_range,
+                  min_clients=p.secagg_min_clients) if p.secure_aggregation else None
+    return make_transport(cfg.system.transport, num_params, num_extras, cfg.compression.target,
+                          secure)
+
+
 __all__ = ["AllreduceTransport", "GatherTransport", "Reduced", "SecureGatherTransport", "TRANSPORTS",
-           "Transport", "make_transport"]
+           "Transport", "make_transport", "transport_for"]

@@ -30,6 +30,13 @@ class GradientTerm:
     def add_to(self, params: Sequence[torch.Tensor]) -> None:
         raise NotImplementedError
 
+    @classmethod
+    def stacked(cls, column: Sequence["GradientTerm"], stacked: Sequence[torch.Tensor]):
+        """This kind of term of every client of a group (`column`, one per client, in row order)
+        as one term acting on the group's stacked parameters [G, ...] (federation/client_groups.py),
+        so the group trainer needs no term by name; a kind without one cannot train in groups."""
+        raise ValueError(f"no vectorized form of gradient term {cls.__name__}")
+
 
 class ProximalTerm(GradientTerm):
     """FedProx: the gradient of mu/2 ||w - w_global||^2 is mu (w - w_global), added directly
@@ -46,6 +53,25 @@ class ProximalTerm(GradientTerm):
         for p, a in zip(params, self._anchor):
             p.grad.add_(p - a, alpha=self.mu)
 
+    @classmethod
+    def stacked(cls, column, stacked):
+        mus = {t.mu for t in column}
+        if len(mus) != 1:
+            raise ValueError("clients of one group must share the proximal mu")
+        return StackedProximal(mus.pop(), stacked)
+
+
+class StackedProximal:
+    """FedProx's mu (w - w_global) on stacked rows: every client's anchor is the same global model."""
+
+    def __init__(self, mu: float, stacked: Sequence[torch.Tensor]):
+        self.mu = mu
+        self.anchor = [p.detach().clone() for p in stacked]
+
+    def add_to(self, stacked):
+        for p, a in zip(stacked, self.anchor):
+            p.grad.add_(p - a, alpha=self.mu)
+
 
 class ConstantCorrection(GradientTerm):
     """A fixed vector added to every step's gradient (SCAFFOLD's c - c_i)."""
@@ -59,6 +85,27 @@ class ConstantCorrection(GradientTerm):
 
     def add_to(self, params):
         for p, c in zip(params, self._parts):
+            p.grad.add_(c)
+
+    @classmethod
+    def stacked(cls, column, stacked):
+        return StackedCorrection([t.vector for t in column], stacked)
+
+
+class StackedCorrection:
+    """SCAFFOLD's fixed c - c_i, one row per client."""
+
+    def __init__(self, vectors: Sequence[np.ndarray], stacked: Sequence[torch.Tensor]):
+        matrix = torch.from_numpy(np.ascontiguousarray(np.stack(vectors), dtype=np.float32))
+        matrix = matrix.to(stacked[0].device)
+        self.parts, offset = [], 0
+        for p in stacked:
+            n = p[0].numel()
+            self.parts.append(matrix[:, offset:offset + n].reshape(p.shape))
+            offset += n
+
+    def add_to(self, stacked):
+        for p, c in zip(stacked, self.parts):
             p.grad.add_(c)
 
 

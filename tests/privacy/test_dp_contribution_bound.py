@@ -18,7 +18,7 @@ from feddm_hpc.config import load_config
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.federation import aggregation, server
 from feddm_hpc.federation import reports as wire
-from feddm_hpc.federation.uplink import ClientUplink
+from feddm_hpc.federation.uplink import build_uplink
 from feddm_hpc.privacy import secagg, secagg_inputs
 
 from conftest import TINY
@@ -29,6 +29,7 @@ R = 0.05           # privacy.secagg_range: an 8-bit grid step of 3.9e-4, roundin
 ROUNDS = 6
 CID = 3
 TOL = 1e-9         # float64 rounding of the root's own clip
+ZERO = np.zeros(N, np.float32)   # the client's start: its update is then its local vector
 
 
 def _codec_settings():
@@ -93,16 +94,16 @@ def _contribution(c, payload, cohort, r) -> np.ndarray:
 def test_every_decoded_contribution_has_norm_at_most_c(sets):
     try:
         c = _config(sets)   # load_config validates
-        up = ClientUplink(c, make_compressor(c.compression), N)   # knows the model size
+        codec = make_compressor(c.compression)
+        up = build_uplink(c, codec, N)   # knows the model size
     except ConfigError as exc:   # refused combinations are checked by the next test
         pytest.skip(f"refused: {exc}")
     cohort = [0, CID]
     worst = 0.0
     for name, seq in _adversarial_sequences(np.random.default_rng(1)).items():
-        up.compressor.drop_client(CID)   # each sequence starts without a residual
+        codec.drop_client(CID)   # each sequence starts without a residual
         for r in range(ROUNDS):
-            vec = up.prepare(seq(r), CID, r)
-            payload = up.encode(vec, CID, r, cohort, loss=0.1, num_samples=10)
+            payload = up.send(CID, r, cohort, ZERO, seq(r), loss=0.1, num_samples=10).payload
             norm = float(np.linalg.norm(_contribution(c, payload, cohort, r)))
             worst = max(worst, norm / C)
             assert norm <= C * (1 + TOL), f"{name}, round {r}: contribution norm {norm / C:.4f} C"
@@ -114,7 +115,7 @@ def test_the_combinations_validation_refuses_with_dp_are_the_documented_ones():
     for p in CASES:
         try:
             c = _config(p.values[0])
-            ClientUplink(c, make_compressor(c.compression), N)
+            build_uplink(c, make_compressor(c.compression), N)
         except ConfigError as exc:
             refused.append((p.id, str(exc).split(":")[0]))
     # Secure aggregation needs an integer grid without error feedback (validation), and a grid
@@ -136,9 +137,9 @@ def test_a_grid_too_coarse_for_c_is_refused_before_training():
     c = load_config(TINY, ["privacy.clip_norm=1.0", "privacy.secure_aggregation=true",
                            "privacy.secagg_range=0.5", "compression.uplink=quant", "compression.bits=8"])
     with pytest.raises(ConfigError, match=r"privacy\.clip_norm: secure aggregation's 8-bit grid"):
-        ClientUplink(c, make_compressor(c.compression), 10 ** 6)
+        build_uplink(c, make_compressor(c.compression), 10 ** 6)
     assert secagg_inputs.rounding_bound(10 ** 6, 8, 0.5) == pytest.approx(3.92, abs=0.01)
-    ClientUplink(c, make_compressor(c.compression), 10 ** 4)   # 0.39 < C: accepted
+    build_uplink(c, make_compressor(c.compression), 10 ** 4)   # 0.39 < C: accepted
 
 
 def test_bounded_grid_rounding_is_deterministic_and_mostly_unshrunk():

@@ -12,13 +12,15 @@ from feddm_hpc.config import load_config
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.federation import aggregation, server
 from feddm_hpc.federation import reports as wire
+from feddm_hpc.federation.attacks import DataPoison
 from feddm_hpc.federation.transports import SecureGatherTransport
-from feddm_hpc.federation.uplink import ClientUplink
+from feddm_hpc.federation.uplink import build_uplink
 from feddm_hpc.privacy import accounting, dp, secagg
 
 from conftest import TINY
 
 N = 64
+ZERO = np.zeros(N, np.float32)   # a client's start: its update is then its local vector
 
 
 def cfg(*sets):
@@ -32,32 +34,37 @@ def updates(k, seed=0, scale=0.01):
 
 def test_attack_then_clip_act_only_on_the_named_clients():
     c = cfg("attack.kind=sign_flip", "attack.clients=[1]", "privacy.clip_norm=0.05")
-    up = ClientUplink(c, make_compressor(c.compression))
+    up = build_uplink(c, make_compressor(c.compression))
+    assert up.names == ("delta", "attack", "clip", "encode")
     u = updates(2, scale=1.0)
-    honest = up.prepare(u[0], 0, 0)
-    flipped = up.prepare(u[1], 1, 0)
-    np.testing.assert_allclose(honest, u[0] * (0.05 / np.linalg.norm(u[0].astype(np.float64))), rtol=1e-6)
-    np.testing.assert_allclose(flipped, -u[1] * (0.05 / np.linalg.norm(u[1].astype(np.float64))), rtol=1e-6)
-    assert up.last_norm == pytest.approx(np.linalg.norm(u[1].astype(np.float64)))
-    assert up.data_poison(1) is None   # sign_flip attacks the update, not the data
+    honest = up.send(0, 0, [0, 1], ZERO, u[0])   # .vector: what the codec encoded
+    flipped = up.send(1, 0, [0, 1], ZERO, u[1])
+    np.testing.assert_allclose(honest.vector, u[0] * (0.05 / np.linalg.norm(u[0].astype(np.float64))), rtol=1e-6)
+    np.testing.assert_allclose(flipped.vector, -u[1] * (0.05 / np.linalg.norm(u[1].astype(np.float64))), rtol=1e-6)
+    assert flipped.update_norm == pytest.approx(np.linalg.norm(u[1].astype(np.float64)))
+    assert flipped.clipped and honest.clipped
+    assert DataPoison(c).of(1) is None   # sign_flip attacks the update, not the data
 
 
 def test_label_flip_poisons_only_the_attacked_clients_batches():
     c = cfg("attack.kind=label_flip", "attack.clients=[2]")
-    up = ClientUplink(c, make_compressor(c.compression))
-    assert up.data_poison(0) is None and not up.transforms_update
+    poison = DataPoison(c)
+    assert poison.of(0) is None
+    assert build_uplink(c, make_compressor(c.compression)).names == ("delta", "encode")
     x = np.array([-1.0, 0.25, 1.0])
-    np.testing.assert_array_equal(up.data_poison(2)(x), [1.0, -0.25, -1.0])
+    np.testing.assert_array_equal(poison.of(2)(x), [1.0, -0.25, -1.0])
 
 
 def test_without_mechanisms_the_uplink_is_the_codec():
     c = cfg("compression.uplink=quant", "compression.bits=8")
     comp = make_compressor(c.compression)
-    up = ClientUplink(c, make_compressor(c.compression))
+    up = build_uplink(c, make_compressor(c.compression))
     u = updates(1)[0]
-    assert not up.transforms_update and up.prepare(u, 0, 0) is u
+    assert up.names == ("delta", "encode")
+    out = up.send(0, 3, [0], ZERO, u, loss=0.25, num_samples=7)
+    assert (out.loss, out.num_samples) == (0.25, 7) and np.isnan(out.update_norm)   # no clip stage
     from feddm_hpc import seeding
-    np.testing.assert_array_equal(up.encode(u, 0, 3, [0]),
+    np.testing.assert_array_equal(out.payload,
                                   comp.encode(u, 0, seeding.numpy_rng(c.seed, seeding.ENCODE, 3, 0)))
 
 
@@ -65,12 +72,14 @@ def _secure_round(c, cohort, arrived, r=2, codes_out=None, at_root=None):
     """Clients encode through the uplink; returns (reduced, plain code sum of the arrivals).
     codes_out (a dict): gets each arrival's plain grid codes; at_root: called just before the
     root's reduce (the clients have encoded by then)."""
-    up = ClientUplink(c, make_compressor(c.compression))
+    up = build_uplink(c, make_compressor(c.compression))
     u = updates(max(cohort) + 1, seed=r)
     reps, plain = [], np.zeros(N, dtype=np.uint32)
     from feddm_hpc import seeding
     for cid in arrived:
-        payload = up.encode(u[cid], cid, r, cohort)
+        out = up.send(cid, r, cohort, ZERO, u[cid], loss=0.5, num_samples=100)
+        assert np.isnan(out.loss) and out.num_samples == 0   # stated masked, not in the clear
+        payload = out.payload
         codes = secagg.encode_grid(u[cid], c.compression.bits, c.privacy.secagg_range,
                                    seeding.numpy_rng(c.seed, seeding.ENCODE, r, cid))
         assert not np.array_equal(payload.view(np.uint32), codes)   # what travels is masked
