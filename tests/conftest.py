@@ -113,6 +113,25 @@ def tiny_run(tiny_run_shared):
         "the test wrote into the shared tiny run: work on copy_run(tiny_run, tmp_path / ...) instead")
 
 
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """The one-node Slurm cluster of tests/slurm_cluster.py, started once for the session's slurm
+    tests (tests/test_slurm.py, tests/study/test_study_slurm.py) and stopped at its end. Skips only
+    where Slurm cannot be installed; a failed install or start where it should work is a failure."""
+    from slurm_cluster import SlurmCluster, SlurmUnavailable, ensure_installed  # tests/ is on sys.path
+
+    try:
+        ensure_installed()
+    except SlurmUnavailable as exc:
+        pytest.skip(str(exc))
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), cpus=4)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 def copy_run(run_dir: Path, dest: Path) -> Path:
     """A copy of a finished run directory that a test may resume, evaluate or damage."""
     return Path(shutil.copytree(run_dir, dest))
