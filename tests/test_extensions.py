@@ -242,9 +242,18 @@ def test_validate_accepts_the_examples():
     assert f"algorithm {NESTEROV}, uplink {SIGN}" in out.stdout
 
 
-def _straight_and_resumed(tmp_path, *sets):
-    """Two rounds straight at 2 ranks; one round at 2 ranks, then resume to two at 3 ranks."""
-    extra = [a for s in sets for a in ("--set", s)]
+# Both examples/ extensions in the same runs: a lost codec residual or a lost server velocity
+# each makes the resumed run differ from the straight one, so one pair of runs checks both.
+BOTH_EXAMPLES = (f"compression.uplink={SIGN}", "compression.error_feedback=true",
+                 f"federation.algorithm={NESTEROV}", "server.momentum=0.9")
+
+
+@pytest.fixture(scope="module")
+def straight_and_resumed(tmp_path_factory):
+    """Two rounds straight at 2 ranks; one round at 2 ranks, then resume to two at 3 ranks (the
+    sign codec with error feedback and the Nesterov strategy, both by import path)."""
+    tmp_path = tmp_path_factory.mktemp("examples")
+    extra = [a for s in BOTH_EXAMPLES for a in ("--set", s)]
     env = _env(ROOT)
     straight, split = tmp_path / "straight", tmp_path / "split"
     out = run_cli(["train", str(TINY), "--run-dir", str(straight), *DETERMINISTIC, *extra],
@@ -256,25 +265,38 @@ def _straight_and_resumed(tmp_path, *sets):
     out = run_cli(["resume", str(split), "--set", "federation.rounds=2"], nprocs=3, env_extra=env)
     assert out.returncode == 0, out.stderr
     assert "resumed from" in out.stderr
-    assert np.array_equal(final_params(split), final_params(straight))
-    return straight
+    return straight, split
+
+
+def _latest(run_dir):
+    from feddm_hpc.rundir.checkpoint import latest_valid, load_checkpoint
+    return load_checkpoint(latest_valid(run_dir / "checkpoints"))
 
 
 @pytest.mark.slow
 @pytest.mark.mpi
-def test_sign_codec_runs_under_mpi_and_resumes_exactly(tmp_path):
-    run = _straight_and_resumed(tmp_path, f"compression.uplink={SIGN}",
-                                "compression.error_feedback=true")
+def test_sign_codec_runs_under_mpi_and_resumes_exactly(straight_and_resumed):
+    run, split = straight_and_resumed
+    assert np.array_equal(final_params(split), final_params(run))
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     n = load_config(TINY).federation.num_clients
     params = final_params(run).size
     assert metrics[-1]["uplink_bytes"] == n * (32 + 4 + (params + 7) // 8)
+    for d in (run, split):   # the error-feedback residuals were saved, and restored alike
+        residuals = {k: v for k, v in _latest(d).clients.items() if k.startswith("residual/")}
+        assert len(residuals) == n and any(np.any(v != 0) for v in residuals.values())
+    a, b = _latest(run).clients, _latest(split).clients
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow
 @pytest.mark.mpi
-def test_user_strategy_runs_under_mpi_and_resumes_exactly(tmp_path):
-    _straight_and_resumed(tmp_path, f"federation.algorithm={NESTEROV}", "server.momentum=0.9")
+def test_user_strategy_runs_under_mpi_and_resumes_exactly(straight_and_resumed):
+    run, split = straight_and_resumed
+    assert np.array_equal(final_params(split), final_params(run))
+    a, b = _latest(run).strategy, _latest(split).strategy   # the server velocity, checkpointed
+    assert set(a) == {"velocity"} and np.any(a["velocity"] != 0)
+    np.testing.assert_array_equal(b["velocity"], a["velocity"])
 
 
 def test_user_strategy_with_extra_uploads_is_refused_with_dp(user_pkg):
