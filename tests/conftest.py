@@ -3,6 +3,7 @@ markers imply and the checks that keep them honest (each test file marks its own
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -96,6 +97,70 @@ def start_long_run(run_dir: Path, rounds: int, *extra, wait_rounds: int = 2) -> 
 @pytest.fixture
 def tiny_config():
     return TINY
+
+
+# -- what the session shares ---------------------------------------------------------------------
+@pytest.fixture(scope="session", autouse=True)
+def shared_feature_cache(tmp_path_factory):
+    """One FEDDM_HPC_CACHE for the whole session (never the user's ~/.cache): a LeNet feature
+    extractor is trained once per settings key and every later evaluation of the session, in this
+    process or in a subprocess (the variable is inherited), loads it. Tests of the cache itself
+    pass their own cache_dir or FEDDM_HPC_CACHE."""
+    path = tmp_path_factory.mktemp("feddm_cache")
+    before = os.environ.get("FEDDM_HPC_CACHE")
+    os.environ["FEDDM_HPC_CACHE"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("FEDDM_HPC_CACHE", None)
+    else:
+        os.environ["FEDDM_HPC_CACHE"] = before
+
+
+@pytest.fixture(scope="session")
+def tiny_run_shared(tmp_path_factory):
+    """configs/tiny.yaml trained once per session exactly as `train_tiny(run_dir)` trains it (serial,
+    2 rounds, one thread): the reference that many tests read. Never write into it (no resume,
+    evaluate or new checkpoint there): take copy_run(...) first. Module fixtures use this one;
+    tests use `tiny_run`, which checks that the test left it as it was."""
+    return train_tiny(tmp_path_factory.mktemp("tiny_run") / "run")
+
+
+def _snapshot(run_dir: Path):
+    return sorted((str(p.relative_to(run_dir)), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in run_dir.rglob("*"))
+
+
+@pytest.fixture
+def tiny_run(tiny_run_shared):
+    """The session's tiny run (tiny_run_shared), read-only: the test errors if it changed it."""
+    before = _snapshot(tiny_run_shared)
+    yield tiny_run_shared
+    assert _snapshot(tiny_run_shared) == before, (
+        "the test wrote into the shared tiny run: work on copy_run(tiny_run, tmp_path / ...) instead")
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """The one-node Slurm cluster of tests/slurm_cluster.py, started once for the session's slurm
+    tests (tests/test_slurm.py, tests/study/test_study_slurm.py) and stopped at its end. Skips only
+    where Slurm cannot be installed; a failed install or start where it should work is a failure."""
+    from slurm_cluster import SlurmCluster, SlurmUnavailable, ensure_installed  # tests/ is on sys.path
+
+    try:
+        ensure_installed()
+    except SlurmUnavailable as exc:
+        pytest.skip(str(exc))
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), cpus=4)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def copy_run(run_dir: Path, dest: Path) -> Path:
+    """A copy of a finished run directory that a test may resume, evaluate or damage."""
+    return Path(shutil.copytree(run_dir, dest))
 
 
 # -- markers (registered in pytest.ini) --------------------------------------------------------

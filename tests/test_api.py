@@ -10,7 +10,7 @@ import pytest
 from feddm_hpc import api
 from feddm_hpc.errors import ConfigError, UserError
 
-from conftest import ROOT, TINY, final_params, mpiexec_path, train_tiny
+from conftest import ROOT, TINY, copy_run, final_params, mpiexec_path
 
 SETS = {"system.threads": 1, "system.progress": False}
 
@@ -29,15 +29,21 @@ def test_wrong_input_raises_the_command_lines_error():
         api.resume("/nonexistent/run")
 
 
-@pytest.mark.slow
-def test_train_resume_and_sample_equal_the_command_line(tmp_path):
-    cli = train_tiny(tmp_path / "cli")
-    run = api.train(api.load_config(TINY, SETS), tmp_path / "api")
-    np.testing.assert_array_equal(run.params(), final_params(cli))
+@pytest.fixture(scope="module")
+def api_run(tmp_path_factory):
+    """configs/tiny.yaml trained through api.train in this process (serial): what the command line
+    and mpiexec runs are compared with. Never written into: tests resume a copy."""
+    return api.train(api.load_config(TINY, SETS), tmp_path_factory.mktemp("api") / "run")
+
+
+@pytest.mark.slow  # the module fixture `api_run` trains
+def test_train_resume_and_sample_equal_the_command_line(api_run, tiny_run, tmp_path):
+    run = api_run
+    np.testing.assert_array_equal(run.params(), final_params(tiny_run))  # tiny_run: train_tiny's CLI run
     assert [m["round"] for m in run.metrics] == [0, 1] and run.latest_checkpoint.name == "round-000001.h5"
     with pytest.raises(UserError, match="already holds checkpoints"):   # nothing is overwritten
-        api.train(api.load_config(TINY, SETS), tmp_path / "api")
-    run = api.resume(tmp_path / "api", {"federation.rounds": 3})
+        api.train(api.load_config(TINY, SETS), run.run_dir)
+    run = api.resume(copy_run(run.run_dir, tmp_path / "api"), {"federation.rounds": 3})
     assert [m["round"] for m in run.metrics] == [0, 1, 2]
     a = api.sample(run.latest_checkpoint, num=4, steps=5, seed=7)
     b = api.sample(run.latest_checkpoint, num=4, steps=5, seed=7)
@@ -45,9 +51,9 @@ def test_train_resume_and_sample_equal_the_command_line(tmp_path):
     assert -1.0 <= a.min() and a.max() <= 1.0
 
 
-@pytest.mark.slow
-def test_evaluate_returns_and_writes_the_commands_result(tmp_path):
-    run = train_tiny(tmp_path / "run", "--set", "federation.rounds=1")
+@pytest.mark.slow  # the session's tiny run, evaluated
+def test_evaluate_returns_and_writes_the_commands_result(tiny_run, tmp_path):
+    run = copy_run(tiny_run, tmp_path / "run")    # evaluate writes into the run directory
     ckpt = sorted((run / "checkpoints").glob("*.h5"))[-1]
     out = tmp_path / "eval.json"
     result = api.evaluate(ckpt, num_samples=16, steps=5, extractor_epochs=1, extractor_train_subset=500,
@@ -59,21 +65,21 @@ def test_evaluate_returns_and_writes_the_commands_result(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.mpi
-def test_api_under_mpiexec_equals_serial(tmp_path):
-    serial = api.train(api.load_config(TINY, SETS), tmp_path / "serial")
+def test_api_under_mpiexec_equals_serial(api_run, tmp_path):
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
     out = subprocess.run([mpiexec_path(), "-n", "2", sys.executable, "-m", "mpi4py",
                           str(ROOT / "tests" / "mpi_programs" / "api_train.py"), str(tmp_path / "mpi")],
                          capture_output=True, text=True, timeout=180, cwd=ROOT, env=env)
     assert out.returncode == 0, out.stderr
-    np.testing.assert_array_equal(final_params(tmp_path / "mpi"), serial.params())
+    np.testing.assert_array_equal(final_params(tmp_path / "mpi"), api_run.params())
 
 
 @pytest.mark.slow
 def test_the_example_script_runs(tmp_path):
-    env = dict(os.environ, FEDDM_HPC_CACHE=str(tmp_path / "cache"))
+    # The session's FEDDM_HPC_CACHE (tests/conftest.py): its LeNet (1 epoch, 500 images) is the
+    # one test_evaluate_returns_and_writes_the_commands_result uses, trained once.
     out = subprocess.run([sys.executable, str(ROOT / "examples" / "python_api.py"), str(tmp_path / "ex")],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "rounds now: [0, 1, 2, 3]" in out.stdout and (tmp_path / "ex" / "api_samples.png").is_file()

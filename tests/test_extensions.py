@@ -16,7 +16,7 @@ from feddm_hpc.config import CompressionConfig, ServerConfig, config_from_tree, 
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.strategies import make_strategy
 
-from conftest import ROOT, TINY, final_params, pythonpath_env, run_cli, straight_and_resumed
+from conftest import DETERMINISTIC, ROOT, TINY, final_params, pythonpath_env, run_cli
 
 SIGN = "examples.sign_codec:SignCompressor"
 NESTEROV = "examples.nesterov_strategy:NesterovServerMomentum"
@@ -236,21 +236,61 @@ def test_validate_accepts_the_examples():
     assert f"algorithm {NESTEROV}, uplink {SIGN}" in out.stdout
 
 
+# Both examples/ extensions in the same runs: a lost codec residual or a lost server velocity
+# each makes the resumed run differ from the straight one, so one pair of runs checks both.
+BOTH_EXAMPLES = (f"compression.uplink={SIGN}", "compression.error_feedback=true",
+                 f"federation.algorithm={NESTEROV}", "server.momentum=0.9")
+
+
+@pytest.fixture(scope="module")
+def straight_and_resumed(tmp_path_factory):
+    """Two rounds straight at 2 ranks; one round at 2 ranks, then resume to two at 3 ranks (the
+    sign codec with error feedback and the Nesterov strategy, both by import path)."""
+    tmp_path = tmp_path_factory.mktemp("examples")
+    extra = [a for s in BOTH_EXAMPLES for a in ("--set", s)]
+    env = pythonpath_env(ROOT)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    out = run_cli(["train", str(TINY), "--run-dir", str(straight), *DETERMINISTIC, *extra],
+                  nprocs=2, env_extra=env)
+    assert out.returncode == 0, out.stderr
+    out = run_cli(["train", str(TINY), "--run-dir", str(split), *DETERMINISTIC, *extra,
+                   "--set", "federation.rounds=1"], nprocs=2, env_extra=env)
+    assert out.returncode == 0, out.stderr
+    out = run_cli(["resume", str(split), "--set", "federation.rounds=2"], nprocs=3, env_extra=env)
+    assert out.returncode == 0, out.stderr
+    assert "resumed from" in out.stderr
+    return straight, split
+
+
+def _latest(run_dir):
+    from feddm_hpc.rundir.checkpoint import latest_valid, load_checkpoint
+    return load_checkpoint(latest_valid(run_dir / "checkpoints"))
+
+
 @pytest.mark.slow
 @pytest.mark.mpi
-def test_sign_codec_runs_under_mpi_and_resumes_exactly(tmp_path):
-    run = straight_and_resumed(tmp_path, f"compression.uplink={SIGN}",
-                                "compression.error_feedback=true")
+def test_sign_codec_runs_under_mpi_and_resumes_exactly(straight_and_resumed):
+    run, split = straight_and_resumed
+    assert np.array_equal(final_params(split), final_params(run))
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     n = load_config(TINY).federation.num_clients
     params = final_params(run).size
     assert metrics[-1]["uplink_bytes"] == n * (32 + 4 + (params + 7) // 8)
+    for d in (run, split):   # the error-feedback residuals were saved, and restored alike
+        residuals = {k: v for k, v in _latest(d).clients.items() if k.startswith("residual/")}
+        assert len(residuals) == n and any(np.any(v != 0) for v in residuals.values())
+    a, b = _latest(run).clients, _latest(split).clients
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow
 @pytest.mark.mpi
-def test_user_strategy_runs_under_mpi_and_resumes_exactly(tmp_path):
-    straight_and_resumed(tmp_path, f"federation.algorithm={NESTEROV}", "server.momentum=0.9")
+def test_user_strategy_runs_under_mpi_and_resumes_exactly(straight_and_resumed):
+    run, split = straight_and_resumed
+    assert np.array_equal(final_params(split), final_params(run))
+    a, b = _latest(run).strategy, _latest(split).strategy   # the server velocity, checkpointed
+    assert set(a) == {"velocity"} and np.any(a["velocity"] != 0)
+    np.testing.assert_array_equal(b["velocity"], a["velocity"])
 
 
 def test_user_strategy_with_extra_uploads_is_refused_with_dp(user_pkg):

@@ -9,7 +9,7 @@ import pytest
 
 from feddm_hpc.rundir.checkpoint import latest_valid, list_checkpoints, load_checkpoint
 
-from conftest import DETERMINISTIC, ROOT, TINY, run_cli
+from conftest import DETERMINISTIC, ROOT, TINY, copy_run, run_cli
 
 WRITER = """
 import sys, numpy as np
@@ -22,10 +22,8 @@ ckpt.save_checkpoint(sys.argv[2], data)
 
 
 @pytest.mark.slow
-def test_writer_killed_mid_write_keeps_previous_checkpoint_and_resume_uses_it(tmp_path):
-    run_dir = tmp_path / "run"
-    out = run_cli(["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC])
-    assert out.returncode == 0, out.stderr
+def test_writer_killed_mid_write_keeps_previous_checkpoint_and_resume_uses_it(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run, tmp_path / "run")   # a finished train_tiny run (2 rounds)
     ckpt_dir = run_dir / "checkpoints"
     previous = latest_valid(ckpt_dir)
     target = ckpt_dir / "round-000002.h5"

@@ -20,7 +20,6 @@ from conftest import (
     mpiexec_path,
     run_cli,
     start_long_run,
-    train_tiny,
 )
 
 pytestmark = pytest.mark.mpi  # every test here runs mpiexec or is the serial reference of one
@@ -44,9 +43,10 @@ def test_mpi_collectives(nprocs):
     assert out.stdout.count("ok") == nprocs
 
 
-@pytest.fixture(scope="module")
-def serial_reference(tmp_path_factory):
-    return train_tiny(tmp_path_factory.mktemp("serial") / "run")
+@pytest.fixture
+def serial_reference(tiny_run):
+    """The serial run, train_tiny(run_dir): the session's shared one (tests/conftest.py)."""
+    return tiny_run
 
 
 def test_serial_run_writes_the_run_directory(serial_reference):

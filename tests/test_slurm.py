@@ -1,8 +1,9 @@
 """The SLURM batch scripts (jobs/slurm/*.sbatch) on a real one-node Slurm 22.05.
 
-The session fixture installs Debian's slurmctld/slurmd/slurm-client where they are missing and
-that is possible (root + apt-get), runs both daemons on a scratch slurm.conf and stops them at
-the end (tests/slurm_cluster.py). Tests skip only where Slurm cannot be installed; a failed
+The session fixture `slurm` (tests/conftest.py, shared with tests/study/test_study_slurm.py)
+installs Debian's slurmctld/slurmd/slurm-client where they are missing and that is possible
+(root + apt-get), runs both daemons on a scratch slurm.conf and stops them at the end of the
+session (tests/slurm_cluster.py). Tests skip only where Slurm cannot be installed; a failed
 install or start where it should work is a failure.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 import yaml
 
-from slurm_cluster import SlurmCluster, SlurmUnavailable, ensure_installed
+from slurm_cluster import SlurmCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -29,20 +30,6 @@ BIN = Path(sys.executable).parent
 QUIET = "--set system.progress=false"
 # Bit-identical comparisons need one thread per rank (intra-op threading reorders float sums).
 LONG = f"{QUIET} --set system.threads=1 --set federation.rounds=10"
-
-
-@pytest.fixture(scope="session")
-def slurm(tmp_path_factory):
-    try:
-        ensure_installed()
-    except SlurmUnavailable as exc:
-        pytest.skip(str(exc))
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), cpus=4)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 def job_env(**values) -> dict:

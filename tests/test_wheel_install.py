@@ -41,7 +41,8 @@ def fresh(tmp_path_factory):
             shutil.copy(ROOT / name, src / name)
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "OMP_NUM_THREADS", "VIRTUAL_ENV", "PYTHONHOME")}
-    env["FEDDM_HPC_CACHE"] = str(base / "cache")    # the LeNet is trained here, once
+    # FEDDM_HPC_CACHE stays the session's (tests/conftest.py): the LeNet of QUICK_EXTRACTOR (and of
+    # the in-training evaluation, the same settings) is trained once per session, not per venv.
     env["MPLCONFIGDIR"] = str(base / "mpl")
     # mpi4py looks for the MPICH wheel's libmpi under sys.prefix/lib: point it at the test venv's.
     if any(Path(sys.prefix, "lib").glob("libmpi.so*")) and "MPI4PY_LIBMPI" not in env:

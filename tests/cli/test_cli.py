@@ -5,7 +5,7 @@ import pytest
 
 from feddm_hpc.cli import main
 
-from conftest import TINY, run_cli, train_tiny
+from conftest import TINY, copy_run, run_cli
 
 
 def _error_line(capsys):
@@ -63,8 +63,9 @@ def test_more_ranks_than_clients_fails_fast_under_mpi(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return train_tiny(tmp_path_factory.mktemp("cli") / "run")
+def trained(tiny_run_shared, tmp_path_factory):
+    """A finished train_tiny run of this module's own: a copy of the session's (tests/conftest.py)."""
+    return copy_run(tiny_run_shared, tmp_path_factory.mktemp("cli") / "run")
 
 
 @pytest.mark.slow  # the module fixture `trained` trains a run

@@ -74,9 +74,10 @@ def test_under_dp_the_note_names_the_final_epsilon():
 
 
 @pytest.fixture(scope="module")
-def two_rounds(tmp_path_factory):
-    """A finished 2-round tiny run (cosine lr, the default), checkpoints of rounds 0 and 1."""
-    return train_tiny(tmp_path_factory.mktemp("resume_ext") / "base")
+def two_rounds(tiny_run_shared):
+    """A finished 2-round tiny run (cosine lr, the default), checkpoints of rounds 0 and 1: the
+    session's train_tiny run (tests/conftest.py), only ever copied here."""
+    return tiny_run_shared
 
 
 @pytest.fixture(scope="module")

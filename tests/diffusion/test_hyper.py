@@ -179,9 +179,15 @@ def test_config_accepts_hyper_with_and_without_knobs():
     assert par.hyper_size(m) == (8, 64)
 
 
-@pytest.mark.slow   # a 2-round tiny.yaml run, ~10 s
-def test_tiny_run_with_hyper_trains(tmp_path):
-    run = train_tiny(tmp_path / "h", "--set", "model.parameterization=hyper")
+@pytest.fixture(scope="module")
+def hyper_run(tmp_path_factory):
+    """A 2-round serial tiny.yaml run with model.parameterization=hyper (read only)."""
+    return train_tiny(tmp_path_factory.mktemp("hyper") / "one", "--set", "model.parameterization=hyper")
+
+
+@pytest.mark.slow   # the module fixture `hyper_run`: a 2-round tiny.yaml run, ~10 s
+def test_tiny_run_with_hyper_trains(hyper_run):
+    run = hyper_run
     params = final_params(run)
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     rounds = [r for r in lines if "shared_params" in r]
@@ -197,7 +203,7 @@ def test_tiny_run_with_hyper_trains(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.mpi
-def test_hyper_is_rank_invariant(tmp_path):
-    one = final_params(train_tiny(tmp_path / "one", "--set", "model.parameterization=hyper"))
+def test_hyper_is_rank_invariant(hyper_run, tmp_path):
+    one = final_params(hyper_run)
     two = final_params(train_tiny(tmp_path / "two", "--set", "model.parameterization=hyper", nprocs=2))
     assert np.array_equal(one, two)

@@ -22,7 +22,7 @@ from feddm_hpc.evaluation import evaluate, generation, per_client, results, scor
 from feddm_hpc.federation.setup import build_model
 from feddm_hpc.params import flatten
 
-from conftest import DETERMINISTIC, ROOT, TINY, mpiexec_path, run_cli
+from conftest import DETERMINISTIC, ROOT, TINY, copy_run, mpiexec_path, run_cli
 
 N = 64
 QUICK_EXTRACTOR = ["--extractor-epochs", "1", "--extractor-train-subset", "2000"]
@@ -32,17 +32,17 @@ KEYS = {"fd", "kid", "kid_std", "precision", "recall", "density", "coverage", "c
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return {"FEDDM_HPC_CACHE": str(tmp_path_factory.mktemp("extractor_cache"))}
+def cache(shared_feature_cache):
+    """The session's FEDDM_HPC_CACHE (tests/conftest.py): the LeNet of QUICK_EXTRACTOR is trained
+    once for this module, test_memorization and whatever else evaluates with the same settings."""
+    return {"FEDDM_HPC_CACHE": str(shared_feature_cache)}
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("eval") / "run"
-    out = run_cli(["train", str(TINY), "--run-dir", str(path), *DETERMINISTIC,
-                   "--set", "sampling.num_samples=0"])
-    assert out.returncode == 0, out.stderr
-    return path
+def run_dir(tiny_run_shared, tmp_path_factory):
+    """A finished 2-round tiny run of this module's own (evaluations write eval/ into it): a copy
+    of the session's train_tiny run."""
+    return copy_run(tiny_run_shared, tmp_path_factory.mktemp("eval") / "run")
 
 
 @pytest.fixture(scope="module")
@@ -283,11 +283,13 @@ def test_evaluate_run_writes_round_json(tmp_path, cache):
 
 
 @pytest.mark.mpi
-def test_evaluation_during_training_leaves_training_untouched(tmp_path, cache):
-    """evaluation.every=1 under 2 ranks writes eval/round-*.json and the same parameters."""
+def test_evaluation_during_training_leaves_training_untouched(tmp_path, cache, tiny_run):
+    """evaluation.every=1 under 2 ranks writes eval/round-*.json and the same parameters as the run
+    without evaluation (the session's serial train_tiny run: 2 ranks give its parameters bit for
+    bit, tests/test_mpi.py)."""
     from conftest import final_params
 
-    evaluated, plain = tmp_path / "eval", tmp_path / "plain"
+    evaluated = tmp_path / "eval"
     sets = ["--set", "evaluation.every=1", "--set", "evaluation.num_samples=16",
             "--set", "evaluation.extractor_epochs=1", "--set", "evaluation.extractor_max_train=2000"]
     out = run_cli(["train", str(TINY), "--run-dir", str(evaluated), *DETERMINISTIC, *sets], nprocs=2,
@@ -297,6 +299,4 @@ def test_evaluation_during_training_leaves_training_untouched(tmp_path, cache):
     for r in (0, 1):
         result = json.loads((evaluated / "eval" / f"round-{r:06d}.json").read_text())
         assert result["num_samples"] == 16 and result["round"] == r and result["fd"] > 0
-    out = run_cli(["train", str(TINY), "--run-dir", str(plain), *DETERMINISTIC], nprocs=2)
-    assert out.returncode == 0, out.stderr
-    assert np.array_equal(final_params(evaluated), final_params(plain))
+    assert np.array_equal(final_params(evaluated), final_params(tiny_run))

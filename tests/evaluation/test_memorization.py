@@ -11,7 +11,7 @@ import pytest
 from feddm_hpc.data import load_dataset
 from feddm_hpc.evaluation import memorization as mem
 
-from conftest import DETERMINISTIC, run_cli, train_tiny
+from conftest import DETERMINISTIC, copy_run, run_cli
 
 TRAIN_N = 3000   # training images searched in the MNIST tests: well under a second
 QUERY_N = 300
@@ -178,13 +178,13 @@ def test_train_features_are_cached(mnist, tmp_path):
 # ---------------------------------------------------------------------------- end to end
 
 @pytest.mark.slow
-def test_evaluate_reports_memorization(tmp_path):
-    run_dir = train_tiny(tmp_path / "run", "--set", "sampling.num_samples=0")
+def test_evaluate_reports_memorization(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run, tmp_path / "run")   # a finished train_tiny run; evaluate writes there
     ckpt = run_dir / "checkpoints" / "round-000001.h5"
-    env = {"FEDDM_HPC_CACHE": str(tmp_path / "cache")}
+    # The LeNet comes from the session's FEDDM_HPC_CACHE (tests/conftest.py): test_evaluate's.
     quick = ["--num-samples", "64", "--extractor-epochs", "1", "--extractor-train-subset", "2000",
              *DETERMINISTIC]
-    out = run_cli(["evaluate", str(ckpt), *quick], env_extra=env)
+    out = run_cli(["evaluate", str(ckpt), *quick])
     assert out.returncode == 0, out.stderr
     m = json.loads(out.stdout)["memorization"]   # stdout is exactly one JSON object
     assert m["k"] == 50 and m["train_images"] == 2000 and m["num_samples"] == 64
@@ -194,6 +194,6 @@ def test_evaluate_reports_memorization(tmp_path):
     assert (run_dir / "eval" / "round-000001.memorization.png").is_file()
     assert json.loads((run_dir / "eval" / "round-000001.json").read_text())["memorization"] == m
     out = run_cli(["evaluate", str(ckpt), *quick, "--no-memorization", "--out",
-                   str(tmp_path / "plain.json")], env_extra=env)
+                   str(tmp_path / "plain.json")])
     assert out.returncode == 0, out.stderr
     assert "memorization" not in json.loads(out.stdout)

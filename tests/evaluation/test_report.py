@@ -1,6 +1,6 @@
 """`feddm-hpc report`: plots and a Markdown table from run directories (files only).
 
-One real tiny run is trained; a second run directory is derived from it (another codec in its
+One real tiny run (the session's train_tiny run, copied) is used; a second run directory is derived from it (another codec in its
 config, metrics without cum_uplink_bytes) and evaluation JSONs are written by hand, so the report
 is tested without paying for sampling here (test_evaluate.py covers evaluate's JSON).
 """
@@ -12,7 +12,7 @@ import pytest
 
 from feddm_hpc.cli import main
 
-from conftest import DETERMINISTIC, TINY, run_cli
+from conftest import copy_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -25,12 +25,9 @@ def _eval(round_index, fd, n=64):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tiny_run_shared, tmp_path_factory):
     base = tmp_path_factory.mktemp("report")
-    a = base / "vanilla"
-    out = run_cli(["train", str(TINY), "--run-dir", str(a), *DETERMINISTIC,
-                   "--set", "sampling.num_samples=4"])
-    assert out.returncode == 0, out.stderr
+    a = copy_run(tiny_run_shared, base / "vanilla")   # the session's train_tiny run (conftest)
     (a / "eval").mkdir()
     for r, fd in ((0, 300.0), (1, 250.0)):
         (a / "eval" / f"round-{r:06d}.json").write_text(json.dumps(_eval(r, fd)))

@@ -2,7 +2,8 @@
 (float32, 8-bit, top-k, a NaN and an unencodable client), with clients hosted out of id order
 on every rank, one GatherTransport (and one hierarchical one) kept across the rounds gives the
 root bit for bit what a fresh transport gives and what aggregating every client's payload
-locally in id order gives. argv[1]: system.collective_timeout_s (0: blocking waits)."""
+locally in id order gives. argv[1]: system.collective_timeout_s (0: blocking waits), or several
+separated by commas: the whole check once for each, in one launch, "ok rank R timeout T" after each."""
 import sys
 
 import numpy as np
@@ -15,7 +16,8 @@ from feddm_hpc.federation.aggregation import WeightedMean
 from feddm_hpc.federation.reports import make_report
 from feddm_hpc.federation.transports import AllreduceTransport, GatherTransport
 
-comm = MPICommunicator(timeout_s=float(sys.argv[1]) if len(sys.argv) > 1 else 0.0)
+TIMEOUTS = [float(t) for t in (sys.argv[1] if len(sys.argv) > 1 else "0").split(",")]
+comm = MPICommunicator(timeout_s=TIMEOUTS[0])
 N = 700_003                   # 2.8 MB float32 payloads: the root's buffer passes 8 MiB (mapped)
 CLIENTS = 7
 CODECS = [dict(uplink="none"), dict(uplink="quant", bits=8), dict(uplink="none"),
@@ -43,42 +45,50 @@ def payload_of(compressor, r, c):
         return None
 
 
-kept = GatherTransport(N, 0, "update")
-kept_hier = AllreduceTransport(N, 0, "update")
-for r, codec in enumerate(CODECS):
-    comp_cfg = CompressionConfig(**codec)
-    cohort = list(range(CLIENTS))
-    results = {}
-    for name, transport in (("kept", kept), ("fresh", GatherTransport(N, 0, "update")),
-                            ("kept_hier", kept_hier),
-                            ("fresh_hier", AllreduceTransport(N, 0, "update"))):
-        compressor = make_compressor(comp_cfg)
-        transport.outbox.attach(compressor)
-        reports = [make_report(c, 10 + c, 0.5, 0.0, payload_of(compressor, r, c), (), 0,
-                               outbox=transport.outbox) for c in mine]
-        reduced = transport.reduce(comm, reports, start, {}, WeightedMean(r, cohort))
-        results[name] = reduced
-        if comm.rank != 0:
-            assert reduced is None
-    if comm.rank == 0:
-        plain = make_compressor(comp_cfg)
-        expected = {}
-        for c in range(CLIENTS):
-            rep = make_report(c, 10 + c, 0.5, 0.0, payload_of(plain, r, c), (), 0)
-            expected[c] = rep
-        ref = server.aggregate(expected, N, start, "update", 0, WeightedMean(r, cohort))
-        for name in ("kept", "fresh"):
-            got = results[name]
-            assert got.aggregate.accepted == ref.accepted, (r, name, got.aggregate.accepted)
-            assert got.aggregate.rejected == ref.rejected, (r, name)
-            assert np.array_equal(got.aggregate.mean_update.view(np.uint32),
-                                  ref.mean_update.view(np.uint32)), (r, name)
+def check():
+    """Every round with transports kept from the start of this call (and fresh ones)."""
+    kept = GatherTransport(N, 0, "update")
+    kept_hier = AllreduceTransport(N, 0, "update")
+    for r, codec in enumerate(CODECS):
+        comp_cfg = CompressionConfig(**codec)
+        cohort = list(range(CLIENTS))
+        results = {}
+        for name, transport in (("kept", kept), ("fresh", GatherTransport(N, 0, "update")),
+                                ("kept_hier", kept_hier),
+                                ("fresh_hier", AllreduceTransport(N, 0, "update"))):
+            compressor = make_compressor(comp_cfg)
+            transport.outbox.attach(compressor)
+            reports = [make_report(c, 10 + c, 0.5, 0.0, payload_of(compressor, r, c), (), 0,
+                                   outbox=transport.outbox) for c in mine]
+            reduced = transport.reduce(comm, reports, start, {}, WeightedMean(r, cohort))
+            results[name] = reduced
+            if comm.rank != 0:
+                assert reduced is None
+        if comm.rank == 0:
+            plain = make_compressor(comp_cfg)
+            expected = {}
             for c in range(CLIENTS):
-                assert got.reports[c].uplink_bytes == expected[c].uplink_bytes, (r, name, c)
-                assert np.array_equal(got.reports[c].update, expected[c].update), (r, name, c)
-        a, b = results["kept_hier"].aggregate, results["fresh_hier"].aggregate
-        assert a.accepted == ref.accepted and a.rejected == ref.rejected, (r, a.accepted)
-        assert np.array_equal(a.mean_update.view(np.uint32), b.mean_update.view(np.uint32)), r
-        np.testing.assert_allclose(a.mean_update, ref.mean_update, rtol=1e-5, atol=1e-6)
-    del results
-print(f"ok rank {comm.rank}")
+                rep = make_report(c, 10 + c, 0.5, 0.0, payload_of(plain, r, c), (), 0)
+                expected[c] = rep
+            ref = server.aggregate(expected, N, start, "update", 0, WeightedMean(r, cohort))
+            for name in ("kept", "fresh"):
+                got = results[name]
+                assert got.aggregate.accepted == ref.accepted, (r, name, got.aggregate.accepted)
+                assert got.aggregate.rejected == ref.rejected, (r, name)
+                assert np.array_equal(got.aggregate.mean_update.view(np.uint32),
+                                      ref.mean_update.view(np.uint32)), (r, name)
+                for c in range(CLIENTS):
+                    assert got.reports[c].uplink_bytes == expected[c].uplink_bytes, (r, name, c)
+                    assert np.array_equal(got.reports[c].update, expected[c].update), (r, name, c)
+            a, b = results["kept_hier"].aggregate, results["fresh_hier"].aggregate
+            assert a.accepted == ref.accepted and a.rejected == ref.rejected, (r, a.accepted)
+            assert np.array_equal(a.mean_update.view(np.uint32), b.mean_update.view(np.uint32)), r
+            np.testing.assert_allclose(a.mean_update, ref.mean_update, rtol=1e-5, atol=1e-6)
+        del results
+
+
+for i, timeout_s in enumerate(TIMEOUTS):
+    if i:
+        comm = MPICommunicator(timeout_s=timeout_s)
+    check()
+    print(f"ok rank {comm.rank} timeout {timeout_s:g}")

@@ -26,12 +26,21 @@ def _lines(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_clipped_noiseless_rounds_move_the_model_by_at_most_c(tmp_path):
+CLIP = 1e-3
+
+
+@pytest.fixture(scope="module")
+def clipped_run(tmp_path_factory):
+    """Clipping at CLIP, no noise, client metrics withheld (the default): 3 rounds, every checkpoint kept."""
+    return train_tiny(tmp_path_factory.mktemp("clip") / "clip", "--set", f"privacy.clip_norm={CLIP}",
+                      "--set", "federation.rounds=3", "--set", "checkpoint.keep_last=5")
+
+
+def test_clipped_noiseless_rounds_move_the_model_by_at_most_c(clipped_run, tmp_path):
     """FedAvg with server lr 1: each round adds the mean of k clipped updates over the cohort m,
     whose norm is at most k/m * C <= C. Unclipped, the same rounds move it much further."""
-    c = 1e-3
-    clipped = _params_by_round(train_tiny(tmp_path / "clip", "--set", f"privacy.clip_norm={c}",
-                                          "--set", "federation.rounds=3", "--set", "checkpoint.keep_last=5"))
+    c = CLIP
+    clipped = _params_by_round(clipped_run)
     plain = _params_by_round(train_tiny(tmp_path / "plain", "--set", "federation.rounds=3",
                                         "--set", "checkpoint.keep_last=5"))
     for r in (1, 2):
@@ -72,16 +81,15 @@ def test_dp_with_secure_aggregation_and_an_attacker_is_rank_count_invariant(tmp_
     assert all(line["protocol_uplink_bytes"] > 0 for line in a)
 
 
-def test_dp_metrics_carry_the_update_norms_only_when_released(tmp_path):
+def test_dp_metrics_carry_the_update_norms_only_when_released(clipped_run, tmp_path):
     """The pre-clip norms guide the choice of C but depend on single clients' data: written only
     with privacy.release_client_metrics; otherwise no per-client value, cohort id or loss."""
-    released = train_tiny(tmp_path / "norms", "--set", "privacy.clip_norm=1e-3", "--set",
+    released = train_tiny(tmp_path / "norms", "--set", f"privacy.clip_norm={CLIP}", "--set",
                           "federation.rounds=1", "--set", "privacy.release_client_metrics=true")
     line = _lines(released)[0]
     assert line["update_norm_median"] > 1e-3 and line["clipped_fraction"] == 1.0
     assert line["client_loss"] is not None and line["clients"] == [0, 1, 2, 3]
-    withheld = train_tiny(tmp_path / "withheld", "--set", "privacy.clip_norm=1e-3", "--set",
-                          "federation.rounds=1")
+    withheld = clipped_run   # the same clipping without release_client_metrics (3 rounds: round 0 read)
     line = _lines(withheld)[0]
     for key in ("update_norm_median", "clipped_fraction"):
         assert key not in line

@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 from synthetic import write_spec
 
-from slurm_cluster import SlurmCluster, SlurmUnavailable, ensure_installed
-
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SPEC = """\
@@ -27,20 +25,6 @@ slurm: {sbatch_args: ["--time=00:20:00"]}
 """
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    try:
-        ensure_installed()
-    except SlurmUnavailable as exc:
-        pytest.skip(str(exc))
-    c = SlurmCluster(tmp_path_factory.mktemp("slurm-study"), cpus=4)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
-
-
 def _study(cluster, *args):
     env = dict(cluster.env, PATH=f"{BIN}{os.pathsep}{cluster.env.get('PATH', '')}")
     return subprocess.run([sys.executable, "-m", "feddm_hpc", "study", *args], cwd=ROOT, env=env,
@@ -48,7 +32,8 @@ def _study(cluster, *args):
 
 
 @pytest.mark.slurm
-def test_study_slurm_array_runs_every_run(cluster, tmp_path):
+def test_study_slurm_array_runs_every_run(slurm, tmp_path):   # the session's cluster (conftest)
+    cluster = slurm
     spec = write_spec(tmp_path, SPEC)
     out = tmp_path / "out"
     sub = _study(cluster, str(spec), "--out", str(out), "--slurm")
