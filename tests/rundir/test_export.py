@@ -26,7 +26,8 @@ from conftest import run_cli
 MODEL = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
          "attention_resolutions": [4], "dropout": 0.0}
 TREE = {"seed": 3, "model": MODEL, "diffusion": {"timesteps": 50},
-        "sampling": {"sampler": "ddim", "steps": 5}}
+        "sampling": {"sampler": "ddim", "steps": 5},
+        "system": {"threads": 1}}   # sample sets the config's threads: the export's, too
 
 
 @pytest.fixture(autouse=True)
