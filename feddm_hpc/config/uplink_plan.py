@@ -46,6 +46,8 @@ _MASK_INTEGER = ("privacy.secure_aggregation: needs compression.uplink=quant (an
                  "the masks live in its integer ring)")
 _MASK_STATELESS = "privacy.secure_aggregation: not with compression.error_feedback"
 _MASK_UPDATE = "privacy.secure_aggregation: needs compression.target=update"
+# Needs the plan itself meets (delta comes first): stated for the reader, unreachable by a config.
+_ON_UPDATE = "{}: this stage acts on the update, which no earlier stage made"
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def uplink_plan(c) -> UplinkPlan:
         stages.append(StageSpec("inject_nonfinite"))
     on_update = []
     if update_attack_active(c):
-        on_update.append(StageSpec("attack", needs=((UPDATE, "attack.kind: acts on the update"),),
+        on_update.append(StageSpec("attack", needs=((UPDATE, _ON_UPDATE.format("attack.kind")),),
                                    ends=frozenset({BOUNDED})))
     if dp:
         on_update.append(StageSpec("clip", needs=((UPDATE, _DP_ON_UPDATE),),
@@ -114,7 +116,7 @@ def uplink_plan(c) -> UplinkPlan:
         stages.append(StageSpec("delta", gives=frozenset({UPDATE}), ends=frozenset({WEIGHTS})))
     stages += on_update
     if comp.target == "weights" and on_update:
-        stages.append(StageSpec("add_start", needs=((UPDATE, "compression.target: weights"),),
+        stages.append(StageSpec("add_start", needs=((UPDATE, _ON_UPDATE.format("compression.target")),),
                                 gives=frozenset({WEIGHTS}), ends=frozenset({UPDATE, BOUNDED})))
     if c.privacy.secure_aggregation:
         stages.append(StageSpec("mask", needs=bound_needs + (
