@@ -16,7 +16,7 @@ from feddm_hpc.config import CompressionConfig, ServerConfig, config_from_tree, 
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.strategies import make_strategy
 
-from conftest import DETERMINISTIC, ROOT, TINY, final_params, pythonpath_env, run_cli
+from conftest import ROOT, TINY, final_params, pythonpath_env, run_cli, straight_and_resumed
 
 SIGN = "examples.sign_codec:SignCompressor"
 NESTEROV = "examples.nesterov_strategy:NesterovServerMomentum"
@@ -243,23 +243,11 @@ BOTH_EXAMPLES = (f"compression.uplink={SIGN}", "compression.error_feedback=true"
 
 
 @pytest.fixture(scope="module")
-def straight_and_resumed(tmp_path_factory):
-    """Two rounds straight at 2 ranks; one round at 2 ranks, then resume to two at 3 ranks (the
-    sign codec with error feedback and the Nesterov strategy, both by import path)."""
+def example_runs(tmp_path_factory):
+    """(straight, resumed) runs of both examples (conftest.straight_and_resumed: 2 rounds at 2
+    ranks; 1 round at 2 ranks resumed to 2 at 3 ranks, final parameters asserted equal)."""
     tmp_path = tmp_path_factory.mktemp("examples")
-    extra = [a for s in BOTH_EXAMPLES for a in ("--set", s)]
-    env = pythonpath_env(ROOT)
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    out = run_cli(["train", str(TINY), "--run-dir", str(straight), *DETERMINISTIC, *extra],
-                  nprocs=2, env_extra=env)
-    assert out.returncode == 0, out.stderr
-    out = run_cli(["train", str(TINY), "--run-dir", str(split), *DETERMINISTIC, *extra,
-                   "--set", "federation.rounds=1"], nprocs=2, env_extra=env)
-    assert out.returncode == 0, out.stderr
-    out = run_cli(["resume", str(split), "--set", "federation.rounds=2"], nprocs=3, env_extra=env)
-    assert out.returncode == 0, out.stderr
-    assert "resumed from" in out.stderr
-    return straight, split
+    return straight_and_resumed(tmp_path, *BOTH_EXAMPLES), tmp_path / "split"
 
 
 def _latest(run_dir):
@@ -269,8 +257,8 @@ def _latest(run_dir):
 
 @pytest.mark.slow
 @pytest.mark.mpi
-def test_sign_codec_runs_under_mpi_and_resumes_exactly(straight_and_resumed):
-    run, split = straight_and_resumed
+def test_sign_codec_runs_under_mpi_and_resumes_exactly(example_runs):
+    run, split = example_runs
     assert np.array_equal(final_params(split), final_params(run))
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     n = load_config(TINY).federation.num_clients
@@ -285,8 +273,8 @@ def test_sign_codec_runs_under_mpi_and_resumes_exactly(straight_and_resumed):
 
 @pytest.mark.slow
 @pytest.mark.mpi
-def test_user_strategy_runs_under_mpi_and_resumes_exactly(straight_and_resumed):
-    run, split = straight_and_resumed
+def test_user_strategy_runs_under_mpi_and_resumes_exactly(example_runs):
+    run, split = example_runs
     assert np.array_equal(final_params(split), final_params(run))
     a, b = _latest(run).strategy, _latest(split).strategy   # the server velocity, checkpointed
     assert set(a) == {"velocity"} and np.any(a["velocity"] != 0)
