@@ -23,3 +23,14 @@ def make_generator(device, seed: int) -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
+
+
+def seed_default_generator(device, seed: int) -> None:
+    """Seed the global generator that draws for `device` (dropout inside the model): on the CPU
+    only torch's CPU generator, which is all torch.manual_seed changes that a CPU run reads
+    (manual_seed also visits every accelerator backend: ~0.25 ms, a 1-step client's 0.5%);
+    on an accelerator torch.manual_seed as before, every generator at once."""
+    if torch.device(device).type == "cpu":
+        torch.default_generator.manual_seed(seed)
+    else:
+        torch.manual_seed(seed)

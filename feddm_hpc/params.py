@@ -128,3 +128,78 @@ def unflatten_into(vector: np.ndarray, model: torch.nn.Module) -> None:
             offset += n
     if offset != source.numel():
         raise ValueError(f"vector has {source.numel()} values, model has {offset} parameters")
+
+
+class FlatParameters:
+    """A model whose parameters are views of one contiguous float32 buffer on their device.
+
+    Why: a client starts by loading the global vector into the model and ends by reading its
+    local vector back. Tensor by tensor that is one copy per parameter tensor each way (110
+    tensors in the tiny U-Net: ~2 ms a client on the CPU, a tenth of a 1-step client's work);
+    through the buffer it is one copy each way, whatever the tensor count, and on a GPU the
+    payload leaves the device in one transfer without a concatenation first.
+
+    `bind(model)` re-points every parameter's data at its slice of the buffer (values kept), or
+    returns None for a model it cannot serve (several devices or dtypes, or a parameter that is
+    not contiguous, e.g. channels_last: viewing it would change the layout its kernels see).
+    Something that later replaces a parameter's data (a `.to()` onto another device) breaks the
+    aliasing; `load` and `read_into` check for that and fall back to the tensor-by-tensor copies.
+    """
+
+    def __init__(self, model: torch.nn.Module, params, buffer: torch.Tensor):
+        self.model, self.params, self.buffer = model, params, buffer
+        self._pointers = self._current_pointers()
+
+    @classmethod
+    def bind(cls, model: torch.nn.Module) -> "FlatParameters | None":
+        params = list(model.parameters())
+        if not params or len({(p.device, p.dtype) for p in params}) != 1:
+            return None
+        if params[0].dtype != torch.float32 or not all(p.is_contiguous() for p in params):
+            return None
+        total = sum(p.numel() for p in params)
+        buffer = torch.empty(total, dtype=torch.float32, device=params[0].device)
+        offset = 0
+        with torch.no_grad():
+            for p in params:
+                n = p.numel()
+                view = buffer[offset:offset + n].view_as(p)
+                view.copy_(p)
+                p.data = view
+                offset += n
+        return cls(model, params, buffer)
+
+    def _current_pointers(self):
+        return tuple(p.data_ptr() for p in self.model.parameters())
+
+    def intact(self) -> bool:
+        """Whether the model's parameters are still this buffer's views."""
+        return self._current_pointers() == self._pointers
+
+    def load(self, vector: np.ndarray) -> None:
+        """unflatten_into(vector, model), as one copy into the buffer."""
+        if not self.intact():
+            unflatten_into(vector, self.model)
+            return
+        if vector.size != self.buffer.numel():
+            raise ValueError(f"vector has {vector.size} values, model has "
+                             f"{self.buffer.numel()} parameters")
+        array = np.ascontiguousarray(vector, dtype=np.float32)
+        with torch.no_grad():
+            self.buffer.copy_(torch.from_numpy(array))
+
+    def read_into(self, out: np.ndarray) -> np.ndarray:
+        """flatten_into(model, out), as one copy out of the buffer."""
+        if not self.intact():
+            return flatten_into(self.model, out)
+        if out.size != self.buffer.numel():
+            raise ValueError(f"model has {self.buffer.numel()} parameters, vector has {out.size}")
+        view = torch.from_numpy(out)
+        with torch.no_grad():
+            if self.buffer.device.type == "cuda":
+                host = _host_buffer(out.size)
+                host.copy_(self.buffer)      # the one device->host copy (waits: the caller reads it)
+                view.copy_(host)
+            else:
+                view.copy_(self.buffer)
+        return out

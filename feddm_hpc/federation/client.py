@@ -21,7 +21,7 @@ from feddm_hpc.data import select_batch
 from feddm_hpc.diffusion.loss import training_loss  # the default loss_fn (L_simple)
 from feddm_hpc.federation.precision import forward_precision
 from feddm_hpc.lr_schedule import round_lr
-from feddm_hpc.params import flatten_into, unflatten_into
+from feddm_hpc.params import FlatParameters, flatten_into, unflatten_into
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,27 @@ def make_optimizer(client_cfg, params, lr: float | None = None):
         return torch.optim.SGD(params, lr=lr, momentum=client_cfg.momentum,
                                weight_decay=client_cfg.weight_decay)
     raise ValueError(f"client.optimizer: unknown {name!r}")
+
+
+# Adam's and AdamW's per-parameter state: a new optimizer's first step creates each of these as
+# zeros (`step` a zero scalar), so zeroing them in place restarts exactly where a new one starts.
+_ZERO_STARTED_STATE = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
+
+
+def reset_optimizer(optimizer, lr: float) -> None:
+    """Make `optimizer` behave as make_optimizer(..., lr) freshly built over the same parameters,
+    keeping its state tensors: building Adam and allocating its state cost a 1-step client ~3 ms
+    of its ~50 (issue 23's many-small shape). State that does not start from zeros (SGD's
+    momentum buffer starts as a copy of the first gradient) is dropped and made anew."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    for param in list(optimizer.state):
+        state = optimizer.state[param]
+        if state and state.keys() <= _ZERO_STARTED_STATE:
+            for value in state.values():
+                value.zero_()
+        else:
+            del optimizer.state[param]
 
 
 class BatchStream:
@@ -112,8 +133,31 @@ class LocalTrainer:
         self.precision = precision    # the forward's autocast (federation/precision.py)
         self.images = images          # uint8 [N,C,H,W] on `device`; batches converted by select_batch
         self.device, self.seed = device, seed
+        # One copy each way between the vectors and the model (params.FlatParameters); None for a
+        # model it cannot serve, which then copies tensor by tensor.
+        self.flat = FlatParameters.bind(model)
         self.params = [p for p in model.parameters()]
         self.local_vector = np.empty(sum(p.numel() for p in self.params), dtype=np.float32)
+        self._optimizer = None    # one per rank, reset per client (reset_optimizer)
+
+    def load(self, vector: np.ndarray) -> None:
+        """The vector into the model's parameters."""
+        if self.flat is None:
+            unflatten_into(vector, self.model)
+        else:
+            self.flat.load(vector)
+
+    def read_into(self, out: np.ndarray) -> np.ndarray:
+        """The model's parameters into the vector `out`."""
+        return flatten_into(self.model, out) if self.flat is None else self.flat.read_into(out)
+
+    def fresh_optimizer(self, lr: float):
+        """The rank's optimizer over the model's parameters, in the state a new one has."""
+        if self._optimizer is None:
+            self._optimizer = make_optimizer(self.cfg, self.params, lr)
+        else:
+            reset_optimizer(self._optimizer, lr)
+        return self._optimizer
 
     def client_inputs(self, client_id: int, indices: np.ndarray, round_index: int, steps: int,
                       purpose: int = seeding.TRAIN) -> tuple:
@@ -140,18 +184,19 @@ class LocalTrainer:
         lr: overrides the round's scheduled learning rate (`round_lr`).
         poison: a data attack's transform of each batch (attacks.label_flip_images), or None.
         """
-        unflatten_into(global_vector, self.model)
+        self.load(global_vector)
         for term in terms:
             term.begin(self.params)
         if lr is None:
             lr = round_lr(self.cfg, round_index, self.total_rounds)
-        optimizer = make_optimizer(self.cfg, self.params, lr)
+        optimizer = self.fresh_optimizer(lr)
         purpose, drop_purpose = streams
         if steps is None:
             steps = local_steps_for(self.cfg, indices.size)
         plan, noise_gen = self.client_inputs(client_id, indices, round_index, steps, purpose)
         # Dropout draws from torch's global generator: seed it per client as well.
-        torch.manual_seed(seeding.seed_for(self.seed, drop_purpose, round_index, client_id))
+        generators.seed_default_generator(
+            self.device, seeding.seed_for(self.seed, drop_purpose, round_index, client_id))
         self.model.train()
         total = torch.zeros((), device=self.device)
         for batch in plan.unbind(0):
@@ -165,6 +210,6 @@ class LocalTrainer:
                 torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
             optimizer.step()
             total += loss.detach()
-        flatten_into(self.model, self.local_vector)
+        self.read_into(self.local_vector)
         result = LocalResult(client_id, int(indices.size), float(total.item()) / steps, steps)
         return self.local_vector, result
