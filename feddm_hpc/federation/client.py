@@ -19,6 +19,7 @@ import torch
 from feddm_hpc import generators, seeding
 from feddm_hpc.data import select_batch
 from feddm_hpc.diffusion.loss import training_loss  # the default loss_fn (L_simple)
+from feddm_hpc.federation.local_steps import run_local_steps
 from feddm_hpc.federation.precision import forward_precision
 from feddm_hpc.lr_schedule import round_lr
 from feddm_hpc.params import FlatParameters, flatten_into, unflatten_into
@@ -111,15 +112,26 @@ def training_batch(images: torch.Tensor, batch: torch.Tensor, poison=None) -> to
     return x0 if poison is None else poison(x0)
 
 
-def add_gradient_terms(params, terms) -> None:
-    """Add the strategy's gradient terms (strategies/terms.py: FedProx's proximal term,
-    SCAFFOLD's correction) to the gradients, in place and in order, before gradient clipping, as
-    if they were part of the objective."""
-    if not terms:
-        return
-    with torch.no_grad():
-        for term in terms:
-            term.add_to(params)
+class ModelRow:
+    """One client's row of the local loop (local_steps.py): the rank's model itself, its loss
+    from the trainer's loss function (which draws the step's timesteps and noise)."""
+
+    def __init__(self, trainer, plan: torch.Tensor, noise_gen, poison):
+        self.t, self.batches, self.noise_gen, self.poison = trainer, plan.unbind(0), noise_gen, poison
+        self.params = trainer.params
+
+    def losses(self, step: int) -> torch.Tensor:
+        t = self.t
+        x0 = training_batch(t.images, self.batches[step], self.poison)
+        with forward_precision(t.device, t.precision):
+            loss = t.loss_fn(t.model, x0, t.schedule, self.noise_gen)
+        return loss.reshape(1)
+
+    def clip_(self, max_norm: float) -> None:
+        torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+
+    def stepped(self, step: int) -> None:
+        pass
 
 
 class LocalTrainer:
@@ -140,12 +152,28 @@ class LocalTrainer:
         self.local_vector = np.empty(sum(p.numel() for p in self.params), dtype=np.float32)
         self._optimizer = None    # one per rank, reset per client (reset_optimizer)
 
-    def load(self, vector: np.ndarray) -> None:
-        """The vector into the model's parameters."""
-        if self.flat is None:
-            unflatten_into(vector, self.model)
+    def load(self, vector) -> None:
+        """The vector into the model's parameters: a float32 numpy vector, or pieces of one
+        (shared_space.StartPieces: written into their slices of the model's buffer, so partial
+        sharing's start costs one full-model copy, as a full vector's does)."""
+        if isinstance(vector, np.ndarray):
+            if self.flat is None:
+                unflatten_into(vector, self.model)
+            else:
+                self.flat.load(vector)
+        elif self.flat is not None and self.flat.intact():
+            vector.write_into(self.flat.buffer)
         else:
-            self.flat.load(vector)
+            full = np.empty(vector.size, dtype=np.float32)
+            vector.write_into(full)
+            unflatten_into(full, self.model)
+
+    def local(self) -> np.ndarray:
+        """The model's parameters as a float32 vector, valid until the trainer next trains: on
+        the CPU the flat buffer itself (no copy), else a copy into the trainer's local vector."""
+        if self.flat is not None and self.flat.buffer.device.type == "cpu" and self.flat.intact():
+            return self.flat.buffer.numpy()
+        return self.read_into(self.local_vector)
 
     def read_into(self, out: np.ndarray) -> np.ndarray:
         """The model's parameters into the vector `out`."""
@@ -198,18 +226,7 @@ class LocalTrainer:
         generators.seed_default_generator(
             self.device, seeding.seed_for(self.seed, drop_purpose, round_index, client_id))
         self.model.train()
-        total = torch.zeros((), device=self.device)
-        for batch in plan.unbind(0):
-            x0 = training_batch(self.images, batch, poison)
-            with forward_precision(self.device, self.precision):
-                loss = self.loss_fn(self.model, x0, self.schedule, noise_gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            add_gradient_terms(self.params, terms)
-            if self.cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-            optimizer.step()
-            total += loss.detach()
-        self.read_into(self.local_vector)
-        result = LocalResult(client_id, int(indices.size), float(total.item()) / steps, steps)
-        return self.local_vector, result
+        rows = ModelRow(self, plan, noise_gen, poison)
+        totals = run_local_steps(rows, optimizer, terms, self.cfg.grad_clip, [steps], self.device)
+        result = LocalResult(client_id, int(indices.size), float(totals[0].item()) / steps, steps)
+        return self.local(), result

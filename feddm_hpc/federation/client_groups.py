@@ -34,6 +34,7 @@ from feddm_hpc.federation.client import (
     round_lr,
     training_batch,
 )
+from feddm_hpc.federation.local_steps import run_local_steps
 from feddm_hpc.federation.placement import balance
 from feddm_hpc.federation.precision import forward_precision
 from feddm_hpc.params import unflatten_into
@@ -124,45 +125,51 @@ class GroupTrainer:
     def train_group(self, global_vector: np.ndarray, members: Sequence[Member],
                     round_index: int) -> list[tuple]:
         """[(local vector, LocalResult)] of each member, in the members' order."""
-        tr, d, cfg = self.t, self.diffusion, self.t.cfg
+        tr, cfg = self.t, self.t.cfg
         g = len(members)
         params = self._stacked_start(global_vector, g)
         stacked = [params[n] for n in self.names]
         terms = stack_terms([m.terms for m in members], stacked)
         optimizer = make_optimizer(cfg, stacked, round_lr(cfg, round_index, tr.total_rounds))
         steps = [local_steps_for(cfg, m.indices.size) for m in members]
-        plans, gens = zip(*(tr.client_inputs(m.client_id, m.indices, round_index, s)
-                            for m, s in zip(members, steps)))
-        # Which rows are still training at each step, built once: indexing it needs no host sync.
-        active_at = torch.from_numpy(np.arange(max(steps))[:, None] < np.array(steps)[None, :])
-        active_at = active_at.to(tr.device)
+        inputs = [tr.client_inputs(m.client_id, m.indices, round_index, s)
+                  for m, s in zip(members, steps)]
         tr.model.train()
-        totals = torch.zeros(g, device=tr.device)
-        results: list[torch.Tensor | None] = [None] * g
-        last: list[tuple | None] = [None] * g
-        for step in range(max(steps)):
-            for i, m in enumerate(members):
-                if step < steps[i]:        # a finished client's row is fed its last inputs again
-                    x0 = training_batch(tr.images, plans[i][step], m.poison)
-                    last[i] = noised_inputs(x0, tr.schedule, gens[i], d.prediction)
-            x_t, t, target = (torch.stack(parts) for parts in zip(*last))
-            with forward_precision(tr.device, tr.precision):
-                output = self.batched(params, x_t, t)
-            losses = score_outputs(output.float(), target, t, tr.schedule, d.prediction,
-                                   d.loss_weighting, d.min_snr_gamma)            # [G]
-            optimizer.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            with torch.no_grad():
-                for term in terms:
-                    term.add_to(stacked)
-            if cfg.grad_clip is not None:
-                clip_rows_(stacked, cfg.grad_clip)
-            optimizer.step()
-            totals += torch.where(active_at[step], losses.detach(), torch.zeros_like(totals))
-            for i, s in enumerate(steps):
-                if s == step + 1:
-                    results[i] = self._row_vector(stacked, i)
+        rows = StackedRows(self, params, stacked, members, inputs, steps)
+        totals = run_local_steps(rows, optimizer, terms, cfg.grad_clip, steps, tr.device)
         mean = (totals.cpu() / torch.tensor(steps, dtype=totals.dtype)).tolist()
-        vectors = torch.stack(results).cpu().numpy()   # one copy to the host for the whole group
+        vectors = torch.stack(rows.results).cpu().numpy()   # one copy to the host for the group
         return [(vectors[i], LocalResult(m.client_id, int(m.indices.size), float(mean[i]), steps[i]))
                 for i, m in enumerate(members)]
+
+
+class StackedRows:
+    """A group's rows of the local loop (local_steps.py): the stacked parameters [G, ...], the
+    model run once per step under vmap, each row's loss scored from its own client's inputs."""
+
+    def __init__(self, group: GroupTrainer, params: dict, stacked: list, members, inputs, steps):
+        self.group, self.p, self.params = group, params, stacked
+        self.members, self.steps = members, steps
+        self.plans, self.gens = zip(*inputs)
+        self.last: list[tuple | None] = [None] * len(members)
+        self.results: list[torch.Tensor | None] = [None] * len(members)
+
+    def losses(self, step: int) -> torch.Tensor:
+        tr, d = self.group.t, self.group.diffusion
+        for i, m in enumerate(self.members):
+            if step < self.steps[i]:      # a finished client's row is fed its last inputs again
+                x0 = training_batch(tr.images, self.plans[i][step], m.poison)
+                self.last[i] = noised_inputs(x0, tr.schedule, self.gens[i], d.prediction)
+        x_t, t, target = (torch.stack(parts) for parts in zip(*self.last))
+        with forward_precision(tr.device, tr.precision):
+            output = self.group.batched(self.p, x_t, t)
+        return score_outputs(output.float(), target, t, tr.schedule, d.prediction,
+                             d.loss_weighting, d.min_snr_gamma)                # [G]
+
+    def clip_(self, max_norm: float) -> None:
+        clip_rows_(self.params, max_norm)
+
+    def stepped(self, step: int) -> None:
+        for i, s in enumerate(self.steps):
+            if s == step + 1:
+                self.results[i] = GroupTrainer._row_vector(self.params, i)

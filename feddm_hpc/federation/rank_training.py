@@ -42,7 +42,7 @@ def grouping_of_run(cfg, setup: RunSetup, rank: int, num_ranks: int,
 class RankTraining:
     """Trains this rank's groups of a round. terms_of / poison_of: a client's gradient terms
     (the strategy's) and its data attack (attacks.DataPoison.of). `private` (PrivateParts)
-    composes each client's start from the global shared vector and its own private parts, and
+    gives each client's start as the global shared vector and its own private parts, and
     keeps them after training (under full sharing both are the identity)."""
 
     def __init__(self, trainer: LocalTrainer, setup: RunSetup, grouping: Grouping, private,
@@ -61,7 +61,7 @@ class RankTraining:
         parts = self.setup.parts
         if len(group) == 1:
             cid = group[0]
-            local, result = self.trainer.train(self.private.compose(cid, start), cid, parts[cid],
+            local, result = self.trainer.train(self.private.start(cid, start), cid, parts[cid],
                                                round_index, terms=self.terms_of(cid),
                                                poison=self.poison_of(cid))
             return [(self.private.split(cid, local), result)]

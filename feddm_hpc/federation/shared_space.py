@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
+import torch
 
 from feddm_hpc.diffusion import parts as unet_parts
 from feddm_hpc.params import ParamSpec
@@ -86,11 +87,31 @@ def _gather(full, runs, out) -> None:
         pos += b - a
 
 
-def _scatter(values, runs, full) -> None:
+def _scatter(values, runs, full, as_tensor: bool = False) -> None:
     pos = 0
     for a, b in runs:
-        full[a:b] = values[pos:pos + b - a]
+        if as_tensor:    # a torch vector, maybe on a GPU: one copy of the run, host to device
+            full[a:b].copy_(torch.from_numpy(values[pos:pos + b - a]))
+        else:
+            full[a:b] = values[pos:pos + b - a]
         pos += b - a
+
+
+class StartPieces:
+    """A client's full starting vector given as its pieces (the global shared values, its own
+    private ones), never composed on the host: the trainer writes each piece straight into its
+    slices of the model (LocalTrainer.load), so partial sharing loads the model with one
+    full-model copy, as full sharing does."""
+
+    def __init__(self, space: SharedSpace, shared: np.ndarray, private: np.ndarray):
+        self.space, self.shared, self.private = space, shared, private
+        self.size = space.total
+
+    def write_into(self, full) -> None:
+        """The pieces into their slices of `full` (a float32 torch tensor or numpy vector)."""
+        for runs, values in ((self.space.shared_runs, self.shared),
+                             (self.space.private_runs, self.private)):
+            _scatter(values, runs, full, as_tensor=not isinstance(full, np.ndarray))
 
 
 class PrivateParts:
@@ -104,19 +125,14 @@ class PrivateParts:
         self.space = space
         self._initial = space.take_private(initial_full) if not space.identity else None
         self._values: Dict[int, np.ndarray] = {}
-        self._full: Optional[np.ndarray] = None   # the composed start, reused client by client
         self._shared: Optional[np.ndarray] = None  # the reported shared slices, reused likewise
 
-    def compose(self, client_id: int, shared_start: np.ndarray) -> np.ndarray:
-        """The client's full starting vector: global shared values, its own private ones.
-        One buffer reused for every client (the trainer copies it into the model at once)."""
+    def start(self, client_id: int, shared_start: np.ndarray):
+        """The client's starting vector: `shared_start` itself under full sharing, else its
+        pieces (StartPieces), which the trainer writes into the model without composing them."""
         if self.space.identity:
             return shared_start
-        if self._full is None:
-            self._full = np.empty(self.space.total, dtype=np.float32)
-        self.space.put(shared_start, self._full)
-        self.space.put_private(self._values.get(client_id, self._initial), self._full)
-        return self._full
+        return StartPieces(self.space, shared_start, self._values.get(client_id, self._initial))
 
     def keep(self, client_id: int, local_full: np.ndarray) -> None:
         """Store the client's private slices after its local training."""

@@ -6,7 +6,8 @@ import torch
 from feddm_hpc.config import ClientConfig, ModelConfig
 from feddm_hpc.diffusion.schedule import make_schedule
 from feddm_hpc.diffusion.unet import build_unet
-from feddm_hpc.federation.client import LocalTrainer, add_gradient_terms
+from feddm_hpc.federation.client import LocalTrainer
+from feddm_hpc.federation.local_steps import add_gradient_terms
 from feddm_hpc.params import flatten
 from feddm_hpc.strategies.terms import ConstantCorrection, ProximalTerm
 
