@@ -1,0 +1,128 @@
+"""What a client's fixed cost was cut to (issue 23 item 5) changes no float: the flat parameter
+buffer, the reset optimizer, partial sharing's start written in pieces."""
+import numpy as np
+import pytest
+import torch
+
+from feddm_hpc.config import ClientConfig, ModelConfig
+from feddm_hpc.diffusion.schedule import make_schedule
+from feddm_hpc.diffusion.unet import build_unet
+from feddm_hpc.federation.client import LocalTrainer, make_optimizer, reset_optimizer
+from feddm_hpc.federation.shared_space import PrivateParts, SharedSpace
+from feddm_hpc.params import FlatParameters, ParamSpec, flatten, unflatten_into
+
+
+def small_unet(seed=0, dropout=0.0):
+    torch.manual_seed(seed)
+    return build_unet(ModelConfig(base_channels=4, channel_mults=(1, 2), num_res_blocks=1,
+                                  attention_resolutions=(4,), dropout=dropout), 1, 8)
+
+
+def test_flat_parameters_alias_one_buffer_and_keep_the_values():
+    model = small_unet()
+    before = flatten(model)
+    flat = FlatParameters.bind(model)
+    assert flat is not None and np.array_equal(flatten(model), before)
+    assert np.array_equal(flat.buffer.numpy(), before)
+    with torch.no_grad():                       # the model's parameters are the buffer's views
+        next(model.parameters()).add_(1.0)
+    assert flat.buffer[0].item() == pytest.approx(before[0] + 1.0)
+    vector = np.random.default_rng(0).standard_normal(before.size).astype(np.float32)
+    flat.load(vector)
+    assert np.array_equal(flatten(model), vector)
+    out = flat.read_into(np.empty_like(vector))
+    assert np.array_equal(out, vector)
+    with pytest.raises(ValueError, match="vector has 3 values"):
+        flat.load(np.zeros(3, dtype=np.float32))
+
+
+def test_flat_parameters_fall_back_when_a_parameter_is_replaced():
+    model = small_unet()
+    flat = FlatParameters.bind(model)
+    first = next(model.parameters())
+    first.data = first.data.clone()             # e.g. a .to() onto another device
+    assert not flat.intact()
+    vector = np.arange(flat.buffer.numel(), dtype=np.float32)
+    flat.load(vector)                           # tensor by tensor: the replaced one too
+    assert np.array_equal(flatten(model), vector)
+    assert np.array_equal(flat.read_into(np.empty_like(vector)), vector)
+
+
+def test_flat_parameters_refuse_models_they_cannot_serve():
+    mixed = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).double())
+    assert FlatParameters.bind(mixed) is None
+    conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    assert FlatParameters.bind(conv) is None
+    assert FlatParameters.bind(torch.nn.ReLU()) is None      # no parameters
+
+
+@pytest.mark.parametrize("name, extra", [("adam", {}), ("adamw", {"weight_decay": 0.01}),
+                                         ("sgd", {"momentum": 0.9})])
+def test_a_reset_optimizer_steps_exactly_like_a_new_one(name, extra):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(5))]
+    start = [p.detach().clone() for p in params]
+    grads = [[torch.randn_like(p) for p in params] for _ in range(3)]
+    cfg = ClientConfig(optimizer=name, lr=0.1, **extra)
+
+    def steps(optimizer):
+        with torch.no_grad():
+            for p, s in zip(params, start):
+                p.copy_(s)
+        for g in grads:
+            for p, gi in zip(params, g):
+                p.grad = gi.clone()
+            optimizer.step()
+        return [p.detach().clone() for p in params]
+
+    reused = make_optimizer(cfg, params, 0.3)
+    steps(reused)                               # leaves state behind (Adam's moments, momentum)
+    reset_optimizer(reused, 0.05)
+    again = steps(reused)
+    fresh = steps(make_optimizer(cfg, params, 0.05))
+    assert all(torch.equal(a, b) for a, b in zip(again, fresh))
+    assert not all(torch.equal(a, s) for a, s in zip(again, start))   # it did step
+
+
+def test_consecutive_clients_of_one_trainer_match_fresh_trainers():
+    """Client 1 after client 0 on the rank's one trainer (reused optimizer and buffer, dropout
+    reseeded) equals client 1 on a trainer of its own, bit for bit."""
+    images = torch.rand(64, 1, 8, 8) * 2 - 1
+    schedule = make_schedule("linear", 10)
+    cfg = ClientConfig(local_steps=3, batch_size=8, optimizer="adam", lr=1e-2, grad_clip=1.0)
+    start = flatten(small_unet(dropout=0.1))
+
+    def trainer():
+        return LocalTrainer(small_unet(dropout=0.1), schedule, cfg, images, "cpu", seed=5)
+
+    shared = trainer()
+    assert shared.flat is not None
+    first = shared.train(start, 0, np.arange(32), 2)[0].copy()
+    second = shared.train(start, 1, np.arange(32, 64), 2)[0].copy()
+    assert np.array_equal(trainer().train(start, 1, np.arange(32, 64), 2)[0], second)
+    assert np.array_equal(trainer().train(start, 0, np.arange(32), 2)[0], first)
+    assert not np.array_equal(first, second)
+
+
+@pytest.mark.parametrize("bound", [True, False])
+def test_a_partial_start_in_pieces_trains_like_the_composed_vector(bound):
+    images = torch.rand(32, 1, 8, 8) * 2 - 1
+    schedule = make_schedule("linear", 10)
+    cfg = ClientConfig(local_steps=2, batch_size=8, optimizer="adam", lr=1e-2)
+    model = small_unet()
+    init = flatten(model)
+    space = SharedSpace(ParamSpec.from_model(model), ("decoder",))
+    store = PrivateParts(space, init)
+    store.keep(4, init + np.float32(0.5))      # client 4's own parts moved away from the start
+    shared = space.take(init) - np.float32(0.25)
+    composed = np.empty_like(init)
+    store.start(4, shared).write_into(composed)
+    trainer = LocalTrainer(model, schedule, cfg, images, "cpu", seed=1)
+    if not bound:
+        trainer.flat = None                     # a model the buffer cannot serve
+    via_pieces = trainer.train(store.start(4, shared), 4, np.arange(32), 0)[0].copy()
+    unflatten_into(np.zeros_like(init), model)
+    via_vector = trainer.train(composed, 4, np.arange(32), 0)[0].copy()
+    assert np.array_equal(via_pieces, via_vector)
+    assert np.array_equal(space.take_private(composed), space.take_private(init + np.float32(0.5)))
