@@ -1,6 +1,6 @@
 """`model.name: diffusers_unet2d` (diffusion/diffusers_unet.py): diffusers' UNet2DModel trained by
-the simulator under mpiexec (resuming exactly on another rank count), exported as a DDPMPipeline folder (rundir/diffusers_export.py) that
-`DDPMPipeline.from_pretrained` loads and samples from, with exactly the checkpoint's EMA weights;
+the simulator under mpiexec (resuming exactly on another rank count), exported as a DDPMPipeline
+folder (rundir/diffusers_export.py) that `DDPMPipeline.from_pretrained` loads and samples from, with exactly the checkpoint's EMA weights;
 `feddm-hpc sample` on the folder draws the checkpoint's samples bit for bit. The optional
 diffusers extra: without it the option exits 2 with the install command."""
 from __future__ import annotations
