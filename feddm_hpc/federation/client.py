@@ -1,7 +1,11 @@
 """Local training of one client: (global params, shard, seeds) -> local params. No MPI, no disk.
 
 A rank holds one model instance however many clients it hosts: each client starts by loading the
-global vector into it and a fresh optimizer (clients are stateless across rounds, as in FedAvg).
+global vector into it and an optimizer in a new one's state (clients are stateless across rounds,
+as in FedAvg). What a client costs besides its steps is kept to copies: the parameters are views
+of one flat buffer (one copy in, none out on the CPU), the optimizer is reset rather than rebuilt,
+and only the generator that dropout draws from is reseeded. The steps themselves are the one
+local loop (local_steps.py), which a group of clients (client_groups.py) runs too.
 
 On a GPU no step waits for the host: all of a client's batch indices are drawn before its first
 step and cross to the device in one copy, the noise is drawn on the model's device
