@@ -34,8 +34,9 @@ def register(sub) -> None:
     e.add_argument("--save-samples", default=None, metavar="FILE.npz",
                    help="also write the generated images (uint8, key `images`)")
     e.add_argument("--device", default=None, help="default: the config's system.device")
-    e.add_argument("--extractor-epochs", type=int, default=2, metavar="E",
-                   help="LeNet feature-extractor training epochs (default 2)")
+    e.add_argument("--extractor-epochs", type=int, default=None, metavar="E",
+                   help="feature-extractor training epochs (default: 2 for the LeNet of grey "
+                        "images, 8 for the colour network)")
     e.add_argument("--extractor-train-subset", type=int, default=None, metavar="M",
                    help="train the extractor on the first M training images only (quick checks)")
     e.add_argument("--no-memorization", action="store_true",
@@ -53,7 +54,7 @@ def _check_flags(args, config) -> None:
         raise UserError(f"--steps: must be between 1 and {d.timesteps}")
     if args.eta is not None and not 0.0 <= args.eta <= 1.0:
         raise UserError("--eta: must be in [0, 1]")
-    if args.extractor_epochs < 1:
+    if args.extractor_epochs is not None and args.extractor_epochs < 1:
         raise UserError("--extractor-epochs: must be >= 1")
     if args.extractor_train_subset is not None and args.extractor_train_subset < 100:
         raise UserError("--extractor-train-subset: must be >= 100")

@@ -30,13 +30,16 @@ class SamplingConfig:
 class EvaluationConfig:
     every: int = 0                      # rounds between evaluations during training; 0: off
     num_samples: int = 1000             # generated and real images each (FD depends on N)
-    extractor_epochs: int = 2           # LeNet feature extractor, trained once and cached
+    # Training epochs of the feature extractor (trained once, cached); null: its own default
+    # (2 for the LeNet of grey images, 8 for the colour network: evaluation/colour_net.py).
+    extractor_epochs: Optional[int] = None
     extractor_max_train: Optional[int] = None  # train it on the first M images only (quick runs)
 
     def validate(self) -> None:
         require(self.every >= 0, "evaluation.every: must be >= 0 (0: off)")
         require(self.num_samples >= 2, "evaluation.num_samples: must be >= 2")
-        require(self.extractor_epochs >= 1, "evaluation.extractor_epochs: must be >= 1")
+        require(self.extractor_epochs is None or self.extractor_epochs >= 1,
+                "evaluation.extractor_epochs: must be >= 1 (or null: the extractor's default)")
         require(self.extractor_max_train is None or self.extractor_max_train >= 100,
                 "evaluation.extractor_max_train: must be >= 100 or null")
 

@@ -22,7 +22,7 @@ def evaluate_params(comm, config, params: np.ndarray, image_shape, round_index: 
                     num_samples: int, *, model=None, schedule=None, device: str = "cpu",
                     sampler: Optional[str] = None, steps: Optional[int] = None,
                     eta: Optional[float] = None, seed: Optional[int] = None,
-                    inception=None, cache_dir=None, extractor_epochs: int = 2,
+                    inception=None, cache_dir=None, extractor_epochs: Optional[int] = None,
                     extractor_max_train: Optional[int] = None, verbose: bool = False,
                     return_samples: bool = False, client_params=None, client_indices=None,
                     label_histogram=None) -> Optional[dict]:

@@ -16,7 +16,6 @@ from feddm_hpc.evaluation.features import FeatureExtractor, get_feature_extracto
 # The real images are a seeded subset of the training split drawn with this fixed seed, not the
 # run's seed: every run on a dataset is scored against the same real images.
 REFERENCE_SEED = 0
-DEFAULT_EXTRACTOR_EPOCHS = 2
 
 
 @dataclass
@@ -39,12 +38,13 @@ def no_labels_message(dataset: str, path) -> str:
 
 
 def load_reference(dataset: str, path=None, *, need_extractor: bool = True, cache_dir=None,
-                   epochs: int = DEFAULT_EXTRACTOR_EPOCHS, max_train: Optional[int] = None,
+                   epochs: Optional[int] = None, max_train: Optional[int] = None,
                    verbose: bool = False, device: str = "cpu",
                    options: Optional[dict] = None) -> Reference:
-    """The training split of `dataset` and, when it is labelled, its cached LeNet extractor
-    (trained on first use, which takes ~30-60 s for MNIST-size data on one core), running its
-    inference on `device` (default cpu: the repository's numbers are CPU numbers).
+    """The training split of `dataset` and, when it is labelled, its cached feature extractor
+    (features.py: the LeNet for grey images, trained on first use in ~30-60 s for MNIST-size
+    data on one core; the colour network for RGB, longer), running its inference on `device`
+    (default cpu: the repository's numbers are CPU numbers). epochs None: the extractor's own.
 
     Unlabelled data with `need_extractor` is a DataError (exit 2) naming the way out.
     options: the image options of data.image_folder (data.image_options of the run's config).
@@ -52,7 +52,7 @@ def load_reference(dataset: str, path=None, *, need_extractor: bool = True, cach
     from feddm_hpc.data import load_dataset
 
     options = options or {}
-    key = (dataset, str(path), str(cache_dir), int(epochs), max_train, need_extractor, str(device),
+    key = (dataset, str(path), str(cache_dir), epochs, max_train, need_extractor, str(device),
            tuple(sorted(options.items())))
     if key in _CACHE:
         return _CACHE[key]
