@@ -215,7 +215,7 @@ sampling:
 evaluation:
   every: 0
   num_samples: 1000
-  extractor_epochs: 2
+  extractor_epochs: null
   extractor_max_train: null
 checkpoint:
   every: 1
