@@ -1,4 +1,4 @@
-"""Phase breakdown and client updates per second at 1, 2, ... ranks (feddm_hpc.scaling).
+"""Phase breakdown and client updates per second at 1, 2, ... ranks (a scaling study).
 
 A strong-scaling run of a small config (configs/tiny.yaml with a fixed cohort, one torch thread
 per rank so that ranks are the only parallelism) at 1 and 2 ranks, and at 4, 8, ... and
@@ -7,6 +7,8 @@ per round of each phase (after a warm-up round), the wall time per round, client
 second and the speed-up over one rank; the last line is `speedup_<R>=<t1/tR>` for the largest R.
 """
 import argparse
+import contextlib
+import io
 import math
 import os
 import sys
@@ -19,7 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from feddm_hpc.scaling.collect import PHASES, read_csv  # noqa: E402
-from feddm_hpc.scaling.study import run_study  # noqa: E402
+from feddm_hpc.study import pool  # noqa: E402
+from feddm_hpc.study.collect import collect  # noqa: E402
+from feddm_hpc.study.spec import load_spec  # noqa: E402
 
 
 def rank_counts(cores: int) -> list:
@@ -41,17 +45,23 @@ def main():
     args = ap.parse_args()
     ranks = rank_counts(os.cpu_count() or 1)
     clients = args.clients or max(8, 2 * ranks[-1])
-    spec = {"base": str(Path(args.config).resolve()), "rounds": args.rounds,
-            "set": {"system.threads": 1, "sampling.num_samples": 0,
-                    "client.local_steps": args.local_steps, "checkpoint.every": args.rounds},
-            "grid": {"ranks": ranks, "num_clients": [clients], "clients_per_round": [None]},
-            "options": {"warmup_rounds": 1 if args.rounds > 1 else 0}}
+    spec = {"name": "bench-scaling", "base": str(Path(args.config).resolve()), "seeds": [0],
+            "threads": 1, "jobs": 1, "measure_rss": True,
+            "set": {"federation.rounds": args.rounds, "sampling.num_samples": 0,
+                    "client.local_steps": args.local_steps, "checkpoint.every": args.rounds,
+                    "federation.num_clients": clients, "federation.clients_per_round": None},
+            "grid": {"ranks": ranks}, "evaluate": {"at": "none"},
+            "report": {"kind": "scaling", "warmup_rounds": 1 if args.rounds > 1 else 0}}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out or Path(tmp) / "study")
         spec_path = Path(tmp) / "bench_scaling.yaml"
         spec_path.write_text(yaml.safe_dump(spec))
-        code = run_study(str(spec_path), str(out), echo=lambda *a, **k: None)
-        rows = read_csv(out / "scaling.csv")
+        study = load_spec(spec_path)
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = pool.run_pool(study, out, 1)
+            if code == 0:
+                collect(study, out)
+        rows = read_csv(out / "scaling.csv") if code == 0 else []
     if code != 0:
         sys.exit(f"the scaling study failed (exit {code}); rerun with --out DIR to keep its logs")
     print(f"config {Path(args.config).name}: {clients} clients, all per round, {args.local_steps} local "

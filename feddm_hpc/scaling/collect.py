@@ -1,8 +1,10 @@
-"""From finished run directories to OUT/scaling.csv: one row per grid point.
+"""The scaling measurements of one run directory, and OUT/scaling.csv: one row per run.
 
-Per-round figures are means over the measured rounds (all rounds after options.warmup_rounds):
-the simulator's phase timers, its wall time, client updates per second (clients that reported /
-wall seconds), bytes per round, and the network model's round time (network.py).
+Per-round figures are means over the measured rounds (all rounds after the report's
+warmup_rounds): the simulator's phase timers, its wall time, client updates per second (clients
+that reported / wall seconds), bytes per round, the network model's round time (network.py) and,
+when the study measured it (measure_rss), each rank's peak RSS (rss.py). The study's scaling
+report (feddm_hpc/study/scaling.py) gives each row its identity (cell, seed, ranks, ...).
 """
 from __future__ import annotations
 
@@ -15,10 +17,10 @@ from typing import Dict, List, Optional
 from feddm_hpc.errors import UserError
 from feddm_hpc.scaling.network import NetworkConfig, RunModel, simulate_record
 from feddm_hpc.scaling.rss import read_ranks
-from feddm_hpc.scaling.spec import Point
 
 PHASES = ("broadcast", "train", "encode", "wait", "gather", "decode", "aggregate", "checkpoint")
-COLUMNS = ["point", "status", "ranks", "num_clients", "clients_per_round", "codec", "model",
+COLUMNS = ["cell", "seed", "status", "ranks", "threads", "num_clients", "clients_per_round", "codec",
+           "model",
            "model_params", "rounds_measured", *[f"{p}_s" for p in PHASES], "other_s", "wall_s",
            "client_updates_per_s", "uplink_bytes", "downlink_bytes", "net_round_s",
            "net_bytes_estimated", "peak_rss_mb", "rank0_rss_mb", "elapsed_s", "run_dir"]
@@ -50,18 +52,17 @@ def model_params(run_dir: Path, records: List[dict]) -> Optional[int]:
     return None
 
 
-def summarize(point: Point, run_dir: Path, warmup: int, net: NetworkConfig,
-              status: str = "ok", elapsed_s: float = math.nan) -> Dict[str, object]:
-    row: Dict[str, object] = {"point": point.name, "status": status, "ranks": point.ranks,
-                              "num_clients": point.num_clients,
-                              "clients_per_round": point.clients_per_round, "codec": point.codec,
-                              "model": point.model, "run_dir": str(run_dir), "elapsed_s": elapsed_s}
+def summarize(ident: Dict[str, object], run_dir: Path, warmup: int, net: NetworkConfig,
+              status: str = "ok") -> Dict[str, object]:
+    """`ident` (cell, seed, ranks, ...) with the run's measurements; status ok (complete),
+    incomplete (not every round yet: the means are of the rounds there) or missing."""
+    row: Dict[str, object] = {**ident, "status": status, "run_dir": str(run_dir),
+                              "elapsed_s": math.nan}
     ranks = read_ranks(run_dir / "rss")
     if ranks:
         row["peak_rss_mb"] = round(max(r["max_rss_kb"] for r in ranks) / 1024, 1)
         row["rank0_rss_mb"] = round(ranks[0]["max_rss_kb"] / 1024, 1)
-        if math.isnan(elapsed_s):
-            row["elapsed_s"] = max(r["wall_s"] for r in ranks)
+        row["elapsed_s"] = max(r["wall_s"] for r in ranks)
     try:
         run = RunModel(run_dir)
         records = run.records()
@@ -70,6 +71,8 @@ def summarize(point: Point, run_dir: Path, warmup: int, net: NetworkConfig,
     if not records:
         return row if status != "ok" else {**row, "status": "missing"}
     measured = records[warmup:] if len(records) > warmup else records
+    if math.isnan(row["elapsed_s"]):   # no RSS records: the rounds' own wall time
+        row["elapsed_s"] = sum(float(r["wall_s"]) for r in records)
     row["model_params"] = model_params(run_dir, records)
     row["rounds_measured"] = len(measured)
     for p in PHASES:
@@ -109,7 +112,7 @@ def write_csv(rows: List[dict], path: Path) -> None:
 
 def read_csv(path: Path) -> List[dict]:
     """Rows with numbers as floats (empty cells as NaN), for plots and benchmarks."""
-    text_cols = {"point", "status", "codec", "model", "run_dir", "net_bytes_estimated"}
+    text_cols = {"cell", "status", "codec", "model", "run_dir", "net_bytes_estimated"}
     rows = []
     with open(path, newline="") as fh:
         for raw in csv.DictReader(fh):
@@ -122,10 +125,10 @@ def read_csv(path: Path) -> List[dict]:
 
 def table(rows: List[dict]) -> str:
     """A compact text table of the phase breakdown, for terminals and benchmarks."""
-    head = ["point", "ranks", "clients", "codec", "model", *PHASES, "wall", "upd/s", "net"]
+    head = ["cell", "seed", "ranks", "clients", "codec", "model", *PHASES, "wall", "upd/s", "net"]
     lines = [" ".join(f"{h:>10}" for h in head)]
     for r in rows:
-        vals = [r["point"], r["ranks"], f"{r['num_clients']}/{r['clients_per_round']}", r["codec"],
+        vals = [r["cell"], r["seed"], r["ranks"], f"{r['num_clients']}/{r['clients_per_round']}", r["codec"],
                 r["model"], *[r.get(f"{p}_s") for p in PHASES], r.get("wall_s"),
                 r.get("client_updates_per_s"), r.get("net_round_s")]
         lines.append(" ".join(f"{_cell(v):>10}" for v in vals))

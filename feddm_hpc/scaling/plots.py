@@ -1,9 +1,10 @@
-"""The study's PNG plots, from the rows of scaling.csv (matplotlib, Agg backend).
+"""A scaling study's PNG plots, from the rows of scaling.csv (matplotlib, Agg backend); complete
+runs only.
 
 strong_scaling.png  wall per round vs ranks at a fixed workload (clients, cohort, codec, model),
                     with the ideal t(r0) * r0 / r line
 weak_scaling.png    wall per round vs ranks at a fixed cohort per rank, ideal: flat
-phases.png          stacked per-phase seconds per round, one bar per point
+phases.png          stacked per-phase seconds per round, one bar per run
 bytes.png           uplink and downlink bytes per round per codec
 Every file is always written; a plot with nothing to show says so.
 """
@@ -20,7 +21,8 @@ FILES = ("strong_scaling.png", "weak_scaling.png", "phases.png", "bytes.png")
 
 
 def _ok(rows: List[dict]) -> List[dict]:
-    return [r for r in rows if isinstance(r.get("wall_s"), float) and not math.isnan(r["wall_s"])]
+    return [r for r in rows if r.get("status") == "ok" and isinstance(r.get("wall_s"), float)
+            and not math.isnan(r["wall_s"])]
 
 
 def _pyplot():
@@ -97,7 +99,7 @@ def weak_scaling(plt, rows, path: Path) -> None:
 def phases(plt, rows, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4.5))
     if rows:
-        labels = [f"{r['point'].replace('point-', '')}\nr{int(r['ranks'])} c{int(r['num_clients'])}/"
+        labels = [f"{r['cell']} s{int(r['seed'])}\nr{int(r['ranks'])} c{int(r['num_clients'])}/"
                   f"{int(r['clients_per_round'])}\n{r['codec']}\n{r['model']}" for r in rows]
         bottom = [0.0] * len(rows)
         for p in (*PHASES, "other"):
@@ -111,7 +113,7 @@ def phases(plt, rows, path: Path) -> None:
         ax.set_title("Phase breakdown per configuration")
         ax.legend(fontsize=7, ncol=4)
     else:
-        _empty(ax, "no finished point")
+        _empty(ax, "no complete run")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -140,7 +142,7 @@ def bytes_per_codec(plt, rows, path: Path) -> None:
             ax.legend(fontsize=7)
     else:
         for ax in axes:
-            _empty(ax, "no finished point")
+            _empty(ax, "no complete run")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

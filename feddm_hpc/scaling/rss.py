@@ -2,7 +2,8 @@
 
 Each rank's wrapper runs CMD (the real rank: it inherits the launcher's PMI environment, so it
 joins MPI as if started directly), waits for it with wait4, and writes DIR/rank-<N>.json with
-the child's own ru_maxrss, wall seconds and exit status. The wrapper imports nothing heavy and
+the child's own ru_maxrss, wall seconds and exit status (a resumed run adds to the record of its
+earlier part: the larger peak, the summed seconds). The wrapper imports nothing heavy and
 never touches MPI. Signals it receives are passed on; if the wrapper itself is killed, the
 kernel kills the child too (PR_SET_PDEATHSIG), so an aborted job leaves no stray rank behind.
 """
@@ -52,9 +53,16 @@ def run_measured(cmd, out_dir: Path) -> int:
     proc.returncode = os.waitstatus_to_exitcode(status)
     code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
     rank = rank_from_env()
-    (out_dir / f"rank-{rank}.json").write_text(json.dumps({
-        "rank": rank, "max_rss_kb": int(usage.ru_maxrss), "wall_s": round(time.perf_counter() - t0, 3),
-        "user_s": round(usage.ru_utime, 3), "sys_s": round(usage.ru_stime, 3), "exit": code}))
+    path = out_dir / f"rank-{rank}.json"
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        before = {}
+    path.write_text(json.dumps({
+        "rank": rank, "max_rss_kb": max(int(usage.ru_maxrss), int(before.get("max_rss_kb", 0))),
+        "wall_s": round(time.perf_counter() - t0 + before.get("wall_s", 0.0), 3),
+        "user_s": round(usage.ru_utime + before.get("user_s", 0.0), 3),
+        "sys_s": round(usage.ru_stime + before.get("sys_s", 0.0), 3), "exit": code}))
     return code
 
 

@@ -96,6 +96,10 @@ def _strict(x):
 
 def collect(spec: Spec, out: Path) -> int:
     out = Path(out)
+    if spec.report.kind == "scaling":
+        from feddm_hpc.study.scaling import collect_scaling
+
+        return collect_scaling(spec, out)
     runs, seeds, left_out = load_cells(spec, out)
     if not any(runs.values()):
         raise UserError(f"{out / 'runs'}: no complete run of the study to report yet "

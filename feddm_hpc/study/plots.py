@@ -41,7 +41,8 @@ def curve_plot(plot, runs: Dict[str, list], style: Dict[str, tuple], path: Path)
     drew = False
     for ax, (title, cells) in zip(axes[0], plot.panels):
         for cell in cells:
-            pts = [p for p in curve(runs.get(cell) or [], y) if p[plot.x] is not None]
+            pts = [p for p in curve(runs.get(cell) or [], y, cpu_s=plot.x == "train_cpu_s")
+                   if p[plot.x] is not None]
             if not pts:
                 continue
             xs = [p["round"] + 1 if plot.x == "round" else p[plot.x] for p in pts]
@@ -54,8 +55,10 @@ def curve_plot(plot, runs: Dict[str, list], style: Dict[str, tuple], path: Path)
         ax.set(xlabel=plot.xlabel, title=title)
         if plot.x == "round":
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        else:
+        elif plot.x == "uplink_bytes":
             ax.set_xscale("log")
+        else:   # training CPU seconds: linear, FD on a log scale (benchmarks/recipe.py's plot)
+            ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)

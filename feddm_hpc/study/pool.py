@@ -39,24 +39,55 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
+RSS_MODULE = "feddm_hpc.scaling.rss"   # wraps each rank of a training step (measure_rss)
+
+
 def default_jobs(spec: Spec) -> int:
-    return max(1, cores() // (spec.ranks * (spec.threads or 1)))
+    """The spec's `jobs`, else as many of its smallest runs as the cores hold."""
+    return spec.jobs or max(1, cores() // min(c.cores for c in spec.cells))
 
 
-def local_launcher(ranks: int) -> List[str]:
+def _rss(rss_dir: Optional[Path]) -> List[str]:
+    return [sys.executable, "-m", RSS_MODULE, str(rss_dir), "--"] if rss_dir else []
+
+
+def local_launcher(ranks: int, rss_dir: Optional[Path] = None) -> List[str]:
+    """The command before `train ...`: python (1 rank) or mpiexec; each rank under the RSS
+    wrapper when rss_dir is given."""
     if ranks == 1:
-        return [sys.executable, "-m", "feddm_hpc"]
+        return [*_rss(rss_dir), sys.executable, "-m", "feddm_hpc"]
     mpiexec = Path(sys.executable).parent / "mpiexec"
     found = str(mpiexec) if mpiexec.exists() else shutil.which("mpiexec")
     if found is None:
         raise UserError("ranks > 1 needs mpiexec (next to the Python interpreter or on PATH): "
                         "pip install mpich, or run with --slurm")
-    return [found, "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m", "feddm_hpc"]
+    return [found, "-n", str(ranks), *_rss(rss_dir), sys.executable, "-m", "mpi4py", "-m",
+            "feddm_hpc"]
 
 
-def srun_launcher() -> List[str]:
-    return ["srun", f"--mpi={os.environ.get('SRUN_MPI', 'pmi2')}", sys.executable, "-m", "mpi4py",
-            "-m", "feddm_hpc"]
+def srun_launcher(rss_dir: Optional[Path] = None) -> List[str]:
+    return ["srun", f"--mpi={os.environ.get('SRUN_MPI', 'pmi2')}", *_rss(rss_dir), sys.executable,
+            "-m", "mpi4py", "-m", "feddm_hpc"]
+
+
+class Cores:
+    """The pool's core budget: a run takes its ranks x threads; it starts while they fit, or
+    when nothing else runs (a run larger than the machine runs alone)."""
+
+    def __init__(self, total: int):
+        self.total, self.used = total, 0
+        self._cv = threading.Condition()
+
+    def take(self, n: int, stopping: threading.Event) -> None:
+        with self._cv:
+            while self.used and self.used + n > self.total and not stopping.is_set():
+                self._cv.wait(0.2)
+            self.used += n
+
+    def give(self, n: int) -> None:
+        with self._cv:
+            self.used -= n
+            self._cv.notify_all()
 
 
 def _tail(path: Path) -> str:
@@ -71,8 +102,11 @@ def _tail(path: Path) -> str:
 class Runner:
     """Steps as subprocesses; stop() passes SIGUSR1 to every running one."""
 
-    def __init__(self, spec: Spec, out: Path, launcher: List[str], echo: Callable = log):
-        self.spec, self.out, self.launcher, self.echo = spec, Path(out), launcher, echo
+    def __init__(self, spec: Spec, out: Path, launcher: Optional[List[str]] = None,
+                 srun: bool = False, echo: Callable = log):
+        """launcher: one fixed command before `train ...` for every step (tests); else each
+        run's own: srun (a Slurm task) or local_launcher(its cell's ranks)."""
+        self.spec, self.out, self.fixed, self.srun, self.echo = spec, Path(out), launcher, srun, echo
         self.stopping = threading.Event()
         self._procs: set = set()
         self._lock = threading.Lock()
@@ -86,14 +120,20 @@ class Runner:
                 except ProcessLookupError:
                     pass
 
-    def step(self, args: List[str], log_path: Path) -> int:
+    def launcher(self, plan: R.RunPlan, train: bool) -> List[str]:
+        if self.fixed is not None:
+            return self.fixed
+        rss = plan.run_dir / "rss" if train and self.spec.measure_rss else None
+        return srun_launcher(rss) if self.srun else local_launcher(self.spec.cell(plan.cell).ranks, rss)
+
+    def step(self, args: List[str], log_path: Path, launcher: List[str]) -> int:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a") as out, self._lock:
             if self.stopping.is_set():
                 return EXIT_STOPPED
             out.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} feddm-hpc {' '.join(args)}\n")
             out.flush()
-            proc = subprocess.Popen(self.launcher + args, stdout=out, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(launcher + args, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
             self._procs.add(proc)
         try:
@@ -133,7 +173,7 @@ class Runner:
             else:
                 self.echo(f"{plan.name}: resuming after round {st.rounds_done} of {st.rounds}")
                 args = R.resume_args(plan)
-            code = self.step(args, Path(f"{logs}.train.log"))
+            code = self.step(args, Path(f"{logs}.train.log"), self.launcher(plan, True))
             if code == EXIT_STOPPED or self.stopping.is_set():
                 self.echo(f"{plan.name}: stopped (rerun the study to go on)")
                 return "stopped"
@@ -149,7 +189,8 @@ class Runner:
             if not R.checkpoint_path(plan.run_dir, r).is_file():
                 self.echo(f"{plan.name}: FAILED: no checkpoint of round {r + 1} to evaluate")
                 return "failed"
-            code = self.step(R.evaluate_args(self.spec, plan, r), Path(f"{logs}.eval.log"))
+            code = self.step(R.evaluate_args(self.spec, plan, r), Path(f"{logs}.eval.log"),
+                             self.launcher(plan, False))
             if self.stopping.is_set():
                 self.echo(f"{plan.name}: stopped during the evaluations (rerun the study to go on)")
                 return "stopped"
@@ -186,16 +227,31 @@ def _with_stop_signals(runner: Runner, body: Callable[[], None]) -> None:
             signal.signal(s, h)
 
 
+def _shape(spec: Spec) -> str:
+    shapes = {(c.ranks, c.threads) for c in spec.cells}
+    if len(shapes) > 1:
+        return "ranks and threads per cell"
+    ranks, threads = shapes.pop()
+    return f"{ranks} rank(s) x {threads or 'auto'} thread(s) each"
+
+
 def run_pool(spec: Spec, out: Path, jobs: int, launcher: Optional[List[str]] = None) -> int:
-    """Every run of the spec, `jobs` at once; exit 0 all done, 1 some failed, 3 stopped.
-    `launcher`: the command before `train ...` (default local_launcher(spec.ranks))."""
+    """Every run of the spec, at most `jobs` at once and within the cores (Cores: the machine's,
+    or jobs x the smallest run's if more); exit 0 all done, 1 some failed, 3 stopped.
+    `launcher`: one command before `train ...` for every step (default: each run's own)."""
     plans = R.plan_runs(spec, out)
+    if launcher is None:   # fail before the first run if mpiexec is missing
+        for ranks in {c.ranks for c in spec.cells}:
+            local_launcher(ranks)
     states = _check_configs(spec, plans)
     counts = {k: sum(s.state == k for s in states) for k in ("done", "evaluate", "resume", "train")}
     log(f"study {spec.name}: {len(plans)} run(s) in {out / 'runs'} ({counts['done']} complete, "
         f"{counts['evaluate']} to evaluate, {counts['resume']} to resume, {counts['train']} to "
-        f"train); {jobs} at once, {spec.ranks} rank(s) x {spec.threads or 'auto'} thread(s) each")
-    runner = Runner(spec, out, launcher or local_launcher(spec.ranks))
+        f"train); {jobs} at once, {_shape(spec)}")
+    for why in spec.skipped:
+        log(f"grid combination skipped: {why}")
+    runner = Runner(spec, out, launcher)
+    budget = Cores(max(cores(), jobs * min(c.cores for c in spec.cells)))
     todo: queue.Queue = queue.Queue()
     for p in plans:
         todo.put(p)
@@ -207,11 +263,15 @@ def run_pool(spec: Spec, out: Path, jobs: int, launcher: Optional[List[str]] = N
                 plan = todo.get_nowait()
             except queue.Empty:
                 return
+            need = spec.cell(plan.cell).cores
+            budget.take(need, runner.stopping)
             try:
                 outcomes[plan.name] = runner.advance(plan)
             except Exception as exc:   # one run's surprise must not end the others
                 log(f"{plan.name}: FAILED: {type(exc).__name__}: {exc}")
                 outcomes[plan.name] = "failed"
+            finally:
+                budget.give(need)
 
     def body():
         threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(1, jobs))]
@@ -237,8 +297,7 @@ def run_task(spec: Spec, out: Path, index: int) -> int:
     plans = R.plan_runs(spec, out)
     if not 0 <= index < len(plans):
         raise UserError(f"--task {index}: the study has runs 0..{len(plans) - 1}")
-    runner = Runner(spec, out, srun_launcher() if os.environ.get("SLURM_JOB_ID")
-                    else local_launcher(spec.ranks))
+    runner = Runner(spec, out, srun=bool(os.environ.get("SLURM_JOB_ID")))
     result = {}
     _with_stop_signals(runner, lambda: result.setdefault("o", runner.advance(plans[index], own=True)))
     return {"done": 0, "skipped": 0, "stopped": EXIT_STOPPED, "busy": EXIT_STOPPED,

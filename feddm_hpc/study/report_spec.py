@@ -35,20 +35,30 @@ against the round or the cumulative uplink bytes (x: round | uplink_bytes); a sc
 one point per run; a pareto plot (kind: pareto, x: a run value, y: fd, panels) one point per cell
 (seed means, min..max bars) and the cells' Pareto front, also listed in a note and summary.json.
 Unstyled series take tab10 colours in the order of `series`.
+
+    report:                                  # or the scaling measurements (feddm_hpc/study/
+      kind: scaling                          # scaling.py): scaling.csv, table.md and the plots
+      title: Scaling on 2 cores              # strong/weak scaling, phases, bytes; no evaluation
+      warmup_rounds: 1                       # first rounds left out of the per-round means
+      network: {uplink_mbps: {median: 10, sigma: 0.5}, ...}   # scaling/network.py's model
+
+A curve's x may also be `train_cpu_s`: the run's cumulative training CPU seconds (phases.train_cpu).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 from feddm_hpc.config.choices import require
 from feddm_hpc.study import fields as f
 from feddm_hpc.study.tables import COLUMNS, DEFAULT_COLUMNS, RUN_VALUES
 
-REPORT_KEYS = ("title", "text", "tables", "notes", "paired", "series", "plots_text", "link_plots",
-               "plots")
+REPORT_KEYS = ("kind", "title", "text", "tables", "notes", "paired", "series", "plots_text",
+               "link_plots", "plots")
+SCALING_KEYS = ("kind", "title", "text", "warmup_rounds", "network")
+KINDS = ("fd", "scaling")
 AUTO_NOTES = ("comparability", "final_eval", "seed_counts")
-CURVE_X = ("round", "uplink_bytes")
+CURVE_X = ("round", "uplink_bytes", "train_cpu_s")
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,9 @@ class Report:
     plots_text: Optional[str]
     link_plots: bool
     plots: Tuple[Plot, ...]
+    kind: str = "fd"
+    warmup_rounds: int = 0          # kind scaling: rounds left out of the per-round means
+    network: Any = None             # kind scaling: scaling.network.NetworkConfig
 
 
 def _cell(value, where: str, cells: Sequence[str]) -> str:
@@ -242,8 +255,22 @@ def _plot(value, where: str, cells: Sequence[str]) -> Plot:
                                        for t, c in panels.items()))
 
 
+def _scaling(data: dict) -> Report:
+    from feddm_hpc.scaling.network import parse_network
+
+    f.check_keys(data, SCALING_KEYS, "report")
+    text = {k: None if data.get(k) is None else f.string(data[k], f"report.{k}")
+            for k in ("title", "text")}
+    return Report(title=text["title"], text=text["text"], tables=(), notes=(), paired=None,
+                  series=(), plots_text=None, link_plots=True, plots=(), kind="scaling",
+                  warmup_rounds=f.integer(data.get("warmup_rounds", 0), "report.warmup_rounds", 0),
+                  network=parse_network(data.get("network"), "report.network"))
+
+
 def parse_report(value, cells: Sequence[str]) -> Report:
     data = f.mapping(value, "report")
+    if f.string(data.get("kind", "fd"), "report.kind", KINDS) == "scaling":
+        return _scaling(data)
     f.check_keys(data, REPORT_KEYS, "report")
     tables = data.get("tables", [{}])
     require(isinstance(tables, list) and tables, "report.tables: expected a non-empty list")

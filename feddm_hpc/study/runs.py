@@ -13,9 +13,9 @@ the Slurm array's task numbers. A run directory is in one of these states:
             with other settings: `evaluate` those checkpoints
   done      every wanted evaluation is there: skipped
 
-Wanted evaluations: the final round (evaluate.at: final) or every round the config keeps a
-checkpoint of (at: all: the rounds r with (r + 1) % checkpoint.every == 0 and the last one, the
-last checkpoint.keep_last of them). A run being worked on holds RUN_DIR/.running (host, pid).
+Wanted evaluations: the final round (evaluate.at: final), none (at: none: a run is done once
+trained), or every round the config keeps a checkpoint of (at: all: the rounds r with
+(r + 1) % checkpoint.every == 0 and the last one, the last checkpoint.keep_last of them). A run being worked on holds RUN_DIR/.running (host, pid).
 """
 from __future__ import annotations
 
@@ -143,7 +143,8 @@ def inspect_run(spec: Spec, plan: RunPlan) -> RunState:
     ckpts = sorted(int(p.stem.split("-")[1]) for p in (d / "checkpoints").glob("round-*.h5"))
     final = rounds - 1
     trained = final in ckpts or (not ckpts and final in done)
-    wanted = (final,) if spec.evaluate.at == "final" else tuple(kept_rounds(config))
+    at = spec.evaluate.at
+    wanted = (final,) if at == "final" else () if at == "none" else tuple(kept_rounds(config))
     missing = tuple(r for r in wanted if not evaluated(spec, d, r))
     state = ("evaluate" if missing else "done") if trained else ("resume" if ckpts else "train")
     return RunState(plan, state, rounds, len(done), wanted, missing, running=running)
@@ -192,5 +193,6 @@ def resume_args(plan: RunPlan) -> List[str]:
 
 
 def evaluate_args(spec: Spec, plan: RunPlan, r: int) -> List[str]:
-    threads = ["--set", f"system.threads={spec.threads}"] if spec.threads else []
+    cell = spec.cell(plan.cell)
+    threads = ["--set", f"system.threads={cell.threads}"] if cell.threads else []
     return ["evaluate", str(checkpoint_path(plan.run_dir, r)), *spec.evaluate.flags(), *threads]

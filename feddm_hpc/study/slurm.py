@@ -1,4 +1,5 @@
-"""`feddm-hpc study SPEC --slurm`: one Slurm job array, one task per run not yet complete.
+"""`feddm-hpc study SPEC --slurm`: one Slurm job array, one task per run not yet complete (one
+array per (ranks, threads) of the cells: an array has one task size).
 
 Task i runs jobs/slurm/study.sbatch, which runs `feddm-hpc study SPEC --out OUT --task i`: the
 same train / resume / evaluate decisions as the local pool, its steps under `srun` on the
@@ -38,11 +39,11 @@ def array_ranges(indices: List[int]) -> str:
     return ",".join(parts)
 
 
-def sbatch_command(spec: Spec, out: Path, indices: List[int]) -> tuple:
+def sbatch_command(spec: Spec, out: Path, indices: List[int], ranks: int, threads) -> tuple:
     folder = out / "slurm"
     limit = f"%{spec.slurm.max_parallel}" if spec.slurm.max_parallel else ""
-    cmd = ["sbatch", f"--array={array_ranges(indices)}{limit}", f"--ntasks={spec.ranks}",
-           f"--cpus-per-task={spec.threads or 1}", f"--job-name=study-{spec.name}",
+    cmd = ["sbatch", f"--array={array_ranges(indices)}{limit}", f"--ntasks={ranks}",
+           f"--cpus-per-task={threads or 1}", f"--job-name=study-{spec.name}",
            f"--output={folder.resolve() / 'task-%a.out'}", *spec.slurm.sbatch_args, str(STUDY_SBATCH)]
     env = {"SPEC": str(spec.path.resolve()), "OUT": str(out.resolve()),
            "PYTHON": spec.slurm.python or sys.executable}
@@ -62,22 +63,29 @@ def submit(spec: Spec, out: Path, echo=print) -> int:
     if not todo:
         echo(f"study {spec.name}: nothing to submit ({len(states)} run(s) complete or running)")
         return 0
-    cmd, env = sbatch_command(spec, out, todo)
+    shapes: dict = {}
+    for s in states:
+        if s.plan.index in todo:
+            cell = spec.cell(s.plan.cell)
+            shapes.setdefault((cell.ranks, cell.threads), []).append(s.plan.index)
+    commands = [sbatch_command(spec, out, idx, r, t) for (r, t), idx in shapes.items()]
     folder = out / "slurm"
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "submit.sh"
     lines = ["#!/bin/bash", f"# feddm-hpc study {spec.path} --slurm: array task i = run i:"]
     lines += [f"#   {s.plan.index}: {s.plan.name} ({s.state})" for s in states if s.plan.index in todo]
-    lines += ["set -eu", " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-              + " " + shlex.join(cmd)]
+    lines += ["set -eu"] + [" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " "
+                            + shlex.join(cmd) for cmd, env in commands]
     script.write_text("\n".join(lines) + "\n")
     script.chmod(0o755)
     if shutil.which("sbatch") is None:
         raise UserError(f"sbatch: not found on PATH; submit {script} on a Slurm login node")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
-    if proc.returncode != 0:
-        raise UserError(f"sbatch failed: {(proc.stderr or proc.stdout).strip()}")
-    job = proc.stdout.strip().split()[-1] if proc.stdout.strip() else "?"
-    echo(f"submitted job array {job}: {len(todo)} run(s) of study {spec.name} "
-         f"(logs {folder}/task-<i>.out; progress: feddm-hpc study {spec.path} --status --out {out})")
+    for (ranks, threads), (cmd, env) in zip(shapes, commands):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+        if proc.returncode != 0:
+            raise UserError(f"sbatch failed: {(proc.stderr or proc.stdout).strip()}")
+        job = proc.stdout.strip().split()[-1] if proc.stdout.strip() else "?"
+        echo(f"submitted job array {job}: {len(shapes[(ranks, threads)])} run(s) of study "
+             f"{spec.name} at {ranks} rank(s) x {threads or 1} thread(s)")
+    echo(f"logs {folder}/task-<i>.out; progress: feddm-hpc study {spec.path} --status --out {out}")
     return 0

@@ -37,6 +37,7 @@ def status_text(spec: Spec, out: Path) -> str:
              f"{total['done']} complete, {total['running']} running, "
              f"{total['runs'] - total['done'] - total['running']} to do", "",
              line(header), *(line(r) for r in table)]
+    lines += [f"grid combination skipped: {why}" for why in spec.skipped]
     for s in states:
         if s.running is not None and s.state != "done":
             lines.append(f"running: {s.plan.name} (round {s.rounds_done} of {s.rounds}; pid "

@@ -102,20 +102,35 @@ def describe_setting(run: Run) -> str:
     return text
 
 
-def curve(runs: List[Run], y: str = "fd") -> List[dict]:
-    """Per evaluated round: `y` mean/min/max over the seeds evaluated there, mean cum. uplink."""
+def cum_train_cpu(run: Run) -> List[float]:
+    """Cumulative training CPU seconds (phases.train_cpu) after each metrics line."""
+    out, total = [], 0.0
+    for rec in run.metrics:
+        total += float((rec.get("phases") or {}).get("train_cpu") or 0.0)
+        out.append(total)
+    return out
+
+
+def curve(runs: List[Run], y: str = "fd", cpu_s: bool = False) -> List[dict]:
+    """Per evaluated round: `y` mean/min/max over the seeds evaluated there, the mean cumulative
+    uplink bytes there, and with cpu_s the mean cumulative training CPU seconds (train_cpu_s;
+    off by default, so the committed summary.json files keep their keys)."""
     by_round: Dict[int, list] = {}
     for run in runs:
-        cum = dict(zip((rec.get("round") for rec in run.metrics), run.cum_uplink()))
+        rounds = [rec.get("round") for rec in run.metrics]
+        cum, cpu = dict(zip(rounds, run.cum_uplink())), dict(zip(rounds, cum_train_cpu(run)))
         for k, e in run.evals.items():
             if e.get(y) is not None:
-                by_round.setdefault(k, []).append((e[y], cum.get(k)))
+                by_round.setdefault(k, []).append((e[y], cum.get(k), cpu.get(k)))
     out = []
     for k in sorted(by_round):
-        ys = [v for v, _ in by_round[k]]
-        ups = [u for _, u in by_round[k] if u is not None]
+        ys = [v for v, _, _ in by_round[k]]
+        ups = [u for _, u, _ in by_round[k] if u is not None]
+        cpus = [c for _, _, c in by_round[k] if c]
         out.append({"round": k, "n": len(ys), f"{y}_mean": sum(ys) / len(ys), f"{y}_min": min(ys),
                     f"{y}_max": max(ys), "uplink_bytes": sum(ups) / len(ups) if ups else None})
+        if cpu_s:
+            out[-1]["train_cpu_s"] = sum(cpus) / len(cpus) if cpus else None
     return out
 
 

@@ -168,3 +168,23 @@ def test_committed_studies_regenerate_identically(tmp_path, spec_path, results):
             for r in c["runs"]:
                 r.pop("path")
     assert new == old
+
+
+def test_curves_against_training_cpu_seconds(tmp_path):
+    """x: train_cpu_s (the recipe study's plot): the cumulative phases.train_cpu at each
+    evaluated round."""
+    from feddm_hpc.evaluation.report import load_run
+    from feddm_hpc.study.values import curve
+
+    spec = load(write_spec(tmp_path, "seeds: [0]\nset: {federation.rounds: 2}\ncells: {a: {}}\n"
+                                     "evaluate: {at: all, num_samples: 64}\nreport: {plots: [{file: cpu.png, "
+                                     "x: train_cpu_s, panels: {all: [a]}}]}\n"))
+    out = tmp_path / "out"
+    d = make_run(spec, out, "a", 0, ckpts=[0, 1], evals={0: 9.0, 1: 5.0})
+    lines = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+    (d / "metrics.jsonl").write_text("".join(json.dumps({**x, "phases": {"train_cpu": 3.0}}) + "\n"
+                                             for x in lines))
+    pts = curve([load_run(d)], "fd", cpu_s=True)
+    assert [(p["train_cpu_s"], p["fd_mean"]) for p in pts] == [(3.0, 9.0), (6.0, 5.0)]
+    assert "train_cpu_s" not in curve([load_run(d)])[0]   # summary.json's curves keep their keys
+    assert collect(spec, out) == 0 and (out / "cpu.png").stat().st_size > 1000
