@@ -170,7 +170,9 @@ class FlatParameters:
         return cls(model, params, buffer)
 
     def _current_pointers(self):
-        return tuple(p.data_ptr() for p in self.model.parameters())
+        # The parameter objects bound (the trainer's optimizer holds the same ones): walking
+        # model.parameters() each time would cost a 1-step client ~0.2 ms.
+        return tuple(p.data_ptr() for p in self.params)
 
     def intact(self) -> bool:
         """Whether the model's parameters are still this buffer's views."""
