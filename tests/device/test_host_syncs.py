@@ -17,7 +17,7 @@ from feddm_hpc.diffusion.schedule import make_schedule, randn
 from feddm_hpc.diffusion.unet import build_unet
 from feddm_hpc.federation import client
 from feddm_hpc.federation.client import LocalTrainer
-from feddm_hpc.params import flatten
+from feddm_hpc.params import FlatParameters, flatten
 
 pytestmark = pytest.mark.device
 
@@ -96,7 +96,8 @@ def _meta_copies(monkeypatch, optimizer: str, steps: int):
     def loss_fn(model, x0, schedule, generator):   # no draws: a generator cannot live on meta
         return model(x0, torch.zeros(x0.shape[0], dtype=torch.int64, device=x0.device)).pow(2).mean()
 
-    monkeypatch.setattr(client, "flatten_into", lambda model, out: out)   # meta has no values
+    # meta has no values to read back (the trained vector leaves the flat buffer in one copy)
+    monkeypatch.setattr(FlatParameters, "read_into", lambda self, out: out)
     monkeypatch.setattr(generators, "make_generator", lambda device, seed: torch.Generator())
     cfg = ClientConfig(local_steps=steps, batch_size=8, optimizer=optimizer, lr=1e-3, grad_clip=1.0)
     trainer = LocalTrainer(model.to("meta"), make_schedule("linear", 10), cfg, images, "meta",
@@ -112,9 +113,9 @@ def test_local_training_copies_to_the_device_once_per_client(monkeypatch, optimi
     short, long_ = _meta_copies(monkeypatch, optimizer, 2), _meta_copies(monkeypatch, optimizer, 6)
     assert short == long_
     transfers, device_reads, mixed = long_
-    n_params = len(list(_tiny_unet().parameters()))
-    # the global vector (tensor by tensor: meta is not CUDA) and the batch plan, nothing per step
-    assert len(transfers) == n_params + 1
+    # the global vector (one copy into the model's flat parameter buffer, params.FlatParameters)
+    # and the batch plan, nothing per step
+    assert len(transfers) == 2
     assert device_reads == ["meta"] and mixed == []     # the loss, once
 
 
