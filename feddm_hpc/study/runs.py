@@ -5,7 +5,8 @@ Run i of a spec is cell c with seed s, in OUT/runs/<c>/seed<s>; runs are numbere
 the Slurm array's task numbers. A run directory is in one of these states:
 
   differs   its config.yaml differs from the spec's config for it in a key it records (keys it
-            lacks are newer fields, skipped; so are system.threads and system.progress)
+            lacks are newer fields, skipped; so are system.threads, system.progress and the
+            evaluation extractor's settings, EVALUATION_ONLY_KEYS)
   train     no checkpoint yet: `train` (again)
   resume    checkpoints, not the final round: `resume`
   evaluate  the final round is trained (its checkpoint exists, or a copy without checkpoints has
@@ -89,6 +90,12 @@ def _flat(tree, prefix="") -> dict:
     return out
 
 
+# Keys that do not change what a run trains: the feature extractor of evaluations during
+# training. The study checks each evaluation JSON's own settings (`evaluated`), so a run trained
+# under an older default (extractor_epochs 2 before null meant "the extractor's own") stays done.
+EVALUATION_ONLY_KEYS = ("evaluation.extractor_epochs", "evaluation.extractor_max_train")
+
+
 def config_difference(expected_tree: dict, stored_text: str) -> Optional[str]:
     """The first key the stored config records with another value than the spec's, or None."""
     try:
@@ -97,7 +104,9 @@ def config_difference(expected_tree: dict, stored_text: str) -> Optional[str]:
         return "config.yaml is not a YAML mapping"
     want = _flat(expected_tree)
     for key, value in stored.items():
-        if key not in RUNTIME_KEYS and key in want and want[key] != value:
+        if key in RUNTIME_KEYS or key in EVALUATION_ONLY_KEYS:
+            continue
+        if key in want and want[key] != value:
             return f"{key} is {value!r} there, {want[key]!r} in the spec"
     return None
 

@@ -57,6 +57,12 @@ def test_config_differs_but_not_in_fields_the_run_predates(spec, tmp_path):
     threads = older.replace("threads: 0", "threads: 7")   # a runtime setting: not compared
     make_run(spec, out, "base", 0, evals={1: 5.0}, config_text=threads)
     assert _state(spec, out).state == "done"
+    # Trained when extractor_epochs defaulted to 2 (now null: the extractor's own): the extractor
+    # of evaluations does not change what was trained, and each evaluation JSON is checked alone.
+    assert "extractor_epochs: null" in text
+    earlier = text.replace("extractor_epochs: null", "extractor_epochs: 2")
+    make_run(spec, out, "base", 0, evals={1: 5.0}, config_text=earlier)
+    assert _state(spec, out).state == "done"
 
 
 def test_kept_rounds_follow_the_checkpoint_settings(tmp_path):
