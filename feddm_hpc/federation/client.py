@@ -2,9 +2,9 @@
 
 A rank holds one model instance however many clients it hosts: each client starts by loading the
 global vector into it and an optimizer in a new one's state (clients are stateless across rounds,
-as in FedAvg). What a client costs besides its steps is kept to copies: the parameters are views
-of one flat buffer (one copy in, none out on the CPU), the optimizer is reset rather than rebuilt,
-and only the generator that dropout draws from is reseeded. The steps themselves are the one
+as in FedAvg). What a client costs besides its steps is kept to copies: the vector goes in and
+out of the parameters in one call each (params.ParamViews), the optimizer is reset rather than
+rebuilt, and only the generator that dropout draws from is reseeded. The steps themselves are the one
 local loop (local_steps.py), which a group of clients (client_groups.py) runs too.
 
 On a GPU no step waits for the host: all of a client's batch indices are drawn before its first
@@ -26,7 +26,7 @@ from feddm_hpc.diffusion.loss import training_loss  # the default loss_fn (L_sim
 from feddm_hpc.federation.local_steps import run_local_steps
 from feddm_hpc.federation.precision import forward_precision
 from feddm_hpc.lr_schedule import round_lr
-from feddm_hpc.params import FlatParameters, flatten_into, unflatten_into
+from feddm_hpc.params import ParamViews, flatten_into, unflatten_into
 
 
 @dataclass(frozen=True)
@@ -149,39 +149,30 @@ class LocalTrainer:
         self.precision = precision    # the forward's autocast (federation/precision.py)
         self.images = images          # uint8 [N,C,H,W] on `device`; batches converted by select_batch
         self.device, self.seed = device, seed
-        # One copy each way between the vectors and the model (params.FlatParameters); None for a
-        # model it cannot serve, which then copies tensor by tensor.
-        self.flat = FlatParameters.bind(model)
+        # One copy call each way between the vectors and the model (params.ParamViews); None for
+        # a model it cannot serve, which then copies tensor by tensor.
+        self.views = ParamViews.bind(model)
         self.params = [p for p in model.parameters()]
         self.local_vector = np.empty(sum(p.numel() for p in self.params), dtype=np.float32)
         self._optimizer = None    # one per rank, reset per client (reset_optimizer)
 
     def load(self, vector) -> None:
         """The vector into the model's parameters: a float32 numpy vector, or pieces of one
-        (shared_space.StartPieces: written into their slices of the model's buffer, so partial
-        sharing's start costs one full-model copy, as a full vector's does)."""
+        (shared_space.StartPieces: each piece copied into its parameters, so partial sharing's
+        start costs one full-model copy, as a full vector's does)."""
         if isinstance(vector, np.ndarray):
-            if self.flat is None:
+            if self.views is None:
                 unflatten_into(vector, self.model)
             else:
-                self.flat.load(vector)
-        elif self.flat is not None and self.flat.intact():
-            vector.write_into(self.flat.buffer)
+                self.views.load(vector)
+        elif self.views is not None and self.views.intact():
+            vector.write_into(self.views)
         else:
-            full = np.empty(vector.size, dtype=np.float32)
-            vector.write_into(full)
-            unflatten_into(full, self.model)
-
-    def local(self) -> np.ndarray:
-        """The model's parameters as a float32 vector, valid until the trainer next trains: on
-        the CPU the flat buffer itself (no copy), else a copy into the trainer's local vector."""
-        if self.flat is not None and self.flat.buffer.device.type == "cpu" and self.flat.intact():
-            return self.flat.buffer.numpy()
-        return self.read_into(self.local_vector)
+            unflatten_into(vector.compose(), self.model)
 
     def read_into(self, out: np.ndarray) -> np.ndarray:
         """The model's parameters into the vector `out`."""
-        return flatten_into(self.model, out) if self.flat is None else self.flat.read_into(out)
+        return flatten_into(self.model, out) if self.views is None else self.views.read_into(out)
 
     def fresh_optimizer(self, lr: float):
         """The rank's optimizer over the model's parameters, in the state a new one has."""
@@ -233,5 +224,6 @@ class LocalTrainer:
             self.model.train()        # setting it costs a walk over every module (~0.25 ms)
         rows = ModelRow(self, plan, noise_gen, poison)
         totals = run_local_steps(rows, optimizer, terms, self.cfg.grad_clip, [steps], self.device)
+        self.read_into(self.local_vector)
         result = LocalResult(client_id, int(indices.size), float(totals[0].item()) / steps, steps)
-        return self.local(), result
+        return self.local_vector, result

@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
-import torch
 
 from feddm_hpc.diffusion import parts as unet_parts
 from feddm_hpc.params import ParamSpec
@@ -44,12 +43,17 @@ class SharedSpace:
         self.parts = unet_parts.resolve(shared_parts)
         self.identity = set(self.parts) == set(unet_parts.PARTS)
         if self.identity:
+            mask = [True] * len(spec.entries)
             self.shared_runs = [(0, spec.total)]
             self.private_runs: List[Tuple[int, int]] = []
         else:
             mask = unet_parts.shared_mask([e.name for e in spec.entries], self.parts)
             self.shared_runs = _runs(mask, spec, True)
             self.private_runs = _runs(mask, spec, False)
+        # Which parameters (in model order) are shared and private: a start in pieces is copied
+        # into them directly (StartPieces.write_into).
+        self.shared_index = [i for i, m in enumerate(mask) if m]
+        self.private_index = [i for i, m in enumerate(mask) if not m]
         self.size = sum(b - a for a, b in self.shared_runs)
         self.private_size = self.total - self.size
 
@@ -87,31 +91,34 @@ def _gather(full, runs, out) -> None:
         pos += b - a
 
 
-def _scatter(values, runs, full, as_tensor: bool = False) -> None:
+def _scatter(values, runs, full) -> None:
     pos = 0
     for a, b in runs:
-        if as_tensor:    # a torch vector, maybe on a GPU: one copy of the run, host to device
-            full[a:b].copy_(torch.from_numpy(values[pos:pos + b - a]))
-        else:
-            full[a:b] = values[pos:pos + b - a]
+        full[a:b] = values[pos:pos + b - a]
         pos += b - a
 
 
 class StartPieces:
     """A client's full starting vector given as its pieces (the global shared values, its own
-    private ones), never composed on the host: the trainer writes each piece straight into its
-    slices of the model (LocalTrainer.load), so partial sharing loads the model with one
-    full-model copy, as full sharing does."""
+    private ones), never composed on the host: the trainer copies each piece straight into its
+    parameters (LocalTrainer.load with params.ParamViews), so partial sharing loads the model
+    with one full-model copy, as full sharing does."""
 
     def __init__(self, space: SharedSpace, shared: np.ndarray, private: np.ndarray):
         self.space, self.shared, self.private = space, shared, private
         self.size = space.total
 
-    def write_into(self, full) -> None:
-        """The pieces into their slices of `full` (a float32 torch tensor or numpy vector)."""
-        for runs, values in ((self.space.shared_runs, self.shared),
-                             (self.space.private_runs, self.private)):
-            _scatter(values, runs, full, as_tensor=not isinstance(full, np.ndarray))
+    def write_into(self, views) -> None:
+        """The pieces into the model's parameters (a params.ParamViews)."""
+        views.load_subset(self.space.shared_index, self.shared)
+        views.load_subset(self.space.private_index, self.private)
+
+    def compose(self) -> np.ndarray:
+        """The full vector on the host (for a model ParamViews cannot serve)."""
+        full = np.empty(self.space.total, dtype=np.float32)
+        self.space.put(self.shared, full)
+        self.space.put_private(self.private, full)
+        return full
 
 
 class PrivateParts:

@@ -17,7 +17,7 @@ from feddm_hpc.diffusion.schedule import make_schedule, randn
 from feddm_hpc.diffusion.unet import build_unet
 from feddm_hpc.federation import client
 from feddm_hpc.federation.client import LocalTrainer
-from feddm_hpc.params import FlatParameters, flatten
+from feddm_hpc.params import ParamViews, flatten
 
 pytestmark = pytest.mark.device
 
@@ -96,8 +96,8 @@ def _meta_copies(monkeypatch, optimizer: str, steps: int):
     def loss_fn(model, x0, schedule, generator):   # no draws: a generator cannot live on meta
         return model(x0, torch.zeros(x0.shape[0], dtype=torch.int64, device=x0.device)).pow(2).mean()
 
-    # meta has no values to read back (the trained vector leaves the flat buffer in one copy)
-    monkeypatch.setattr(FlatParameters, "read_into", lambda self, out: out)
+    # meta has no values to read back (the trained vector leaves the parameters in one cat)
+    monkeypatch.setattr(ParamViews, "read_into", lambda self, out: out)
     monkeypatch.setattr(generators, "make_generator", lambda device, seed: torch.Generator())
     cfg = ClientConfig(local_steps=steps, batch_size=8, optimizer=optimizer, lr=1e-3, grad_clip=1.0)
     trainer = LocalTrainer(model.to("meta"), make_schedule("linear", 10), cfg, images, "meta",
@@ -113,8 +113,8 @@ def test_local_training_copies_to_the_device_once_per_client(monkeypatch, optimi
     short, long_ = _meta_copies(monkeypatch, optimizer, 2), _meta_copies(monkeypatch, optimizer, 6)
     assert short == long_
     transfers, device_reads, mixed = long_
-    # the global vector (one copy into the model's flat parameter buffer, params.FlatParameters)
-    # and the batch plan, nothing per step
+    # the global vector (one copy to the device, then split into the parameters there:
+    # params.ParamViews) and the batch plan, nothing per step
     assert len(transfers) == 2
     assert device_reads == ["meta"] and mixed == []     # the loss, once
 

@@ -1,5 +1,5 @@
-"""What a client's fixed cost was cut to (issue 23 item 5) changes no float: the flat parameter
-buffer, the reset optimizer, partial sharing's start written in pieces."""
+"""What a client's fixed cost was cut to (issue 23 item 5) changes no float: the parameter views
+that copy whole vectors, the reset optimizer, partial sharing's start written in pieces."""
 import numpy as np
 import pytest
 import torch
@@ -9,7 +9,7 @@ from feddm_hpc.diffusion.schedule import make_schedule
 from feddm_hpc.diffusion.unet import build_unet
 from feddm_hpc.federation.client import LocalTrainer, make_optimizer, reset_optimizer
 from feddm_hpc.federation.shared_space import PrivateParts, SharedSpace
-from feddm_hpc.params import FlatParameters, ParamSpec, flatten, unflatten_into
+from feddm_hpc.params import ParamSpec, ParamViews, flatten, unflatten_into
 
 
 def small_unet(seed=0, dropout=0.0):
@@ -18,43 +18,49 @@ def small_unet(seed=0, dropout=0.0):
                                   attention_resolutions=(4,), dropout=dropout), 1, 8)
 
 
-def test_flat_parameters_alias_one_buffer_and_keep_the_values():
+def test_param_views_copy_whole_vectors_in_and_out():
     model = small_unet()
     before = flatten(model)
-    flat = FlatParameters.bind(model)
-    assert flat is not None and np.array_equal(flatten(model), before)
-    assert np.array_equal(flat.buffer.numpy(), before)
-    with torch.no_grad():                       # the model's parameters are the buffer's views
-        next(model.parameters()).add_(1.0)
-    assert flat.buffer[0].item() == pytest.approx(before[0] + 1.0)
+    views = ParamViews.bind(model)
+    assert views is not None and views.total == before.size
+    assert np.array_equal(views.read_into(np.empty_like(before)), before)
     vector = np.random.default_rng(0).standard_normal(before.size).astype(np.float32)
-    flat.load(vector)
+    storage = [p.data_ptr() for p in model.parameters()]
+    views.load(vector)
     assert np.array_equal(flatten(model), vector)
-    out = flat.read_into(np.empty_like(vector))
-    assert np.array_equal(out, vector)
+    assert [p.data_ptr() for p in model.parameters()] == storage   # in place, own storage kept
+    with torch.no_grad():                       # the views follow the parameters' updates
+        next(model.parameters()).add_(1.0)
+    assert views.read_into(np.empty_like(vector))[0] == pytest.approx(vector[0] + 1.0)
+    views.load_subset([0, 2], np.arange(views.sizes[0] + views.sizes[2], dtype=np.float32))
+    params = list(model.parameters())
+    assert np.array_equal(params[2].detach().numpy().ravel(),
+                          np.arange(views.sizes[0], views.sizes[0] + views.sizes[2]))
     with pytest.raises(ValueError, match="vector has 3 values"):
-        flat.load(np.zeros(3, dtype=np.float32))
+        views.load(np.zeros(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="vector has 3"):
+        views.read_into(np.zeros(3, dtype=np.float32))
 
 
-def test_flat_parameters_fall_back_when_a_parameter_is_replaced():
+def test_param_views_fall_back_when_a_parameter_is_replaced():
     model = small_unet()
-    flat = FlatParameters.bind(model)
+    views = ParamViews.bind(model)
     first = next(model.parameters())
     first.data = first.data.clone()             # e.g. a .to() onto another device
-    assert not flat.intact()
-    vector = np.arange(flat.buffer.numel(), dtype=np.float32)
-    flat.load(vector)                           # tensor by tensor: the replaced one too
+    assert not views.intact()
+    vector = np.arange(views.total, dtype=np.float32)
+    views.load(vector)                          # tensor by tensor: the replaced one too
     assert np.array_equal(flatten(model), vector)
-    assert np.array_equal(flat.read_into(np.empty_like(vector)), vector)
+    assert np.array_equal(views.read_into(np.empty_like(vector)), vector)
 
 
-def test_flat_parameters_refuse_models_they_cannot_serve():
+def test_param_views_refuse_models_they_cannot_serve():
     mixed = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).double())
-    assert FlatParameters.bind(mixed) is None
+    assert ParamViews.bind(mixed) is None
     conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
     assert not conv.weight.is_contiguous()
-    assert FlatParameters.bind(conv) is None
-    assert FlatParameters.bind(torch.nn.ReLU()) is None      # no parameters
+    assert ParamViews.bind(conv) is None
+    assert ParamViews.bind(torch.nn.ReLU()) is None          # no parameters
 
 
 @pytest.mark.parametrize("name, extra", [("adam", {}), ("adamw", {"weight_decay": 0.01}),
@@ -97,7 +103,7 @@ def test_consecutive_clients_of_one_trainer_match_fresh_trainers():
         return LocalTrainer(small_unet(dropout=0.1), schedule, cfg, images, "cpu", seed=5)
 
     shared = trainer()
-    assert shared.flat is not None
+    assert shared.views is not None
     first = shared.train(start, 0, np.arange(32), 2)[0].copy()
     second = shared.train(start, 1, np.arange(32, 64), 2)[0].copy()
     assert np.array_equal(trainer().train(start, 1, np.arange(32, 64), 2)[0], second)
@@ -116,11 +122,10 @@ def test_a_partial_start_in_pieces_trains_like_the_composed_vector(bound):
     store = PrivateParts(space, init)
     store.keep(4, init + np.float32(0.5))      # client 4's own parts moved away from the start
     shared = space.take(init) - np.float32(0.25)
-    composed = np.empty_like(init)
-    store.start(4, shared).write_into(composed)
+    composed = store.start(4, shared).compose()
     trainer = LocalTrainer(model, schedule, cfg, images, "cpu", seed=1)
     if not bound:
-        trainer.flat = None                     # a model the buffer cannot serve
+        trainer.views = None                    # a model ParamViews cannot serve
     via_pieces = trainer.train(store.start(4, shared), 4, np.arange(32), 0)[0].copy()
     unflatten_into(np.zeros_like(init), model)
     via_vector = trainer.train(composed, 4, np.arange(32), 0)[0].copy()

@@ -93,9 +93,7 @@ def test_full_sharing_is_the_identity_without_copies(tiny_config):
 
 def composed(store, client_id, shared):
     """A client's start as one numpy vector (the trainer writes the pieces into the model)."""
-    full = np.full(store.space.total, np.nan, dtype=np.float32)
-    store.start(client_id, shared).write_into(full)
-    return full
+    return store.start(client_id, shared).compose()
 
 
 def test_private_parts_compose_keep_and_restore_by_client(tiny_config):
