@@ -79,7 +79,11 @@ def test_api_under_mpiexec_equals_serial(api_run, tmp_path):
 def test_the_example_script_runs(tmp_path):
     # The session's FEDDM_HPC_CACHE (tests/conftest.py): its LeNet (1 epoch, 500 images) is the
     # one test_evaluate_returns_and_writes_the_commands_result uses, trained once.
+    # One torch thread, as the script's docstring times it ("about a minute on one CPU core"): its
+    # config leaves system.threads at 0 (all cores), and two threads on two shared cores ran its
+    # training 8x slower than one on a loaded machine (423 s against 52 s), the same numbers.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, str(ROOT / "examples" / "python_api.py"), str(tmp_path / "ex")],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
     assert "rounds now: [0, 1, 2, 3]" in out.stdout and (tmp_path / "ex" / "api_samples.png").is_file()

@@ -15,7 +15,7 @@ WRITER = """
 import sys, numpy as np
 from feddm_hpc.rundir import checkpoint as ckpt
 data = ckpt.load_checkpoint(sys.argv[1])
-big = np.random.default_rng(0).standard_normal(150_000_000).astype(np.float32)  # 600 MB: a slow write
+big = np.random.default_rng(0).random(150_000_000, dtype=np.float32)  # 600 MB of noise: a slow write
 data.params, data.ema, data.round = big, big, 2
 ckpt.save_checkpoint(sys.argv[2], data)
 """

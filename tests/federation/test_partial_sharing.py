@@ -206,9 +206,12 @@ def test_partial_run_resumes_exactly_on_another_rank_count(serial, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.mpi
-def test_evaluate_scores_the_mixture_of_client_models_on_any_rank_count(serial, tmp_path):
+def test_evaluate_scores_the_mixture_of_client_models_on_any_rank_count(serial, shared_feature_cache,
+                                                                        tmp_path):
     ckpt = sorted((serial / "checkpoints").glob("round-*.h5"))[-1]
-    cache = {"FEDDM_HPC_CACHE": str(tmp_path / "cache")}   # a quick LeNet, never the user's
+    # The session's FEDDM_HPC_CACHE (tests/conftest.py), never the user's: the quick LeNet (1 epoch,
+    # 2,000 images) is test_evaluate's, trained once per session.
+    cache = {"FEDDM_HPC_CACHE": str(shared_feature_cache)}
     results = []
     for nprocs in (1, 2):
         out_json = tmp_path / f"eval{nprocs}.json"
