@@ -48,6 +48,13 @@ CASES = {
     "hier-fedavgm": ["system.transport=hierarchical", "federation.algorithm=fedavgm"],
     "hier-scaffold": ["system.transport=hierarchical", "federation.algorithm=scaffold", *SGD],
     "personalize": ["personalization.steps=2", "personalization.eval_size=8"],
+    # Parameterizations and dropout: their kernels (the hypernetwork's small matrix products,
+    # dropout's global generator) are the first to show a change in how parameters are stored
+    # or seeded (an aliased parameter buffer once changed the hypernetwork's last bits).
+    "lowrank-q8": ["model.parameterization=lowrank", "model.lowrank_fraction=0.25",
+                   "compression.uplink=quant", "compression.bits=8"],
+    "hyper": ["model.parameterization=hyper"],
+    "dropout": ["model.dropout=0.1"],
 }
 TIMING = {"wall_s", "phases", "sim_round_s", "client_train_s_max", "elapsed_s"}
 
