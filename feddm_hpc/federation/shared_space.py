@@ -106,7 +106,6 @@ class StartPieces:
 
     def __init__(self, space: SharedSpace, shared: np.ndarray, private: np.ndarray):
         self.space, self.shared, self.private = space, shared, private
-        self.size = space.total
 
     def write_into(self, views) -> None:
         """The pieces into the model's parameters (a params.ParamViews)."""
