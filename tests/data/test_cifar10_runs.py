@@ -58,7 +58,7 @@ def test_cifar10_small_trains_two_rounds_on_rgb_and_evaluates(small_cifar, tmp_p
     assert len(metrics) == 2 and all(m["train_loss"] > 0 for m in metrics)
     assert read_png(run / "samples" / "round-000001.png").shape[2] == 3
     result = evaluate(run / "checkpoints" / "round-000001.h5", env)
-    assert result["feature_extractor"].startswith("lenet5-image_folder") and result["fd"] > 0
+    assert result["feature_extractor"].startswith("colournet6-image_folder") and result["fd"] > 0
     assert result["memorization"]["train_images"] == 320
 
 
