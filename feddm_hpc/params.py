@@ -4,9 +4,12 @@ The wire format, the aggregation and the checkpoint all work on this one vector:
 buffer, a single HDF5 dataset. The ParamSpec records names, shapes and offsets so the vector is
 self-describing and a checkpoint can be checked against the model it is loaded into.
 
-A model on one CUDA device crosses to the host in one copy each way: flatten concatenates on the
-device and copies once into a cached page-locked buffer, unflatten copies the vector to the device
-once and splits it into the parameters there. On the CPU both copy tensor by tensor, as before.
+Each direction is one copy call for the whole model, on any one device: flatten concatenates the
+parameters (`torch.cat(out=)` on the CPU; on a CUDA device on the device, then one copy into a
+cached page-locked buffer), unflatten splits the vector into views and copies them into the
+parameters with one `torch._foreach_copy_` (to a CUDA device: one host->device copy first).
+Tensor-by-tensor copies in Python cost a 1-step client of a 24k U-Net ~2 ms (110 tensors).
+Parameters on several devices or of several dtypes take the tensor-by-tensor path.
 """
 from __future__ import annotations
 
@@ -49,14 +52,13 @@ class ParamSpec:
         return "\n".join(f"{e.name} {' '.join(map(str, e.shape))}" for e in self.entries)
 
 
-def _cuda_device(params):
-    """The one CUDA device holding all of `params`, or None (CPU, or several devices)."""
-    devices = {p.device for p in params}
-    if len(devices) == 1:
-        (device,) = devices
-        if device.type == "cuda":
-            return device
-    return None
+def _single_device(params):
+    """The one device all of `params` live on in float32, or None (empty, mixed, another dtype)."""
+    kinds = {(p.device, p.dtype) for p in params}
+    if len(kinds) != 1:
+        return None
+    ((device, dtype),) = kinds
+    return device if dtype == torch.float32 else None
 
 
 _HOST_BUFFER: dict = {}     # size -> page-locked float32 tensor; one entry, the model's size
@@ -70,32 +72,47 @@ def _host_buffer(n: int) -> torch.Tensor:
     return buf
 
 
-def _flatten_cuda(params, view: torch.Tensor) -> None:
-    flat = torch.cat([p.detach().reshape(-1) for p in params])   # on the device
-    host = _host_buffer(flat.numel())
-    host.copy_(flat)                  # the one device->host copy (it waits: the caller reads it)
-    view.copy_(host)
+def _read_flat(flats, view: torch.Tensor, device: torch.device) -> None:
+    """The 1-d tensors `flats` (one device), concatenated into the host tensor `view`."""
+    if device.type == "cuda":
+        flat = torch.cat(flats)               # on the device
+        host = _host_buffer(flat.numel())
+        host.copy_(flat)                      # the one device->host copy (it waits: the caller reads it)
+        view.copy_(host)
+    else:
+        torch.cat(flats, out=view)
+
+
+def _write_split(targets, source: torch.Tensor, device: torch.device) -> None:
+    """`source` (a host tensor, the targets' concatenation) into the tensors `targets`."""
+    chunks = source.to(device).split([t.numel() for t in targets])   # to a GPU: one copy
+    torch._foreach_copy_(list(targets), [c.view(t.shape) for c, t in zip(chunks, targets)])
+
+
+def _host_source(vector: np.ndarray) -> torch.Tensor:
+    array = np.ascontiguousarray(vector, dtype=np.float32)
+    if not array.flags.writeable:   # e.g. a RunView's read-only EMA: torch.from_numpy warns on it
+        array = array.copy()
+    return torch.from_numpy(array)
 
 
 def flatten_into(model: torch.nn.Module, out: np.ndarray) -> np.ndarray:
     """Copy the model's parameters into the float32 vector `out` (no allocation on the CPU)."""
     view = torch.from_numpy(out)
     params = list(model.parameters())
-    if _cuda_device(params) is not None:
-        total = sum(p.numel() for p in params)
-        if total != out.size:
-            raise ValueError(f"model has {total} parameters, vector has {out.size}")
-        with torch.no_grad():
-            _flatten_cuda(params, view)
-        return out
-    offset = 0
+    total = sum(p.numel() for p in params)
+    if total != out.size:
+        raise ValueError(f"model has {total} parameters, vector has {out.size}")
+    device = _single_device(params)
     with torch.no_grad():
+        if device is not None:
+            _read_flat([p.detach().reshape(-1) for p in params], view, device)
+            return out
+        offset = 0
         for p in params:
             n = p.numel()
             view[offset:offset + n].copy_(p.detach().reshape(-1))
             offset += n
-    if offset != out.size:
-        raise ValueError(f"model has {offset} parameters, vector has {out.size}")
     return out
 
 
@@ -106,45 +123,37 @@ def flatten(model: torch.nn.Module) -> np.ndarray:
 
 def unflatten_into(vector: np.ndarray, model: torch.nn.Module) -> None:
     """Load the float32 vector into the model's parameters in place (any device)."""
-    array = np.ascontiguousarray(vector, dtype=np.float32)
-    if not array.flags.writeable:   # e.g. a RunView's read-only EMA: torch.from_numpy warns on it
-        array = array.copy()
-    source = torch.from_numpy(array)
+    source = _host_source(vector)
     params = list(model.parameters())
-    device = _cuda_device(params)
-    if device is not None:
-        total = sum(p.numel() for p in params)
-        if total != source.numel():
-            raise ValueError(f"vector has {source.numel()} values, model has {total} parameters")
-        with torch.no_grad():
-            chunks = source.to(device).split([p.numel() for p in params])  # one host->device copy
-            torch._foreach_copy_(params, [c.view_as(p) for c, p in zip(chunks, params)])
-        return
-    offset = 0
+    total = sum(p.numel() for p in params)
+    if total != source.numel():
+        raise ValueError(f"vector has {source.numel()} values, model has {total} parameters")
+    device = _single_device(params)
     with torch.no_grad():
+        if device is not None:
+            _write_split(params, source, device)
+            return
+        offset = 0
         for p in params:
             n = p.numel()
             p.copy_(source[offset:offset + n].view_as(p))
             offset += n
-    if offset != source.numel():
-        raise ValueError(f"vector has {source.numel()} values, model has {offset} parameters")
 
 
 class ParamViews:
-    """Flat views of a model's parameters, to copy a whole vector in or out in one call each.
+    """flatten_into / unflatten_into for one model, with its flat views made once.
 
-    Why: a client starts by loading the global vector into the model and ends by reading its
-    local vector back. Parameter by parameter in Python that cost a 1-step client of the 24k
-    U-Net ~2 ms (110 tensors, each a slice, a view and a copy); here the vector is split into
-    views in one call and copied with one torch._foreach_copy_, and read back with one
-    torch.cat(out=...). The parameters keep their own storage (an earlier version made them
-    views of one shared buffer: some kernels, e.g. the hypernetwork's matrix products, then
-    rounded differently on the unaligned slices, and runs were no longer bit-identical).
+    Why: a client loads the global vector and reads its local vector back every round; here the
+    parameter list and the 1-d views are built once, and `load_subset` writes some parameters
+    from their concatenation (partial sharing's shared or private pieces). The parameters keep
+    their own storage (an earlier version made them views of one shared buffer: some kernels,
+    e.g. the hypernetwork's matrix products, then rounded differently on the unaligned slices,
+    and runs were no longer bit-identical).
 
     `bind(model)` returns None for a model it cannot serve (several devices or dtypes, or a
     parameter that is not contiguous, e.g. channels_last). If something later replaces a
     parameter's data (a `.to()` onto another device), `load` and `read_into` notice and fall back
-    to the tensor-by-tensor copies.
+    to flatten_into / unflatten_into.
     """
 
     def __init__(self, model: torch.nn.Module, params):
@@ -171,13 +180,6 @@ class ParamViews:
         """Whether the views still alias the model's parameters."""
         return self._current_pointers() == self._pointers
 
-    def _source(self, array: np.ndarray) -> torch.Tensor:
-        array = np.ascontiguousarray(array, dtype=np.float32)
-        if not array.flags.writeable:
-            array = array.copy()
-        # To a GPU: one host->device copy of the whole vector, then split on the device.
-        return torch.from_numpy(array).to(self.device)
-
     def load(self, vector: np.ndarray) -> None:
         """unflatten_into(vector, model), in one copy call."""
         if not self.intact():
@@ -189,9 +191,8 @@ class ParamViews:
 
     def load_subset(self, indices, values: np.ndarray) -> None:
         """The parameters `indices` (in order) from `values`, their concatenation."""
-        views = [self.views[i] for i in indices]
         with torch.no_grad():
-            torch._foreach_copy_(views, list(self._source(values).split([v.numel() for v in views])))
+            _write_split([self.views[i] for i in indices], _host_source(values), self.device)
 
     def read_into(self, out: np.ndarray) -> np.ndarray:
         """flatten_into(model, out), in one concatenation into `out`."""
@@ -200,8 +201,5 @@ class ParamViews:
         if out.size != self.total:
             raise ValueError(f"model has {self.total} parameters, vector has {out.size}")
         with torch.no_grad():
-            if self.device.type == "cuda":
-                _flatten_cuda(self.views, torch.from_numpy(out))
-            else:
-                torch.cat(self.views, out=torch.from_numpy(out))
+            _read_flat(self.views, torch.from_numpy(out), self.device)
         return out

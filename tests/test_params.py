@@ -56,3 +56,43 @@ def test_unflatten_accepts_a_read_only_vector_without_a_warning():
         warnings.simplefilter("error")
         unflatten_into(vector, model)
     assert np.array_equal(flatten(model), vector)
+
+
+def _reference_flat(model) -> np.ndarray:
+    return np.concatenate([p.detach().float().reshape(-1).numpy() for p in model.parameters()])
+
+
+def test_channels_last_parameters_flatten_and_load_in_their_own_layout():
+    """The one-call paths split into the parameters' shapes, not their memory order: a
+    channels_last conv weight (not contiguous) reads and writes the same logical values."""
+    def conv_model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(5, 3))
+    model = conv_model().to(memory_format=torch.channels_last)
+    assert not model[0].weight.is_contiguous()
+    np.testing.assert_array_equal(flatten(model), _reference_flat(model))
+    target = np.arange(ParamSpec.from_model(model).total, dtype=np.float32)
+    unflatten_into(target, model)
+    np.testing.assert_array_equal(_reference_flat(model), target)
+    assert model[0].weight.stride() == conv_model().to(memory_format=torch.channels_last)[0].weight.stride()
+
+
+def test_parameters_of_several_dtypes_take_the_tensor_by_tensor_path():
+    model = _model()
+    model[2].to(torch.float64)
+    target = np.linspace(-1, 1, ParamSpec.from_model(model).total).astype(np.float32)
+    unflatten_into(target, model)
+    assert model[2].weight.dtype == torch.float64
+    np.testing.assert_array_equal(flatten(model), target)
+
+
+def test_flatten_into_refuses_a_vector_of_another_size_before_writing():
+    model = _model()
+    out = np.full(ParamSpec.from_model(model).total + 1, 7.0, dtype=np.float32)
+    try:
+        flatten_into(model, out)
+    except ValueError as exc:
+        assert "vector has" in str(exc)
+    else:
+        raise AssertionError("size mismatch not detected")
+    assert (out == 7.0).all()
