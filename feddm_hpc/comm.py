@@ -196,6 +196,21 @@ class MPICommunicator:
         self.local_rank = node.Get_rank()
         self.local_size = node.Get_size()
         node.Free()
+        self._p2p = None
+
+    @property
+    def p2p(self):
+        """A duplicate of the communicator for point-to-point payloads (federation/
+        payload_stream.py): its messages can never match another layer's. Made on first use, by
+        every rank (MPI_Comm_dup is collective: the transport asks for it in the same round on
+        every rank)."""
+        if self._p2p is None:
+            self._p2p = self.comm.Dup()
+        return self._p2p
+
+    def wait(self, request, what: str, nbytes: int = 0):
+        """_wait for callers outside this class (anything with Test() and Wait())."""
+        self._wait(request, what, nbytes)
 
     def _wait(self, request, what: str, nbytes: int = 0):
         """Blocking wait, or a polled wait bounded by timeout_s.

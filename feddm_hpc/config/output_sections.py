@@ -63,6 +63,9 @@ class SystemConfig:
     placement: Placement = "auto"       # who trains a cohort client (docs/scaling.md)
     transport: Transport = "gather"     # gather: root decodes every payload in client-id order (rank-invariant)
                                         # hierarchical: ranks pre-sum their clients, then Allreduce
+    # gather: each client's payload leaves its rank as soon as it is encoded, while the rank
+    # trains its next client (federation/payload_stream.py); false: one Gatherv after training.
+    stream_uplink: bool = True
     deterministic: bool = False         # GPU: deterministic kernels, no TF32 (docs/gpus.md)
     device_data_max_mb: int = 1024      # training images on the GPU up to this size (MiB per
                                         # rank), above it in pinned host memory

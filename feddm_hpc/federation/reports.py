@@ -141,6 +141,20 @@ class Outbox:
     def contents(self) -> np.ndarray:
         return self.buffer.array[:self.used]
 
+    def placed(self, reports: Sequence[ClientReport]) -> bool:
+        """Whether the buffer holds exactly these reports' payloads, in this order."""
+        return len(reports) == len(self._placed) and all(
+            a is b for a, (b, _) in zip(reports, self._placed))
+
+    def region(self, report: ClientReport) -> np.ndarray:
+        """The bytes of one report put here (its update, then its extra uploads): what a
+        streamed uplink sends for it (federation/payload_stream.py)."""
+        for rep, offset in self._placed:
+            if rep is report:
+                size = rep.update_bytes + sum(rep.extra_bytes)
+                return self.buffer.array[offset:offset + size]
+        raise ValueError(f"client {report.client_id}: its report is not in this outbox")
+
     def clear(self) -> None:
         """Start the next round's payloads at the beginning of the buffer."""
         self.used = 0
@@ -220,27 +234,45 @@ def unpack_scalars(raw_parts: Sequence[np.ndarray], num_extras: int) -> Dict[int
     return out
 
 
-def unpack(raw_parts: Sequence[np.ndarray], blobs: Sequence[np.ndarray],
-           num_extras: int) -> Dict[int, ClientReport]:
-    """Reports with payloads: rank k's blob holds its reports' payloads in report order."""
+def report_count(raw: np.ndarray, num_extras: int) -> int:
+    """How many reports one rank's scalar bytes hold."""
+    return int(_records(raw, num_extras).size)
+
+
+def unpack(raw_parts: Sequence[np.ndarray], blobs: Sequence, num_extras: int) -> Dict[int, ClientReport]:
+    """Reports with payloads: rank k's blob holds its reports' payloads in report order, either
+    as one array or as a list of one array per report (a streamed uplink's messages)."""
     if len(raw_parts) != len(blobs):
         raise RuntimeError("client reports: scalars and payloads came from different rank counts")
     out: Dict[int, ClientReport] = {}
     for raw, blob in zip(raw_parts, blobs):
-        offset = 0
-        for rec in _records(raw, num_extras):
-            rep = _scalars(rec, num_extras)
+        reports = [_scalars(rec, num_extras) for rec in _records(raw, num_extras)]
+        if isinstance(blob, np.ndarray):
+            blob = _split(blob, [rep.update_bytes + sum(rep.extra_bytes) for rep in reports], reports)
+        if len(blob) != len(reports):
+            raise RuntimeError(f"client reports: {len(blob)} payloads arrived for {len(reports)} reports")
+        for rep, message in zip(reports, blob):
             sizes = (rep.update_bytes, *rep.extra_bytes)
-            if offset + sum(sizes) > blob.size:
-                raise RuntimeError(f"client {rep.client_id}: its report claims more bytes than arrived")
-            pieces = []
-            for size in sizes:
-                pieces.append(blob[offset:offset + size])
-                offset += size
+            if message.size != sum(sizes):
+                raise RuntimeError(f"client {rep.client_id}: its report claims {sum(sizes)} bytes, "
+                                   f"{message.size} arrived")
+            ends = np.cumsum((0, *sizes))
+            pieces = [message[a:b] for a, b in zip(ends[:-1], ends[1:])]
             rep.update, rep.extras = pieces[0], tuple(pieces[1:])
             out[rep.client_id] = rep
-        if offset != blob.size:
-            raise RuntimeError("client reports: bytes arrived that no report accounts for")
+    return out
+
+
+def _split(blob: np.ndarray, sizes: Sequence[int], reports) -> List[np.ndarray]:
+    """One rank's blob cut into its reports' payloads."""
+    out, offset = [], 0
+    for rep, size in zip(reports, sizes):
+        if offset + size > blob.size:
+            raise RuntimeError(f"client {rep.client_id}: its report claims more bytes than arrived")
+        out.append(blob[offset:offset + size])
+        offset += size
+    if offset != blob.size:
+        raise RuntimeError("client reports: bytes arrived that no report accounts for")
     return out
 
 
@@ -249,4 +281,5 @@ def by_client(reports: Sequence[ClientReport]) -> Dict[int, ClientReport]:
 
 
 __all__ = ["ClientReport", "Outbox", "STATUS_OK", "STATUS_REJECTED", "STATUS_UNENCODABLE", "by_client",
-           "make_report", "pack", "pack_scalars", "unpack", "unpack_scalars", "wire_dtype"]
+           "make_report", "pack", "pack_scalars", "report_count", "unpack", "unpack_scalars",
+           "wire_dtype"]

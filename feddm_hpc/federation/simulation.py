@@ -86,6 +86,7 @@ class Simulation:
         self.uplink = build_uplink(config, self.compressor, self.num_params)
         self.transport = transport_for(config, self.num_params, len(self.strategy.upload_names))
         self.transport.outbox.attach(self.compressor)   # payloads encoded into the send buffer
+        self.transport.connect(comm)   # collective
         self.rule_of_round = aggregation_rule(config)
         self.trainer = LocalTrainer(s.model, s.schedule, config.client, s.images, s.device, config.seed,
                                     loss_fn=make_loss(config.diffusion),
@@ -160,7 +161,7 @@ class Simulation:
         # Waiting for the busiest rank is load imbalance, not communication: time it apart.
         comm.context = f"round {r}, wait for the slowest rank"
         with phases.timed("wait"):
-            comm.barrier()
+            self.transport.wait_for_ranks(comm)   # streamed payloads arrive meanwhile
         comm.context = f"round {r}, gather"
         reduced = self.transport.reduce(comm, reports, start, phases,
                                         self.rule_of_round(r, plan.cohort))
@@ -194,6 +195,7 @@ class Simulation:
             phases.add("train", train_s)
             for local, result in trained:   # each member's result was ready when its group was
                 reports.append(self._report(local, result, train_s, start, r, plan, phases))
+                self.transport.client_done(self.comm, reports[-1])   # its payload may leave now
         return reports
 
     def _report(self, local, result, train_s, start, r, plan, phases) -> ClientReport:

@@ -5,9 +5,10 @@ and leave on the root the round's reports by client id and the server.Aggregate;
 ranks get None. Either way the root sees each client's byte counts, so byte accounting is the
 same.
 
-gather        sizes + one Gatherv of the payloads and one of the report scalars; the root decodes,
-              checks and accumulates in client-id order, so the result is bitwise independent
-              of the rank count.
+gather        the payloads, then one gather of the report scalars; the root decodes, checks and
+              accumulates in client-id order, so the result is bitwise independent of the rank
+              count. The payloads leave each rank as its clients finish (system.stream_uplink,
+              federation/payload_stream.py), or with sizes + one Gatherv after training.
 hierarchical  every rank decodes, checks and pre-sums its own clients (weighted, float64), then
               one Allreduce(IN_PLACE) of [update sum | extra sums | total weight] replaces the
               Gatherv of every payload: the root never holds the cohort's payloads, and the wire
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from feddm_hpc.errors import ConfigError
 from feddm_hpc.federation import reports as wire
 from feddm_hpc.federation import server
 from feddm_hpc.federation.aggregation import RoundAggregation, WeightedMean
+from feddm_hpc.federation.payload_stream import PayloadStream
 from feddm_hpc.federation.reports import ClientReport
 from feddm_hpc.privacy import secagg, secagg_inputs
 
@@ -51,6 +53,16 @@ class Transport:
         self.outbox = wire.Outbox()
         self._buffers: Optional[server.AggregateBuffers] = None
 
+    def connect(self, comm) -> None:
+        """Collective, once at set-up: what the transport needs of the communicator."""
+
+    def client_done(self, comm, report: ClientReport) -> None:
+        """One of this rank's reports of the round is ready (its payloads in the outbox)."""
+
+    def wait_for_ranks(self, comm) -> None:
+        """Collective: the round's wait for the slowest rank (load imbalance, timed apart)."""
+        comm.barrier()
+
     @property
     def buffers(self) -> server.AggregateBuffers:
         if self._buffers is None:
@@ -67,11 +79,40 @@ class Transport:
 class GatherTransport(Transport):
     name = "gather"
 
+    def __init__(self, num_params: int, num_extras: int, target: str, stream: bool = False):
+        super().__init__(num_params, num_extras, target)
+        self.stream_wanted = stream
+        self.stream: Optional[PayloadStream] = None
+        self._streamed: List[ClientReport] = []
+
+    def connect(self, comm) -> None:
+        if self.stream_wanted and comm.size > 1 and hasattr(comm, "p2p"):
+            comm.p2p   # noqa: B018 - MPI_Comm_dup is collective: every rank makes it here
+            self.stream = PayloadStream(comm)
+
+    def client_done(self, comm, report):
+        if self.stream is None:
+            return
+        if comm.rank != 0:
+            self.stream.send(self.outbox.region(report))
+            self._streamed.append(report)
+        else:
+            self.stream.poll()
+
+    def wait_for_ranks(self, comm):
+        if self.stream is None:
+            comm.barrier()
+        else:
+            self.stream.barrier()
+
     def _gather(self, comm, reports, phases) -> Optional[Dict[int, ClientReport]]:
         """Every report with its payloads on the root, by client id; None on the other ranks.
         The payloads travel from the outbox (staged there by make_report) into the root's
         outbox buffer, the root's own in place, so the root's reports are views of one buffer
-        (per-client slots in rank, then report order). Call `outbox.clear()` once done."""
+        (per-client slots in rank, then report order); streamed, the other ranks' arrive in
+        per-client slots instead. Call `outbox.clear()` once done."""
+        if self.stream is not None:
+            return self._gather_streamed(comm, reports, phases)
         t = time.perf_counter()
         scalars = wire.pack_scalars(reports, self.num_extras)
         nbytes = self.outbox.stage(reports)
@@ -83,6 +124,32 @@ class GatherTransport(Transport):
         scalar_parts = comm.gather_bytes(scalars)
         phases["gather"] = time.perf_counter() - t
         return wire.unpack(scalar_parts, blobs, self.num_extras) if comm.rank == 0 else None
+
+    def _gather_streamed(self, comm, reports, phases):
+        t = time.perf_counter()
+        if comm.rank != 0:
+            # Sent already: the reports handed to client_done, in this order. Whatever was not
+            # (a caller that reduces without client_done) leaves now; sent payloads must not
+            # move, so the reports must be the outbox's, in the order they were put there.
+            sent = self._streamed
+            if (len(reports) < len(sent) or any(a is not b for a, b in zip(reports, sent))
+                    or not self.outbox.placed(reports)):
+                raise RuntimeError("streamed uplink: the reports to gather are not the ones "
+                                   "sent, in the order sent")
+            for rep in reports[len(self._streamed):]:
+                self.stream.send(self.outbox.region(rep))
+            self._streamed = []
+        scalar_parts = comm.gather_bytes(wire.pack_scalars(reports, self.num_extras))
+        if comm.rank != 0:
+            self.stream.finish_sending()
+            phases["gather"] = time.perf_counter() - t
+            return None
+        nbytes = self.outbox.stage(reports)
+        counts = [wire.report_count(raw, self.num_extras) for raw in scalar_parts]
+        arrived = self.stream.receive(counts)
+        messages = [self.outbox.contents()[:nbytes]] + [arrived[s] for s in range(1, comm.size)]
+        phases["gather"] = time.perf_counter() - t
+        return wire.unpack(scalar_parts, messages, self.num_extras)
 
     def reduce(self, comm, reports, start, phases, rule=None):
         try:
@@ -148,8 +215,8 @@ class SecureGatherTransport(GatherTransport):
     name = "secure_gather"   # chosen by privacy.secure_aggregation, not a system.transport value
 
     def __init__(self, num_params, num_extras, target, seed: int, bits: int, clip_range: float,
-                 min_clients: int = 2):
-        super().__init__(num_params, num_extras, target)
+                 min_clients: int = 2, stream: bool = False):
+        super().__init__(num_params, num_extras, target, stream)
         self.seed, self.bits, self.clip_range = seed, bits, clip_range
         self.min_clients = min_clients
 
@@ -213,15 +280,18 @@ TRANSPORTS = {cls.name: cls for cls in (GatherTransport, AllreduceTransport)}
 
 
 def make_transport(name: str, num_params: int, num_extras: int, target: str,
-                   secure: Optional[dict] = None) -> Transport:
+                   secure: Optional[dict] = None, stream: bool = False) -> Transport:
     """`secure`: seed, bits and clip_range of secure aggregation, which replaces the gather
-    transport (config validation allows it with gather only)."""
+    transport (config validation allows it with gather only). `stream`: the gather transports
+    send each payload as its client finishes (payload_stream.py)."""
     try:
         cls = TRANSPORTS[name]
     except KeyError:
         raise ConfigError(f"system.transport: {name!r} is not one of {', '.join(sorted(TRANSPORTS))}") from None
     if secure is not None:
-        return SecureGatherTransport(num_params, num_extras, target, **secure)
+        return SecureGatherTransport(num_params, num_extras, target, **secure, stream=stream)
+    if cls is GatherTransport:
+        return cls(num_params, num_extras, target, stream=stream)
     return cls(num_params, num_extras, target)
 
 
@@ -232,7 +302,7 @@ def transport_for(cfg, num_params: int, num_extras: int) -> Transport:
     secure = dict(seed=cfg.seed, bits=cfg.compression.bits, clip_range=p.secagg_range,
                   min_clients=p.secagg_min_clients) if p.secure_aggregation else None
     return make_transport(cfg.system.transport, num_params, num_extras, cfg.compression.target,
-                          secure)
+                          secure, stream=cfg.system.stream_uplink)
 
 
 __all__ = ["AllreduceTransport", "GatherTransport", "Reduced", "SecureGatherTransport", "TRANSPORTS",

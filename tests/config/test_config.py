@@ -227,6 +227,7 @@ system:
   collective_timeout_s: 0.0
   placement: auto
   transport: gather
+  stream_uplink: true
   deterministic: false
   device_data_max_mb: 1024
   client_group_size: 1

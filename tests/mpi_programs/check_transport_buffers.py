@@ -3,8 +3,15 @@
 on every rank, one GatherTransport (and one hierarchical one) kept across the rounds gives the
 root bit for bit what a fresh transport gives and what aggregating every client's payload
 locally in id order gives. argv[1]: system.collective_timeout_s (0: blocking waits), or several
-separated by commas: the whole check once for each, in one launch, "ok rank R timeout T" after each."""
+separated by commas: the whole check once for each, in one launch, "ok rank R timeout T" after each.
+
+The streamed gather (system.stream_uplink: each payload sent as its client is done, the root
+receiving while the others still train) is checked the same way: kept across the rounds and
+fresh, with ranks pausing between clients for different times so payloads arrive at the root
+interleaved across ranks and out of client-id order; the root must still get exactly the
+Gatherv's reports and aggregate bit for bit."""
 import sys
+import time
 
 import numpy as np
 
@@ -49,17 +56,28 @@ def check():
     """Every round with transports kept from the start of this call (and fresh ones)."""
     kept = GatherTransport(N, 0, "update")
     kept_hier = AllreduceTransport(N, 0, "update")
+    kept_streamed = GatherTransport(N, 0, "update", stream=True)
+    kept_streamed.connect(comm)
     for r, codec in enumerate(CODECS):
         comp_cfg = CompressionConfig(**codec)
         cohort = list(range(CLIENTS))
         results = {}
+        fresh_streamed = GatherTransport(N, 0, "update", stream=True)
+        fresh_streamed.connect(comm)   # collective, on every rank
         for name, transport in (("kept", kept), ("fresh", GatherTransport(N, 0, "update")),
+                                ("kept_streamed", kept_streamed), ("fresh_streamed", fresh_streamed),
                                 ("kept_hier", kept_hier),
                                 ("fresh_hier", AllreduceTransport(N, 0, "update"))):
+            assert (getattr(transport, "stream", None) is not None) == (name.endswith("streamed") and comm.size > 1)
             compressor = make_compressor(comp_cfg)
             transport.outbox.attach(compressor)
-            reports = [make_report(c, 10 + c, 0.5, 0.0, payload_of(compressor, r, c), (), 0,
-                                   outbox=transport.outbox) for c in mine]
+            reports = []
+            for i, c in enumerate(mine):
+                reports.append(make_report(c, 10 + c, 0.5, 0.0, payload_of(compressor, r, c), (), 0,
+                                           outbox=transport.outbox))
+                transport.client_done(comm, reports[-1])
+                time.sleep(0.002 * ((comm.rank + i + r) % 3))   # "training" the next client
+            transport.wait_for_ranks(comm)
             reduced = transport.reduce(comm, reports, start, {}, WeightedMean(r, cohort))
             results[name] = reduced
             if comm.rank != 0:
@@ -71,7 +89,7 @@ def check():
                 rep = make_report(c, 10 + c, 0.5, 0.0, payload_of(plain, r, c), (), 0)
                 expected[c] = rep
             ref = server.aggregate(expected, N, start, "update", 0, WeightedMean(r, cohort))
-            for name in ("kept", "fresh"):
+            for name in ("kept", "fresh", "kept_streamed", "fresh_streamed"):
                 got = results[name]
                 assert got.aggregate.accepted == ref.accepted, (r, name, got.aggregate.accepted)
                 assert got.aggregate.rejected == ref.rejected, (r, name)
@@ -91,4 +109,4 @@ for i, timeout_s in enumerate(TIMEOUTS):
     if i:
         comm = MPICommunicator(timeout_s=timeout_s)
     check()
-    print(f"ok rank {comm.rank} timeout {timeout_s:g}")
+    print(f"ok rank {comm.rank} timeout {timeout_s:g}", flush=True)
