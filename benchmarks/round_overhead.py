@@ -1,12 +1,14 @@
 """What a round costs beyond its local training, in real training runs (issue 23, item 3).
 
 Runs `feddm-hpc train` under mpiexec (2 ranks) on configs/tiny.yaml with the FedDM paper's
-40.35M-parameter CIFAR-10 U-Net shape (base 160, mults [1,2,2], 2 res blocks, attention at 16:
-benchmarks/transport.py's PAPER_UNET, at 28x28), 5 local steps per client at batch 2, float32 updates, a
-checkpoint every round, once per transport (gather, hierarchical), and reads each round's
-metrics line. A round's critical path is the root's: broadcast, its own clients' training and
-encoding, the wait for the slowest rank (which is that rank's extra training: load imbalance,
-not communication), then gather, decode, aggregate, checkpoint. So
+40.35M-parameter CIFAR-10 U-Net shape (base 160, mults [1,2,2], 2 res blocks, attention at the
+second level: benchmarks/transport.py's PAPER_UNET at 28x28), 5 local steps per client at batch
+2, float32 updates, a checkpoint every round, once per case, and reads each round's metrics line. Cases: `gather`
+(payloads streamed as each client finishes: system.stream_uplink, the default), `gatherv` (the
+same transport with one Gatherv after training: stream_uplink false) and `hierarchical`.
+A round's critical path is the root's: broadcast, its own clients' training and encoding, the
+wait for the slowest rank (that rank's extra training: load imbalance, not communication; the
+streamed payloads arrive meanwhile), then gather, decode, aggregate, checkpoint. So
 
     overhead = wall - (train + wait)      (the root's phases)
     training = train + wait               (= the slowest rank's training, to within its encode)
@@ -19,7 +21,7 @@ phases are printed too, so it is visible where the overhead goes.
     .venv/bin/python benchmarks/round_overhead.py --small           # tiny.yaml's own U-Net
 
 The last line is `round_overhead=<median over rounds 1.. of overhead / training>` of the gather
-transport (the worse of the two when --transports lists both is printed on the line before).
+case (the worst case is printed on the line before).
 Timings on a shared machine are noisy: the ratio is taken within each round.
 """
 from __future__ import annotations
@@ -40,6 +42,9 @@ TINY = ROOT / "configs" / "tiny.yaml"
 PAPER_UNET = ["model.base_channels=160", "model.channel_mults=[1,2,2]", "model.num_res_blocks=2",
               "model.attention_resolutions=[14]"]
 NON_TRAINING = ("broadcast", "encode", "gather", "decode", "aggregate", "checkpoint")
+CASES = {"gather": ["system.transport=gather", "system.stream_uplink=true"],
+         "gatherv": ["system.transport=gather", "system.stream_uplink=false"],
+         "hierarchical": ["system.transport=hierarchical"]}
 
 
 def find_mpiexec() -> str:
@@ -50,13 +55,13 @@ def find_mpiexec() -> str:
     return found
 
 
-def run(transport: str, args, workdir: Path) -> list:
+def run(case: str, args, workdir: Path) -> list:
     sets = [*([] if args.small else PAPER_UNET),
             f"federation.num_clients={args.clients}", f"client.local_steps={args.local_steps}",
             f"client.batch_size={args.batch}", f"federation.rounds={args.rounds}",
-            "compression.uplink=none", f"system.transport={transport}", "system.threads=1",
+            "compression.uplink=none", *CASES[case], "system.threads=1",
             "checkpoint.every=1", "checkpoint.keep_last=1", "sampling.num_samples=0"]
-    run_dir = workdir / transport
+    run_dir = workdir / case
     cmd = [find_mpiexec(), "-n", str(args.np), sys.executable, "-m", "mpi4py", "-m", "feddm_hpc",
            "train", str(TINY), "--run-dir", str(run_dir)]
     for s in sets:
@@ -64,7 +69,7 @@ def run(transport: str, args, workdir: Path) -> list:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
-        sys.exit(f"{transport}: feddm-hpc train failed ({out.returncode}):\n{out.stderr[-3000:]}")
+        sys.exit(f"{case}: feddm-hpc train failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -100,12 +105,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--np", type=int, default=2)
-    ap.add_argument("--transports", default="gather,hierarchical")
+    ap.add_argument("--cases", default=",".join(CASES), help=f"of {', '.join(CASES)}")
     args = ap.parse_args()
     ratios = {}
     with tempfile.TemporaryDirectory(prefix="feddm-round-overhead-") as tmp:
-        for transport in args.transports.split(","):
-            ratios[transport] = report(transport, run(transport, args, Path(tmp)))
+        for case in args.cases.split(","):
+            ratios[case] = report(case, run(case, args, Path(tmp)))
     worst = max(ratios, key=ratios.get)
     print(f"\nworst: {worst} {ratios[worst]:.4f}")
     print(f"round_overhead={ratios.get('gather', ratios[worst]):.4f}")

@@ -75,6 +75,7 @@ class Simulation:
         self.global_params = s.initial_params.copy()
         self.shared_global = self.space.take(self.global_params)
         self.ema = self.global_params.copy()
+        self._ema_term: Optional[np.ndarray] = None   # the EMA's scratch (_apply)
         self.private = PrivateParts(self.space, s.initial_params)
         self.strategy = make_strategy(config.federation.algorithm, config.server, self.num_params,
                                       run_config=config)
@@ -227,7 +228,11 @@ class Simulation:
                 self.space.put(self.shared_global, self.global_params)   # full sharing: the same array
                 d = np.float32(ema_decay_at(self.cfg.server, r))
                 self.ema *= d
-                self.ema += (np.float32(1) - d) * self.global_params
+                # (1 - d) * params into a buffer kept across rounds: the same float32 products
+                # as the expression's temporary, without a model-sized allocation each round.
+                if self._ema_term is None:
+                    self._ema_term = np.empty_like(self.global_params)
+                self.ema += np.multiply(self.global_params, np.float32(1) - d, out=self._ema_term)
         prev = self.log.metrics_lines[-1] if self.log.metrics_lines else None
         record = server.round_record(r, plan, reduced.reports, agg, self.num_params, down_bytes,
                                      len(self.strategy.upload_names), self.strategy.broadcast_vectors,
