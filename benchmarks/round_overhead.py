@@ -17,7 +17,7 @@ and the figure the issue sets a goal for (at most 10%) is overhead / training. R
 reported apart: it pays the first-touch of every reused buffer. Per round the non-training
 phases are printed too, so it is visible where the overhead goes.
 
-    .venv/bin/python benchmarks/round_overhead.py                   # 40M: a few minutes, ~6 GB
+    .venv/bin/python benchmarks/round_overhead.py                   # 40M: ~6 GB; 17 min loaded
     .venv/bin/python benchmarks/round_overhead.py --small           # tiny.yaml's own U-Net
 
 The last line is `round_overhead=<median over rounds 1.. of overhead / training>` of the gather
