@@ -12,12 +12,20 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 BIN = Path(sys.executable).parent
 # Bit-identical comparisons need equal threads per rank (intra-op threading reorders float sums).
 DETERMINISTIC = ["--set", "system.threads=1", "--set", "system.progress=false"]
+# One compute thread everywhere the suite trains: its models are tiny and the cores are shared, and
+# two torch threads on two busy cores ran 8x slower than one (examples' run: 423 s against 52 s).
+# OMP_NUM_THREADS=1 is what system.threads=0 (auto) resolves to first (federation/placement.py),
+# in this process (api.train, in-process commands) and in every subprocess that inherits it; a
+# test of the thread setting itself passes its own env or config value.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 def mpiexec_path() -> str:
@@ -29,9 +37,9 @@ def mpiexec_path() -> str:
 
 
 def run_cli(args, nprocs: int = 1, timeout: float = 180, env_extra=None, cwd=ROOT):
-    """Runs `feddm-hpc ARGS` in a subprocess (under mpiexec when nprocs > 1)."""
-    env = dict(os.environ)
-    env.pop("OMP_NUM_THREADS", None)
+    """Runs `feddm-hpc ARGS` in a subprocess (under mpiexec when nprocs > 1), one thread per rank
+    where the config leaves system.threads at 0 (OMP_NUM_THREADS=1, as above)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.update(env_extra or {})
     if nprocs > 1:
         cmd = [mpiexec_path(), "-n", str(nprocs), sys.executable, "-m", "mpi4py", "-m", "feddm_hpc", *args]
