@@ -2,22 +2,34 @@
 markers imply and the checks that keep them honest (each test file marks its own tests)."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 BIN = Path(sys.executable).parent
 # Bit-identical comparisons need equal threads per rank (intra-op threading reorders float sums).
 DETERMINISTIC = ["--set", "system.threads=1", "--set", "system.progress=false"]
+# One compute thread everywhere the suite trains: its models are tiny and the cores are shared, and
+# two torch threads on two busy cores ran 8x slower than one (examples' run: 423 s against 52 s).
+# OMP_NUM_THREADS=1 is what system.threads=0 (auto) resolves to first (federation/placement.py),
+# in this process (api.train, in-process commands) and in every subprocess that inherits it; a
+# test of the thread setting itself passes its own env or config value.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 
 def mpiexec_path() -> str:
@@ -29,15 +41,76 @@ def mpiexec_path() -> str:
 
 
 def run_cli(args, nprocs: int = 1, timeout: float = 180, env_extra=None, cwd=ROOT):
-    """Runs `feddm-hpc ARGS` in a subprocess (under mpiexec when nprocs > 1)."""
-    env = dict(os.environ)
-    env.pop("OMP_NUM_THREADS", None)
+    """Runs `feddm-hpc ARGS` in a subprocess (under mpiexec when nprocs > 1), one thread per rank
+    where the config leaves system.threads at 0 (OMP_NUM_THREADS=1, as above)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.update(env_extra or {})
     if nprocs > 1:
         cmd = [mpiexec_path(), "-n", str(nprocs), sys.executable, "-m", "mpi4py", "-m", "feddm_hpc", *args]
     else:
         cmd = [sys.executable, "-m", "feddm_hpc", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+@contextlib.contextmanager
+def _captured_fds():
+    """What this process writes to file descriptors 1 and 2 meanwhile (C libraries: HDF5's error
+    stack, a library's warnings), as a subprocess's pipes would receive it: yields a dict filled
+    with "stdout" and "stderr" on exit."""
+    saved, files, got = {}, {}, {}
+    try:
+        for fd in (1, 2):
+            files[fd] = tempfile.TemporaryFile()
+            saved[fd] = os.dup(fd)
+            os.dup2(files[fd].fileno(), fd)
+        yield got
+    finally:
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            if fd in saved:
+                os.dup2(saved[fd], fd)
+                os.close(saved[fd])
+                files[fd].seek(0)
+                got[name] = files[fd].read().decode(errors="replace")
+                files[fd].close()
+
+
+def cli_in_process(args, env_extra=None) -> subprocess.CompletedProcess:
+    """`feddm-hpc ARGS` on one rank as run_cli runs it (cwd ROOT, one thread, env_extra set),
+    but called through feddm_hpc.cli.main in this process: the same code without a new
+    interpreter's ~2 s of CPU for importing torch, h5py and the package, most of what a tiny run
+    or a validation costs. stdout and stderr hold what Python and C code print meanwhile. Only for
+    serial commands whose test checks what the command does, not the process itself (start-up,
+    PYTHONPATH extensions, signals). The global state a command changes (environment, train's
+    signal handlers, torch's threads and determinism) is put back."""
+    from feddm_hpc.cli import main
+    from feddm_hpc.cli.train import STOP
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGUSR1, signal.SIGTERM)}
+    threads, det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    env = {key: os.environ.get(key) for key in (env_extra or {})}
+    cwd, out, err = os.getcwd(), io.StringIO(), io.StringIO()
+    try:
+        os.chdir(ROOT)
+        os.environ.update(env_extra or {})
+        with _captured_fds() as fds, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:   # argparse's usage errors, as the process would exit
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.chdir(cwd)
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        STOP.requested, STOP.signal_name = False, None
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(det)
+    return subprocess.CompletedProcess(["feddm-hpc", *map(str, args)], code,
+                                       out.getvalue() + fds["stdout"], err.getvalue() + fds["stderr"])
 
 
 def final_params(run_dir: Path) -> np.ndarray:
@@ -48,8 +121,10 @@ def final_params(run_dir: Path) -> np.ndarray:
 
 
 def train_tiny(run_dir: Path, *extra, nprocs: int = 1) -> Path:
-    """Trains configs/tiny.yaml deterministically into run_dir; fails the test if it fails."""
-    out = run_cli(["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC, *extra], nprocs=nprocs)
+    """Trains configs/tiny.yaml deterministically into run_dir; fails the test if it fails. One
+    rank runs in this process (cli_in_process), more under a real mpiexec (run_cli)."""
+    args = ["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC, *extra]
+    out = cli_in_process(args) if nprocs == 1 else run_cli(args, nprocs=nprocs)
     assert out.returncode == 0, out.stderr
     return run_dir
 
@@ -122,7 +197,12 @@ def tiny_run_shared(tmp_path_factory):
     2 rounds, one thread): the reference that many tests read. Never write into it (no resume,
     evaluate or new checkpoint there): take copy_run(...) first. Module fixtures use this one;
     tests use `tiny_run`, which checks that the test left it as it was."""
-    return train_tiny(tmp_path_factory.mktemp("tiny_run") / "run")
+    # A real `feddm-hpc train` process, not cli_in_process: tests/test_api.py compares the API's
+    # in-process run with this one as the command line's.
+    run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
+    out = run_cli(["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC])
+    assert out.returncode == 0, out.stderr
+    return run_dir
 
 
 def _snapshot(run_dir: Path):

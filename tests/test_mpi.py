@@ -16,6 +16,7 @@ from conftest import (
     DETERMINISTIC,
     ROOT,
     TINY,
+    cli_in_process,
     final_params,
     mpiexec_path,
     run_cli,
@@ -149,7 +150,7 @@ COHORT = ["--set", "federation.num_clients=6", "--set", "federation.clients_per_
 @pytest.fixture(scope="module")
 def cohort_reference(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("cohort") / "run"
-    out = run_cli(["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC, *COHORT])
+    out = cli_in_process(["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC, *COHORT])  # serial
     assert out.returncode == 0, out.stderr
     return run_dir
 
@@ -167,8 +168,9 @@ def test_bf16_training_is_rank_invariant_and_not_the_fp32_run(cohort_reference, 
     runs = {}
     for nprocs in (1, 3):
         runs[nprocs] = tmp_path / f"bf16-{nprocs}"
-        out = run_cli(["train", str(TINY), "--run-dir", str(runs[nprocs]), *DETERMINISTIC, *COHORT,
-                       "--set", "system.precision=bf16"], nprocs=nprocs)
+        args = ["train", str(TINY), "--run-dir", str(runs[nprocs]), *DETERMINISTIC, *COHORT,
+                "--set", "system.precision=bf16"]
+        out = cli_in_process(args) if nprocs == 1 else run_cli(args, nprocs=nprocs)
         assert out.returncode == 0, out.stderr
     assert np.array_equal(final_params(runs[1]), final_params(runs[3]))
     assert not np.array_equal(final_params(runs[1]), final_params(cohort_reference))

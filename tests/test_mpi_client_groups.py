@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import DETERMINISTIC, TINY, final_params, run_cli
+from conftest import DETERMINISTIC, TINY, cli_in_process, final_params, run_cli
 
 pytestmark = pytest.mark.mpi
 
@@ -21,8 +21,11 @@ CASES = {
 
 
 def train(run_dir, case, group, nprocs):
-    out = run_cli(["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC, *CASES[case],
-                   "--set", f"system.client_group_size={group}"], nprocs=nprocs)
+    args = ["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC, *CASES[case],
+            "--set", f"system.client_group_size={group}"]
+    # One rank in this process (the same code, without a second interpreter start-up); 2 and 3
+    # ranks under a real mpiexec.
+    out = cli_in_process(args) if nprocs == 1 else run_cli(args, nprocs=nprocs)
     assert out.returncode == 0, out.stderr
     return final_params(run_dir), [json.loads(l)["train_loss"]
                                    for l in (run_dir / "metrics.jsonl").read_text().splitlines()]

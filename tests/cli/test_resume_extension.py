@@ -14,7 +14,7 @@ from feddm_hpc.config.sections import ClientConfig
 from feddm_hpc.federation.client import round_lr
 from feddm_hpc.federation.job import rounds_change_note
 
-from conftest import DETERMINISTIC, TINY, final_params, run_cli, train_tiny
+from conftest import DETERMINISTIC, TINY, cli_in_process, final_params, train_tiny
 
 NOTE = re.compile(r"resume: federation\.rounds (\d+) -> (\d+) changes client\.lr_schedule=cosine's horizon: "
                   r"round (\d+)'s lr (\S+) under \d+ rounds -> (\S+) under \d+ .*--set client\.lr_horizon=(\d+)\)")
@@ -85,7 +85,7 @@ def extended(two_rounds, tmp_path_factory):
     """two_rounds resumed to 4 rounds: (run dir, the resume's stderr)."""
     run = tmp_path_factory.mktemp("resume_ext_long") / "run"
     shutil.copytree(two_rounds, run)
-    out = run_cli(["resume", str(run), *DETERMINISTIC, "--set", "federation.rounds=4"])
+    out = cli_in_process(["resume", str(run), *DETERMINISTIC, "--set", "federation.rounds=4"])
     assert out.returncode == 0, out.stderr
     return run, out.stderr
 
@@ -101,7 +101,7 @@ def test_extending_a_run_says_that_the_lr_jumps_back_up(extended, tmp_path):
     # Resuming with an unchanged count (the 4-round run, its last checkpoint gone) says nothing.
     run = shutil.copytree(extended[0], tmp_path / "run")
     (run / "checkpoints" / "round-000003.h5").unlink()
-    out = run_cli(["resume", str(run), *DETERMINISTIC])
+    out = cli_in_process(["resume", str(run), *DETERMINISTIC])
     assert out.returncode == 0, out.stderr
     assert "resumed from" in out.stderr and "resume: federation.rounds" not in out.stderr
 
@@ -110,7 +110,7 @@ def test_extending_a_run_says_that_the_lr_jumps_back_up(extended, tmp_path):
 def test_lr_horizon_extends_a_run_on_the_old_schedule(two_rounds, extended, tmp_path):
     run = tmp_path / "kept"
     shutil.copytree(two_rounds, run)
-    out = run_cli(["resume", str(run), *DETERMINISTIC, "--set", "federation.rounds=4",
+    out = cli_in_process(["resume", str(run), *DETERMINISTIC, "--set", "federation.rounds=4",
                    "--set", "client.lr_horizon=2"])
     assert out.returncode == 0, out.stderr
     assert "resume: federation.rounds" not in out.stderr   # nothing changes: no line

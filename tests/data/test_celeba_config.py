@@ -7,7 +7,7 @@ import pytest
 from feddm_hpc.config import load_config
 from feddm_hpc.data.datasets import image_options, load_dataset
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_in_process
 
 PIL = pytest.importorskip("PIL.Image")
 pytestmark = pytest.mark.slow      # builds the 78.7M-parameter U-Net (~3 CPU-s, ~15 s loaded)
@@ -26,8 +26,8 @@ def test_celeba64_config_reads_aligned_celeba_jpegs_at_64x64(tmp_path, monkeypat
     cfg = load_config(CONFIG, sets)
     ds = load_dataset(cfg.data.dataset, cfg.data.path, "train", **image_options(cfg.data))
     assert ds.image_shape == (64, 64, 3) and len(ds) == 6
-    out = run_cli(["validate", str(CONFIG), *[a for s in sets for a in ("--set", s)]],
-                  env_extra={"FEDDM_HPC_CACHE": str(tmp_path / "cache")})
+    out = cli_in_process(["validate", str(CONFIG), *[a for s in sets for a in ("--set", s)]],
+                         env_extra={"FEDDM_HPC_CACHE": str(tmp_path / "cache")})
     assert out.returncode == 0, out.stderr
     assert "6 image_folder images" in out.stdout
     assert "model: dense, 78,700,803 shared parameters" in out.stdout

@@ -11,7 +11,7 @@ import pytest
 from feddm_hpc.data.cifar10 import CLASSES
 from feddm_hpc.rundir.imaging import read_png
 
-from conftest import DETERMINISTIC, ROOT, TINY, run_cli
+from conftest import DETERMINISTIC, ROOT, TINY, cli_in_process, run_cli
 
 pytest.importorskip("PIL")
 CIFAR_JPEG = Path(os.environ.get("FEDDM_HPC_CIFAR10_JPEG", ROOT.parent / "shared" / "data" / "cifar10-jpeg"))
@@ -36,7 +36,7 @@ def sets(*assignments):
 
 
 def evaluate(ckpt: Path, env):
-    out = run_cli(["evaluate", str(ckpt), *QUICK_EVAL, *DETERMINISTIC[2:]], env_extra=env)
+    out = cli_in_process(["evaluate", str(ckpt), *QUICK_EVAL, *DETERMINISTIC[2:]], env_extra=env)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -65,10 +65,10 @@ def test_cifar10_small_trains_two_rounds_on_rgb_and_evaluates(small_cifar, tmp_p
 def test_a_resized_greyscale_folder_is_evaluated_at_its_training_size(small_cifar, tmp_path):
     env = {"FEDDM_HPC_CACHE": str(tmp_path / "cache")}
     run = tmp_path / "run"
-    out = run_cli(["train", str(TINY), "--run-dir", str(run), *DETERMINISTIC,
-                   *sets("data.dataset=image_folder", f"data.path={small_cifar}", "data.subset=null",
-                         "data.image_size=16", "data.channels=1", "federation.rounds=1",
-                         "sampling.num_samples=4")], env_extra=env)
+    out = cli_in_process(["train", str(TINY), "--run-dir", str(run), *DETERMINISTIC,
+                          *sets("data.dataset=image_folder", f"data.path={small_cifar}", "data.subset=null",
+                                "data.image_size=16", "data.channels=1", "federation.rounds=1",
+                                "sampling.num_samples=4")], env_extra=env)
     assert out.returncode == 0, out.stderr
     assert "image_folder: 400 images 16x16x1" in out.stderr
     result = evaluate(run / "checkpoints" / "round-000000.h5", env)

@@ -12,7 +12,7 @@ from feddm_hpc.data import load_configured, load_dataset
 from feddm_hpc.data.cifar10 import CLASSES
 from feddm_hpc.errors import ConfigError, DataError
 
-from conftest import run_cli
+from conftest import cli_in_process
 
 Image = pytest.importorskip("PIL.Image")
 CIFAR_JPEG = Path(os.environ.get("FEDDM_HPC_CIFAR10_JPEG", Path(__file__).resolve().parents[3]
@@ -163,13 +163,13 @@ def test_config_fields_and_their_checks(tmp_path):
         load_dataset("mnist", None, image_size=16)
 
 
-@pytest.mark.slow  # two CLI processes
+@pytest.mark.slow  # two CLI validations that decode a folder
 def test_cli_exits_2_with_one_line_naming_the_file(tmp_path):
     make_folder(tmp_path / "imgs")
     bad = tmp_path / "imgs" / "cat" / "corrupt.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     for data_path, named in [(tmp_path / "imgs", "corrupt.jpg"), (tmp_path / "nothing", "nothing")]:
-        out = run_cli(["validate", "configs/tiny.yaml", "--set", "data.dataset=image_folder",
+        out = cli_in_process(["validate", "configs/tiny.yaml", "--set", "data.dataset=image_folder",
                        "--set", f"data.path={data_path}", "--set", "data.subset=null"],
                       env_extra={"FEDDM_HPC_CACHE": str(tmp_path / "cache")})
         lines = [line for line in out.stderr.splitlines() if line.strip()]

@@ -16,7 +16,7 @@ from feddm_hpc.config import config_from_tree
 from feddm_hpc.diffusion.diffusers_unet import DiffusersUNet2D
 from feddm_hpc.errors import ConfigError
 
-from conftest import run_cli, straight_and_resumed
+from conftest import cli_in_process, straight_and_resumed
 
 OPTIONS = ("{block_out_channels: [16, 32], down_block_types: [DownBlock2D, AttnDownBlock2D], "
            "up_block_types: [AttnUpBlock2D, UpBlock2D], layers_per_block: 1, norm_num_groups: 8}")
@@ -47,7 +47,7 @@ def test_trained_under_mpi_exported_and_sampled_by_diffusers(tmp_path, monkeypat
     run = straight_and_resumed(tmp_path, "model.name=diffusers_unet2d", f"model.options={OPTIONS}",
                                "sampling.num_samples=2")
     ckpt = run / "checkpoints" / "round-000001.h5"
-    res = run_cli(["export", str(ckpt), str(out)], env_extra={"HF_HUB_OFFLINE": "1"})
+    res = cli_in_process(["export", str(ckpt), str(out)], env_extra={"HF_HUB_OFFLINE": "1"})
     assert res.returncode == 0, res.stderr
     assert "a diffusers DDPMPipeline folder" in res.stdout
     assert json.loads((out / "model_index.json").read_text())["_class_name"] == "DDPMPipeline"

@@ -22,7 +22,7 @@ from feddm_hpc.evaluation import evaluate, generation, per_client, results, scor
 from feddm_hpc.federation.setup import build_model
 from feddm_hpc.params import flatten
 
-from conftest import DETERMINISTIC, ROOT, TINY, copy_run, mpiexec_path, run_cli
+from conftest import DETERMINISTIC, ROOT, TINY, cli_in_process, copy_run, mpiexec_path, run_cli
 
 N = 64
 QUICK_EXTRACTOR = ["--extractor-epochs", "1", "--extractor-train-subset", "2000"]
@@ -48,9 +48,9 @@ def run_dir(tiny_run_shared, tmp_path_factory):
 @pytest.fixture(scope="module")
 def serial_eval(run_dir, cache, tmp_path_factory):
     samples = tmp_path_factory.mktemp("samples") / "np1.npz"
-    out = run_cli(["evaluate", str(run_dir / "checkpoints" / "round-000001.h5"), "--num-samples",
-                   str(N), *QUICK_EXTRACTOR, "--save-samples", str(samples),
-                   "--set", "system.threads=1"], env_extra=cache)
+    out = cli_in_process(["evaluate", str(run_dir / "checkpoints" / "round-000001.h5"), "--num-samples",
+                          str(N), *QUICK_EXTRACTOR, "--save-samples", str(samples),
+                          "--set", "system.threads=1"], env_extra=cache)
     assert out.returncode == 0, out.stderr
     return out, samples
 
@@ -142,8 +142,8 @@ def test_evaluate_under_mpiexec_matches_serial(run_dir, serial_eval, cache, tmp_
 def test_evaluate_unlabelled_data_is_a_user_error(run_dir, cache, tmp_path):
     npz = tmp_path / "unlabelled.npz"
     np.savez(npz, images=np.zeros((100, 28, 28), dtype=np.uint8))
-    out = run_cli(["evaluate", str(run_dir / "checkpoints" / "round-000001.h5"), "--num-samples",
-                   "8", "--set", "data.dataset=npz", "--set", f"data.path={npz}"], env_extra=cache)
+    out = cli_in_process(["evaluate", str(run_dir / "checkpoints" / "round-000001.h5"), "--num-samples",
+                          "8", "--set", "data.dataset=npz", "--set", f"data.path={npz}"], env_extra=cache)
     assert out.returncode == 2
     err = out.stderr.strip().splitlines()
     assert err[-1].startswith("error: data.dataset: npz") and "--inception-weights" in err[-1]

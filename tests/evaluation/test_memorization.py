@@ -11,7 +11,7 @@ import pytest
 from feddm_hpc.data import load_dataset
 from feddm_hpc.evaluation import memorization as mem
 
-from conftest import DETERMINISTIC, copy_run, run_cli
+from conftest import DETERMINISTIC, cli_in_process, copy_run
 
 TRAIN_N = 3000   # training images searched in the MNIST tests: well under a second
 QUERY_N = 300
@@ -184,7 +184,7 @@ def test_evaluate_reports_memorization(tiny_run, tmp_path):
     # The LeNet comes from the session's FEDDM_HPC_CACHE (tests/conftest.py): test_evaluate's.
     quick = ["--num-samples", "64", "--extractor-epochs", "1", "--extractor-train-subset", "2000",
              *DETERMINISTIC]
-    out = run_cli(["evaluate", str(ckpt), *quick])
+    out = cli_in_process(["evaluate", str(ckpt), *quick])
     assert out.returncode == 0, out.stderr
     m = json.loads(out.stdout)["memorization"]   # stdout is exactly one JSON object
     assert m["k"] == 50 and m["train_images"] == 2000 and m["num_samples"] == 64
@@ -193,7 +193,7 @@ def test_evaluate_reports_memorization(tiny_run, tmp_path):
     assert m["reference"]["num_images"] == 64 and m["near_copy_fraction"]["feature"] is not None
     assert (run_dir / "eval" / "round-000001.memorization.png").is_file()
     assert json.loads((run_dir / "eval" / "round-000001.json").read_text())["memorization"] == m
-    out = run_cli(["evaluate", str(ckpt), *quick, "--no-memorization", "--out",
-                   str(tmp_path / "plain.json")])
+    out = cli_in_process(["evaluate", str(ckpt), *quick, "--no-memorization", "--out",
+                          str(tmp_path / "plain.json")])
     assert out.returncode == 0, out.stderr
     assert "memorization" not in json.loads(out.stdout)

@@ -8,7 +8,7 @@ import pytest
 
 from feddm_hpc.rundir.checkpoint import latest_valid, load_checkpoint
 
-from conftest import DETERMINISTIC, TINY, final_params, run_cli
+from conftest import DETERMINISTIC, TINY, cli_in_process, final_params, run_cli
 
 pytestmark = pytest.mark.mpi
 
@@ -27,8 +27,9 @@ SETS = [a for kv in FEATURES for a in ("--set", kv)]
 
 
 def train(run_dir, nprocs, rounds=2):
-    out = run_cli(["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC, *SETS,
-                   "--set", f"federation.rounds={rounds}"], nprocs=nprocs)
+    args = ["train", str(TINY), "--run-dir", str(run_dir), *DETERMINISTIC, *SETS,
+            "--set", f"federation.rounds={rounds}"]
+    out = cli_in_process(args) if nprocs == 1 else run_cli(args, nprocs=nprocs)   # 1: the serial reference
     assert out.returncode == 0, out.stderr
     return run_dir
 

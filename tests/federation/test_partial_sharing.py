@@ -20,7 +20,7 @@ from feddm_hpc.federation.shared_space import PrivateParts, SharedSpace, client_
 from feddm_hpc.params import ParamSpec, flatten
 from feddm_hpc.rundir.checkpoint import load_checkpoint
 
-from conftest import DETERMINISTIC, final_params, run_cli, train_tiny
+from conftest import DETERMINISTIC, cli_in_process, final_params, run_cli, train_tiny
 
 # The decoder shared, 8-bit updates with error feedback: both kinds of per-client state at once.
 PARTIAL = ["--set", "federation.shared_parts=[decoder]", "--set", "compression.uplink=quant",
@@ -146,10 +146,10 @@ def test_presets_covering_everything_are_full_sharing(tiny_config):
 
 
 def test_validate_reports_the_shared_part_and_exits_2_on_a_bad_one(tiny_config):
-    out = run_cli(["validate", str(tiny_config), "--set", "federation.shared_parts=[decoder]"])
+    out = cli_in_process(["validate", str(tiny_config), "--set", "federation.shared_parts=[decoder]"])
     assert out.returncode == 0, out.stderr
     assert "shared parts up, output" in out.stdout and "the rest per client" in out.stdout
-    bad = run_cli(["validate", str(tiny_config), "--set", "federation.shared_parts=[head]"])
+    bad = cli_in_process(["validate", str(tiny_config), "--set", "federation.shared_parts=[head]"])
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "federation.shared_parts" in bad.stderr
 
 
@@ -240,6 +240,6 @@ def test_sample_draws_one_client_or_all_and_refuses_client_on_full_runs(serial, 
     # all clients, 2 each in client order: client 1's block is its own model's first 2 samples
     assert torch.equal(mixed[2:4], c1) and torch.equal(mixed[0:2], c0)
     assert not torch.equal(c0, c1)
-    out = run_cli(["sample", str(ckpt), "--num", "2", "--steps", "2", "--client", "9",
+    out = cli_in_process(["sample", str(ckpt), "--num", "2", "--steps", "2", "--client", "9",
                    "--out", str(tmp_path / "x.png")])
     assert out.returncode == 2 and "--client" in out.stderr

@@ -13,7 +13,7 @@ from feddm_hpc.config import Config, config_from_tree
 from feddm_hpc.errors import ConfigError
 from feddm_hpc.federation.tensorboard_log import LOGDIR, TensorBoardLog, eval_scalars, round_scalars
 
-from conftest import DETERMINISTIC, TINY, run_cli, train_tiny
+from conftest import DETERMINISTIC, TINY, cli_in_process, train_tiny
 
 RECORD = {"round": 3, "train_loss": 0.25, "clients": [0, 2], "arrived": [0], "dropped": [2],
           "aggregated_clients": 1, "uplink_bytes": 100, "cum_downlink_bytes": 400, "wall_s": 1.5,
@@ -82,9 +82,9 @@ def test_events_equal_the_metrics_evaluation_and_grids(tmp_path):
     sets = ["logging.tensorboard=true", "sampling.every=1", "sampling.num_samples=4",
             "evaluation.every=2", "evaluation.num_samples=8", "evaluation.extractor_epochs=1",
             "evaluation.extractor_max_train=200"]
-    out = run_cli(["train", str(TINY), "--run-dir", str(run), *DETERMINISTIC,
-                   *[a for s in sets for a in ("--set", s)]],
-                  env_extra={"FEDDM_HPC_CACHE": str(tmp_path / "cache")})  # the LeNet, kept apart
+    out = cli_in_process(["train", str(TINY), "--run-dir", str(run), *DETERMINISTIC,
+                          *[a for s in sets for a in ("--set", s)]],
+                         env_extra={"FEDDM_HPC_CACHE": str(tmp_path / "cache")})  # the LeNet, kept apart
     assert out.returncode == 0, out.stderr
     scalars, images = read_events(run)
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

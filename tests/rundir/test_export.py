@@ -21,7 +21,7 @@ from feddm_hpc.rundir.checkpoint import CheckpointData, load_checkpoint, save_ch
 from feddm_hpc.rundir.export import CONFIG, WEIGHTS, dense_state, export_checkpoint
 from feddm_hpc.rundir.safetensors_io import read_safetensors, write_safetensors
 
-from conftest import run_cli
+from conftest import cli_in_process
 
 MODEL = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
          "attention_resolutions": [4], "dropout": 0.0}
@@ -139,16 +139,16 @@ def test_an_export_whose_weights_do_not_match_its_config_is_refused(tmp_path):
 @pytest.mark.slow
 def test_the_commands_export_and_sample_and_exit_2_on_bad_input(tmp_path):
     ckpt = make_checkpoint(tmp_path / "round-000002.h5")
-    out = run_cli(["export", str(ckpt), str(tmp_path / "exp")])
+    out = cli_in_process(["export", str(ckpt), str(tmp_path / "exp")])
     assert out.returncode == 0, out.stderr
     assert f"to {tmp_path / 'exp'}: model.safetensors (" in out.stdout
     for source, png in ((ckpt, "a.png"), (tmp_path / "exp", "b.png")):
-        out = run_cli(["sample", str(source), "--num", "4", "--out", str(tmp_path / png),
+        out = cli_in_process(["sample", str(source), "--num", "4", "--out", str(tmp_path / png),
                        "--device", "cpu"])
         assert out.returncode == 0, out.stderr
     assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
     for args, message in ((["export", str(ckpt), str(tmp_path / "exp")], "already exists"),
                           (["export", str(tmp_path / "nope.h5"), str(tmp_path / "x")], "nope.h5")):
-        out = run_cli(args)
+        out = cli_in_process(args)
         lines = out.stderr.strip().splitlines()
         assert out.returncode == 2 and len(lines) == 1 and message in lines[0], out.stderr

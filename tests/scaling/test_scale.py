@@ -8,13 +8,13 @@ import json
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_in_process, run_cli
 
 SCALE = ROOT / "configs" / "scale_10k.yaml"
 
 
 def test_scale_config_validates():
-    out = run_cli(["validate", str(SCALE)], timeout=120)
+    out = cli_in_process(["validate", str(SCALE)])
     assert out.returncode == 0, out.stderr
     assert "10000 clients (6-6 samples each)" in out.stdout
     assert "60000 mnist images" in out.stdout

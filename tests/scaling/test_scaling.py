@@ -27,7 +27,7 @@ from feddm_hpc.study import slurm
 from feddm_hpc.study.runs import plan_runs
 from feddm_hpc.study.spec import load_spec
 
-from conftest import ROOT, TINY, run_cli
+from conftest import ROOT, TINY, cli_in_process, run_cli
 
 NETWORK = {"uplink_mbps": {"median": 5, "sigma": 0.7}, "compute": "modelled",
            "include_server": False}
@@ -290,7 +290,7 @@ def interrupted_study(tmp_path_factory):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     stopped = (proc.communicate(timeout=240)[0], proc.returncode)
-    status = run_cli([*cmd, "--status"])
+    status = cli_in_process([*cmd, "--status"])   # reads files: no process of its own needed
     again = run_cli(cmd, timeout=600)
     return path, out, stopped, status, again
 

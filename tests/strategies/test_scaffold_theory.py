@@ -15,7 +15,7 @@ from feddm_hpc.federation.client import round_lr
 from feddm_hpc.strategies import make_strategy, weighted_mean
 from feddm_hpc.strategies.scaffold import control_delta
 
-from conftest import TINY, run_cli
+from conftest import TINY, cli_in_process
 
 DIM, CLIENTS, LOCAL_STEPS, ROUNDS = 8, 5, 15, 60
 PLAIN_SGD = {"optimizer": "sgd", "momentum": 0.0, "grad_clip": None}
@@ -103,7 +103,7 @@ def test_plain_sgd_scaffold_config_loads_and_other_algorithms_are_unaffected():
 
 
 def test_cli_validate_rejects_scaffold_with_adam_in_one_line():
-    out = run_cli(["validate", str(TINY), "--set", "federation.algorithm=scaffold"])
+    out = cli_in_process(["validate", str(TINY), "--set", "federation.algorithm=scaffold"])
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     lines = [l for l in out.stderr.splitlines() if l.strip()]

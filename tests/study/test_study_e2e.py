@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from synthetic import write_spec
 
-from conftest import mpiexec_path, run_cli
+from conftest import cli_in_process, mpiexec_path, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = """\
@@ -46,7 +46,7 @@ def test_study_stops_resumes_skips_and_collects(tmp_path):
     log = proc.communicate(timeout=240)[0]
     assert proc.returncode == 3, log
     assert "fedavg/seed0: stopped (rerun the study to go on)" in log
-    status = run_cli([*study, "--status"])
+    status = cli_in_process([*study, "--status"])   # reads files: no process of its own needed
     assert status.returncode == 0 and "0 complete, 0 running, 4 to do" in status.stdout, status.stdout
 
     again = run_cli([*study, "--jobs", "1"], timeout=900)
@@ -55,11 +55,11 @@ def test_study_stops_resumes_skips_and_collects(tmp_path):
     assert again.stdout.count("training (3 rounds)") == 3, again.stdout
     for train_log in (out / "logs").glob("*.train.log"):  # no run trained twice from scratch
         assert train_log.read_text().count("feddm-hpc train ") == 1, train_log
-    third = run_cli(study)
+    third = cli_in_process(study)   # everything skipped: nothing launched
     assert third.returncode == 0 and third.stdout.count("complete, skipped") == 4, third.stdout
     assert "training" not in third.stdout and "resuming" not in third.stdout
 
-    collect = run_cli([*study, "--collect"])
+    collect = cli_in_process([*study, "--collect"])
     assert collect.returncode == 0, collect.stderr
     table = (out / "table.md").read_text()
     for cell in ("fedavg", "q8"):
