@@ -194,7 +194,9 @@ def evaluate_checkpoint(comm, args, verbose: bool = True) -> Optional[dict]:
             loaded["inception"] = load_inception(args.inception_weights)
         root_decides(comm, read_weights)
     elif comm.rank == 0:
-        print(f"note: {FID_UNAVAILABLE}; reporting FD/KID/PRDC in LeNet features",
+        grey = not data.image_shape or data.image_shape[0] == 1   # (C, H, W); () in old files
+        features = "LeNet" if grey else "colour-network"
+        print(f"note: {FID_UNAVAILABLE}; reporting FD/KID/PRDC in {features} features",
               file=sys.stderr, flush=True)
 
     mixture = partial_sharing_inputs(comm, config, model, data)
