@@ -87,8 +87,7 @@ class GatherTransport(Transport):
 
     def connect(self, comm) -> None:
         if self.stream_wanted and comm.size > 1 and hasattr(comm, "p2p"):
-            comm.p2p   # noqa: B018 - MPI_Comm_dup is collective: every rank makes it here
-            self.stream = PayloadStream(comm)
+            self.stream = PayloadStream(comm)   # duplicates the communicator: every rank, here
 
     def client_done(self, comm, report):
         if self.stream is None:
