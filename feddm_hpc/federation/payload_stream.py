@@ -65,10 +65,6 @@ class PayloadStream:
         req = self.raw.Isend([payload, self._MPI.BYTE], dest=0, tag=TAG)
         self._sends.append((req, payload))
 
-    @property
-    def sent(self) -> int:
-        return len(self._sends)
-
     def finish_sending(self) -> None:
         requests = [req for req, _ in self._sends]
         nbytes = sum(int(p.size) for _, p in self._sends)
