@@ -111,6 +111,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="substring filter on case names")
     ap.add_argument("--np", default="1,2", help="rank counts, comma-separated")
+    ap.add_argument("--set", dest="overrides", action="append", default=[],
+                    help="an override added to every case (e.g. system.pipeline_clients=true: an "
+                         "option that must not change any result gives the same lines)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         for name, extra in CASES.items():
@@ -119,7 +122,7 @@ def main() -> None:
             for n in (int(x) for x in args.np.split(",")):
                 if name.startswith("hier") and n == 1:
                     continue
-                print(run_case(name, extra, n, Path(tmp)), flush=True)
+                print(run_case(name, [*extra, *args.overrides], n, Path(tmp)), flush=True)
 
 
 if __name__ == "__main__":

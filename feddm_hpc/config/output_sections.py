@@ -66,6 +66,10 @@ class SystemConfig:
     # gather: each client's payload leaves its rank as soon as it is encoded, while the rank
     # trains its next client (federation/payload_stream.py); false: one Gatherv after training.
     stream_uplink: bool = True
+    # A rank's next client starts training before this one is encoded: on a GPU its vector is
+    # copied to the host on a side stream meanwhile (federation/readback.py); auto: on a GPU only
+    # (a CPU does the steps and the encoding itself: nothing to overlap); results are the same.
+    pipeline_clients: Union[bool, Literal["auto"]] = "auto"
     deterministic: bool = False         # GPU: deterministic kernels, no TF32 (docs/gpus.md)
     device_data_max_mb: int = 1024      # training images on the GPU up to this size (MiB per
                                         # rank), above it in pinned host memory

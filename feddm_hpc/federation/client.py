@@ -25,6 +25,7 @@ from feddm_hpc.data import select_batch
 from feddm_hpc.diffusion.loss import training_loss  # the default loss_fn (L_simple)
 from feddm_hpc.federation.local_steps import run_local_steps
 from feddm_hpc.federation.precision import forward_precision
+from feddm_hpc.federation.readback import make_readback
 from feddm_hpc.lr_schedule import round_lr
 from feddm_hpc.params import ParamViews, flatten_into, unflatten_into
 
@@ -153,8 +154,15 @@ class LocalTrainer:
         # a model it cannot serve, which then copies tensor by tensor.
         self.views = ParamViews.bind(model)
         self.params = [p for p in model.parameters()]
-        self.local_vector = np.empty(sum(p.numel() for p in self.params), dtype=np.float32)
+        # The trained vectors' way back to the host (readback.py): reused host vectors, on a
+        # GPU copied on a side stream; `pipeline()` keeps two for a pipelined round.
+        self.readback = make_readback(self, pipelined=False)
         self._optimizer = None    # one per rank, reset per client (reset_optimizer)
+
+    def pipeline(self) -> None:
+        """Prepare for rounds whose next client starts training before this one is encoded
+        (rank_training.py): two host vectors instead of one."""
+        self.readback = make_readback(self, pipelined=True)
 
     def load(self, vector) -> None:
         """The vector into the model's parameters: a float32 numpy vector, or pieces of one
@@ -198,7 +206,17 @@ class LocalTrainer:
               round_index: int, terms: Sequence = (), steps: int | None = None,
               streams: tuple = (seeding.TRAIN, seeding.DROPOUT),
               lr: float | None = None, poison=None) -> tuple[np.ndarray, LocalResult]:
-        """Local steps from `global_vector` on the client's `indices`.
+        """launch(...).finish(): (the trained vector, its LocalResult). The vector is one of the
+        trainer's reused host vectors: read it before the next client is trained."""
+        return self.launch(global_vector, client_id, indices, round_index, terms, steps,
+                           streams, lr, poison).finish()
+
+    def launch(self, global_vector: np.ndarray, client_id: int, indices: np.ndarray,
+               round_index: int, terms: Sequence = (), steps: int | None = None,
+               streams: tuple = (seeding.TRAIN, seeding.DROPOUT),
+               lr: float | None = None, poison=None, after_first_step=None) -> "Launched":
+        """Local steps from `global_vector` on the client's `indices`; returns once they are
+        launched (on a CPU: done) and the vector's way to the host has started.
 
         terms: the strategy's gradient terms (strategies/terms.py), added to every step's gradient.
         steps: overrides the configured local steps (personalization fine-tuning).
@@ -206,6 +224,8 @@ class LocalTrainer:
             never replays a training round's draws.
         lr: overrides the round's scheduled learning rate (`round_lr`).
         poison: a data attack's transform of each batch (attacks.label_flip_images), or None.
+        after_first_step: called once, right after the first step is launched: a pipelined
+            round finishes the previous client there, while the device trains this one.
         """
         self.load(global_vector)
         for term in terms:
@@ -223,7 +243,18 @@ class LocalTrainer:
         if not self.model.training:   # samplers and evaluations restore the mode they found;
             self.model.train()        # setting it costs a walk over every module (~0.25 ms)
         rows = ModelRow(self, plan, noise_gen, poison)
-        totals = run_local_steps(rows, optimizer, terms, self.cfg.grad_clip, [steps], self.device)
-        self.read_into(self.local_vector)
-        result = LocalResult(client_id, int(indices.size), float(totals[0].item()) / steps, steps)
-        return self.local_vector, result
+        totals = run_local_steps(rows, optimizer, terms, self.cfg.grad_clip, [steps], self.device,
+                                 after_first_step)
+        return Launched(self.readback.start(self, totals[0]), client_id, int(indices.size), steps)
+
+
+class Launched:
+    """A client whose steps are launched; finish() waits for its vector and loss on the host."""
+
+    def __init__(self, pending, client_id: int, num_samples: int, steps: int):
+        self.pending, self.client_id, self.num_samples, self.steps = pending, client_id, num_samples, steps
+
+    def finish(self) -> tuple[np.ndarray, LocalResult]:
+        vector, loss_total = self.pending.wait()
+        return vector, LocalResult(self.client_id, self.num_samples, loss_total / self.steps,
+                                   self.steps)

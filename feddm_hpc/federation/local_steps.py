@@ -46,9 +46,11 @@ def add_gradient_terms(params, terms) -> None:
 
 
 def run_local_steps(rows: Rows, optimizer, terms, grad_clip: float | None,
-                    steps: Sequence[int], device) -> torch.Tensor:
+                    steps: Sequence[int], device, after_first_step=None) -> torch.Tensor:
     """max(steps) optimizer steps of every row; returns each row's summed loss over its own
-    steps, [G], on the device (read once by the caller: no step waits for the host)."""
+    steps, [G], on the device (read once by the caller: no step waits for the host).
+    after_first_step: called once after the first step is launched (a pipelined round's
+    previous client is finished there: client.LocalTrainer.launch)."""
     g = len(steps)
     # Rows with fewer steps stop counting their loss after their last step; with equal steps
     # every row counts every step (no mask: where(True, x, 0) is x, so skipping it changes nothing).
@@ -69,4 +71,8 @@ def run_local_steps(rows: Rows, optimizer, terms, grad_clip: float | None,
         totals += done if active_at is None else torch.where(active_at[step], done,
                                                              torch.zeros_like(totals))
         rows.stepped(step)
+        if step == 0 and after_first_step is not None:
+            after_first_step()
+    if max(steps, default=0) == 0 and after_first_step is not None:
+        after_first_step()
     return totals

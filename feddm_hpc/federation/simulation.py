@@ -34,7 +34,7 @@ from feddm_hpc.federation.client import LocalTrainer, local_steps_for
 from feddm_hpc.federation.downlink import Downlink
 from feddm_hpc.federation.participation import plan_round
 from feddm_hpc.federation.phases import Phases
-from feddm_hpc.federation.rank_training import RankTraining, grouping_of_run
+from feddm_hpc.federation.rank_training import RankTraining, grouping_of_run, pipelines_clients
 from feddm_hpc.federation.reports import ClientReport, make_report
 from feddm_hpc.federation.server import ema_decay_at
 from feddm_hpc.federation.setup import RunSetup, build_setup, sharing_of
@@ -96,7 +96,8 @@ class Simulation:
         self.training = RankTraining(self.trainer, s, grouping_of_run(config, s, comm.rank, comm.size,
                                                                       self._steps_of),
                                      self.private, self.strategy.gradient_terms,
-                                     DataPoison(config).of, config.diffusion)
+                                     DataPoison(config).of, config.diffusion,
+                                     pipelined=pipelines_clients(config.system, s.device))
         # Under DP the metrics line holds per-client values only if released on purpose.
         p = config.privacy
         self.client_metrics = not p.dp or p.release_client_metrics
@@ -184,19 +185,17 @@ class Simulation:
         """Local training, encoding and the strategy's extra uploads of this rank's arrivals, one
         client or one group of clients (client_groups.py) at a time.
         Phases: train and encode (wall s), train_cpu (CPU s of this process in local training,
-        meaningful when other jobs share the cores; benchmarks/recipe.py reads it)."""
+        meaningful when other jobs share the cores; benchmarks/recipe.py reads it). Pipelined
+        (rank_training.py), a client is encoded while the next one trains."""
         reports: List[ClientReport] = []
         for name in ("train", "encode", "train_cpu"):   # present even on a rank with no client
             phases.add(name, 0.0)
-        for group in self.training.groups(plan):
-            t, t_cpu = time.perf_counter(), time.process_time()
-            trained = self.training.train(group, start, r)
-            train_s = time.perf_counter() - t
-            phases.add("train_cpu", time.process_time() - t_cpu)
-            phases.add("train", train_s)
-            for local, result in trained:   # each member's result was ready when its group was
-                reports.append(self._report(local, result, train_s, start, r, plan, phases))
-                self.transport.client_done(self.comm, reports[-1])   # its payload may leave now
+
+        def deliver(local, result, train_s):
+            reports.append(self._report(local, result, train_s, start, r, plan, phases))
+            self.transport.client_done(self.comm, reports[-1])   # its payload may leave now
+
+        self.training.run(plan, start, r, deliver, phases)
         return reports
 
     def _report(self, local, result, train_s, start, r, plan, phases) -> ClientReport:

@@ -228,6 +228,7 @@ system:
   placement: auto
   transport: gather
   stream_uplink: true
+  pipeline_clients: auto
   deterministic: false
   device_data_max_mb: 1024
   client_group_size: 1
