@@ -47,7 +47,10 @@ STEPS=(
     # system.deterministic: 2 rounds of 4 clients x 3 steps + 16 samples, ~10 s; its checkpoint
     # feeds evaluate.
     "det-a 30 invariance st_det_a"
-    "det-b 20 invariance st_det_b"                       # the same run again (warm disk): = det-a
+    # det-a again, clients one at a time (det-a pipelines them: system.pipeline_clients auto, the
+    # side-stream readback); = det-a. det-host-store and det-2ranks repeat det-a pipelined, so a
+    # det-b alone differing points at the pipelining, all three at nondeterminism.
+    "det-b 20 invariance st_det_b"
     "det-host-store 20 invariance st_det_host_store"     # images in pinned host memory: = det-a
     "det-2ranks 40 invariance st_det_2ranks"             # + mpiexec, 2 processes on 1 GPU: = det-a
     # (2) Correctness. One client of tiny, 20 steps, trained 4 times (warm-up, timed, "error"
@@ -251,7 +254,10 @@ same_as() {  # same_as REF NAME LABEL [info]: CMP line; a difference fails the s
 }
 DET=(--set system.deterministic=true)
 st_det_a() { train det-a 1 configs/tiny.yaml "${DET[@]}"; }
-st_det_b() { train det-b 1 configs/tiny.yaml "${DET[@]}" && same_as det-a det-b "deterministic repeat"; }
+st_det_b() {
+    train det-b 1 configs/tiny.yaml "${DET[@]}" --set system.pipeline_clients=false &&
+        same_as det-a det-b "deterministic repeat, one client at a time vs pipelined"
+}
 st_det_host_store() {
     train det-host-store 1 configs/tiny.yaml "${DET[@]}" --set system.device_data_max_mb=0 || return
     if [ "$DEV" = cuda ] && ! grep -q "pinned host" "$LOG"; then note "no 'pinned host' line: the host store was not used"; return 1; fi
