@@ -194,6 +194,17 @@ class ParamViews:
         with torch.no_grad():
             _write_split([self.views[i] for i in indices], _host_source(values), self.device)
 
+    def load_tensor(self, tensor: torch.Tensor) -> None:
+        """The parameters from their concatenation held in one tensor on the model's device (a
+        round's start staged there once: client.StagedStart): copies on the device only."""
+        if not self.intact():
+            unflatten_into(tensor.cpu().numpy(), self.model)
+            return
+        if tensor.numel() != self.total:
+            raise ValueError(f"tensor has {tensor.numel()} values, model has {self.total} parameters")
+        with torch.no_grad():
+            _write_split(self.views, tensor, self.device)
+
     def read_into(self, out: np.ndarray) -> np.ndarray:
         """flatten_into(model, out), in one concatenation into `out`."""
         if not self.intact():

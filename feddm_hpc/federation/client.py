@@ -117,6 +117,20 @@ def training_batch(images: torch.Tensor, batch: torch.Tensor, poison=None) -> to
     return x0 if poison is None else poison(x0)
 
 
+class StagedStart:
+    """A round's start vector already on the model's device (LocalTrainer.stage), loaded the
+    way shared_space.StartPieces are (`write_into` a ParamViews, `compose` for a fallback)."""
+
+    def __init__(self, host: np.ndarray, tensor: torch.Tensor):
+        self.host, self.tensor = host, tensor
+
+    def write_into(self, views) -> None:
+        views.load_tensor(self.tensor)
+
+    def compose(self) -> np.ndarray:
+        return self.host
+
+
 class ModelRow:
     """One client's row of the local loop (local_steps.py): the rank's model itself, its loss
     from the trainer's loss function (which draws the step's timesteps and noise)."""
@@ -164,10 +178,19 @@ class LocalTrainer:
         (rank_training.py): two host vectors instead of one."""
         self.readback = make_readback(self, pipelined=True)
 
+    def stage(self, vector: np.ndarray):
+        """The round's start as every client of this rank loads it: on a GPU copied to the device
+        once (page-locked, asynchronous), each client's load then a copy on the device
+        (StagedStart); elsewhere the vector itself."""
+        if self.views is None or self.views.device.type != "cuda":
+            return vector
+        return StagedStart(vector, to_device(np.ascontiguousarray(vector, dtype=np.float32),
+                                             self.views.device))
+
     def load(self, vector) -> None:
-        """The vector into the model's parameters: a float32 numpy vector, or pieces of one
+        """The vector into the model's parameters: a float32 numpy vector, pieces of one
         (shared_space.StartPieces: each piece copied into its parameters, so partial sharing's
-        start costs one full-model copy, as a full vector's does)."""
+        start costs one full-model copy, as a full vector's does) or a StagedStart."""
         if isinstance(vector, np.ndarray):
             if self.views is None:
                 unflatten_into(vector, self.model)

@@ -68,6 +68,7 @@ class RankTraining:
         self.pipelined = pipelined and setup.group_size == 1
         if self.pipelined:
             trainer.pipeline()
+        self._staged = None   # the round's start on the trainer's device, during run()
 
     def groups(self, plan) -> List[List[int]]:
         return self.grouping(plan)
@@ -80,7 +81,8 @@ class RankTraining:
         parts = self.setup.parts
         if len(group) == 1:
             cid = group[0]
-            launched = self.trainer.launch(self.private.start(cid, start), cid, parts[cid],
+            begin = self._staged if self._staged is not None else self.private.start(cid, start)
+            launched = self.trainer.launch(begin, cid, parts[cid],
                                            round_index, terms=self.terms_of(cid),
                                            poison=self.poison_of(cid),
                                            after_first_step=after_first_step)
@@ -105,9 +107,20 @@ class RankTraining:
         """Trains this rank's groups of the round and calls deliver(local, result, train_s) for
         each client in id order once its vector is on the host (the vector is valid until the
         call returns). Phases: train (wall s, waits for the device included, deliveries
-        excluded) and train_cpu (CPU s of this process in local training)."""
+        excluded) and train_cpu (CPU s of this process in local training).
+        Under full sharing every client of the round starts from `start`: on a GPU it crosses to
+        the device once for the round (LocalTrainer.stage), not once per client."""
+        groups = self.groups(plan)
+        if self.private.space.identity and groups:
+            self._staged = self.trainer.stage(start)
+        try:
+            self._run(groups, start, round_index, deliver, phases)
+        finally:
+            self._staged = None
+
+    def _run(self, groups, start, round_index, deliver, phases) -> None:
         pending = None
-        for group in self.groups(plan):
+        for group in groups:
             previous, spent = pending, [0.0, 0.0]
 
             def finish_previous(previous=previous, spent=spent):

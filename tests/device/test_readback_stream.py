@@ -11,7 +11,9 @@ import pytest
 import torch
 from dispatch_probes import fake_cuda, move_to_fake
 
+from feddm_hpc.federation.client import StagedStart, to_device
 from feddm_hpc.federation.readback import HostReadback, Pending, StreamReadback, make_readback
+from feddm_hpc.params import ParamViews
 
 pytestmark = pytest.mark.device
 
@@ -134,3 +136,21 @@ def test_a_cpu_model_reads_synchronously_into_reused_vectors():
     assert isinstance(readback, HostReadback) and len(readback.host.tensors) == 1
     vector, loss = readback.start(trainer, torch.tensor(1.5)).wait()
     assert vector.shape == (8,) and (vector == 7.0).all() and loss == 1.5
+
+
+@pytest.mark.filterwarnings("ignore:Accessing the data pointer of FakeTensor")
+def test_the_rounds_start_crosses_to_the_device_once_and_clients_load_it_there():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Linear(5, 3))
+    start = np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
+    with fake_cuda() as rec:
+        move_to_fake(model, DEVICE)
+        views = ParamViews.bind(model)
+        rec.clear()
+        staged = StagedStart(start, to_device(start, DEVICE))
+        assert rec.transfers == [("cpu", DEVICE, True, True)]   # page-locked, asynchronous
+        for _ in range(3):   # three clients of the round
+            staged.write_into(views)
+        with pytest.raises(ValueError, match="values"):
+            views.load_tensor(torch.zeros(5, device=DEVICE))
+    assert rec.transfers == [("cpu", DEVICE, True, True)] and rec.reads == [] and rec.mixed == []
+    assert staged.compose() is start

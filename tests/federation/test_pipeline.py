@@ -87,6 +87,10 @@ class RecordingTrainer:
     def pipeline(self):
         self.log.append("two host vectors")
 
+    def stage(self, start):
+        self.log.append("stage")
+        return start
+
     def launch(self, start, cid, indices, round_index, terms=(), poison=None, after_first_step=None):
         self.log.append(f"launch {cid}")
         if after_first_step is not None:
@@ -102,7 +106,8 @@ class RecordingTrainer:
 
 
 def rank_training(log, pipelined):
-    identity = SimpleNamespace(start=lambda cid, start: start, split=lambda cid, local: local)
+    identity = SimpleNamespace(start=lambda cid, start: start, split=lambda cid, local: local,
+                               space=SimpleNamespace(identity=True))
     setup = SimpleNamespace(group_size=1, parts={c: np.arange(4) for c in range(4)})
     grouping = lambda plan: [[c] for c in plan]   # noqa: E731
     return RankTraining(RecordingTrainer(log), setup, grouping, identity, lambda c: (),
@@ -124,13 +129,13 @@ def test_clients_are_delivered_in_id_order_after_the_next_ones_first_step(pipeli
     training.run([0, 1, 2], np.zeros(3, dtype=np.float32), 0, deliver, phases)
     assert delivered == [0, 1, 2]
     if pipelined:
-        assert log == ["two host vectors",
+        assert log == ["two host vectors", "stage",
                        "launch 0", "launched 0",
                        "launch 1", "finish 0", "deliver 0", "launched 1",
                        "launch 2", "finish 1", "deliver 1", "launched 2",
                        "finish 2", "deliver 2"]
     else:
-        assert log == ["launch 0", "launched 0", "finish 0", "deliver 0",
+        assert log == ["stage", "launch 0", "launched 0", "finish 0", "deliver 0",
                        "launch 1", "launched 1", "finish 1", "deliver 1",
                        "launch 2", "launched 2", "finish 2", "deliver 2"]
     assert {"train", "train_cpu"} <= set(phases.rounded())
