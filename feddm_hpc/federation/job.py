@@ -80,6 +80,10 @@ def run_training(comm, config, run_dir: Path, checkpoint_path: Optional[str] = N
         return "complete"
     t0 = time.perf_counter()
     outcome = sim.run(standard_callbacks(stop, sample_grids=True, extra=extra))
+    # The other ranks wait here, polled (comm.py), while the root finishes the run's last
+    # outputs, rather than inside MPI_Finalize, which spins.
+    comm.context = "end of the run"
+    comm.barrier()
     log.close()
     if outcome == "stopped":
         log.info(f"stopped on {stop_name() or 'request'} after a checkpoint; "
