@@ -221,7 +221,7 @@ class MPICommunicator:
         A large transfer only moves while its ranks are inside MPI (no progress thread): the
         polled wait keeps testing without sleeping for as long as `nbytes` take at
         SPIN_BYTES_PER_S, and backs off only after that (a rank waiting for a late one), to
-        sleeps of at most 10 ms: what a waiting rank costs is its tests, not a spinning core."""
+        sleeps of at most 1 ms: what a waiting rank costs is its tests, not a spinning core."""
         import time
 
         now = time.monotonic()
@@ -237,7 +237,7 @@ class MPICommunicator:
             if now < spin_until:
                 continue
             time.sleep(pause)
-            pause = min(pause * 2, 0.01)  # poll fast at first: most collectives are short
+            pause = min(pause * 2, 1e-3)  # poll fast at first: most collectives are short
 
     def bcast_array(self, array, root=0):
         self._wait(self.comm.Ibcast(array, root=root), "broadcast", array.nbytes)
