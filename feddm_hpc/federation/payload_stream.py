@@ -20,7 +20,6 @@ a killed process ends the job through the launcher.
 """
 from __future__ import annotations
 
-import time
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -31,16 +30,10 @@ TAG = 23_003   # payload messages, on a communicator of their own (comm.MPICommu
 
 
 class _Ready:
-    """A condition with Test() and Wait(), for MPICommunicator.wait (blocking or timed)."""
+    """A condition with Test(), for MPICommunicator.wait (which polls it)."""
 
     def __init__(self, test):
         self.Test = test
-
-    def Wait(self):
-        pause = 1e-6
-        while not self.Test():
-            time.sleep(pause)
-            pause = min(pause * 2, 1e-3)
 
 
 class PayloadStream:
