@@ -135,15 +135,21 @@ def pythonpath_env(*extra_paths) -> dict:
     return {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
 
 
-def straight_and_resumed(tmp_path, *sets, extra_paths=(ROOT,)) -> Path:
-    """Two rounds of configs/tiny.yaml (with --set `sets`) straight at 2 ranks; one round at 2
+def straight_and_resumed(tmp_path, *sets, extra_paths=(ROOT,), in_process=False) -> Path:
+    """Two rounds of configs/tiny.yaml (with --set `sets`) straight on one rank; one round at 2
     ranks, then resumed to two at 3 ranks: asserts bit-identical final parameters and returns the
-    straight run (the resumed one is tmp_path / "split"). extra_paths go on PYTHONPATH."""
+    straight run (the resumed one is tmp_path / "split"). extra_paths go on PYTHONPATH.
+
+    The straight run is serial because rank-count invariance makes it the 2-rank run's twin
+    (tests/test_mpi.py) and the MPI ranks that matter, 2 and 3, are the split run's: one serial
+    process instead of two ranks each paying ~3 CPU-s of start-up (torch, torch._dynamo; ~4 s more
+    for diffusers). in_process=True runs it through cli_in_process (no process at all): only for
+    sets that need nothing from extra_paths, which reach subprocesses alone."""
     extra = [a for s in sets for a in ("--set", s)]
     env = pythonpath_env(*extra_paths)
     straight, split = tmp_path / "straight", tmp_path / "split"
-    out = run_cli(["train", str(TINY), "--run-dir", str(straight), *DETERMINISTIC, *extra],
-                  nprocs=2, env_extra=env)
+    args = ["train", str(TINY), "--run-dir", str(straight), *DETERMINISTIC, *extra]
+    out = cli_in_process(args) if in_process else run_cli(args, env_extra=env)
     assert out.returncode == 0, out.stderr
     out = run_cli(["train", str(TINY), "--run-dir", str(split), *DETERMINISTIC, *extra,
                    "--set", "federation.rounds=1"], nprocs=2, env_extra=env)

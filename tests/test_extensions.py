@@ -249,8 +249,8 @@ BOTH_EXAMPLES = (f"compression.uplink={SIGN}", "compression.error_feedback=true"
 
 @pytest.fixture(scope="module")
 def example_runs(tmp_path_factory):
-    """(straight, resumed) runs of both examples (conftest.straight_and_resumed: 2 rounds at 2
-    ranks; 1 round at 2 ranks resumed to 2 at 3 ranks, final parameters asserted equal)."""
+    """(straight, resumed) runs of both examples (conftest.straight_and_resumed: 2 rounds on one
+    rank; 1 round at 2 ranks resumed to 2 at 3 ranks, final parameters asserted equal)."""
     tmp_path = tmp_path_factory.mktemp("examples")
     return straight_and_resumed(tmp_path, *BOTH_EXAMPLES), tmp_path / "split"
 
