@@ -446,10 +446,18 @@ def test_polled_wait_spins_while_the_bytes_move_then_backs_off(monkeypatch):
             self.polls -= 1
             return self.polls < 0
 
+    clock = [0.0]
+
+    def monotonic():   # each test of the request takes 0.1 ms
+        clock[0] += 1e-4
+        return clock[0]
+    monkeypatch.setattr(time, "monotonic", monotonic)
     comm._wait(Slow(50), "gather of payloads", nbytes=10 ** 12)   # a long transfer: no sleeps
     assert sleeps == []
-    comm._wait(Slow(5), "barrier")                                # nothing to move: backs off
-    assert len(sleeps) == 5
+    comm._wait(Slow(3), "barrier")           # done within the minimum spin (SPIN_MIN_S): no sleep
+    assert sleeps == []
+    comm._wait(Slow(40), "barrier")          # nothing to move, still waiting: backs off
+    assert 20 < len(sleeps) < 40 and sleeps == sorted(sleeps) and max(sleeps) <= 1e-3
 
 
 # --------------------------------------------------------------------------- checkpoint digest
