@@ -218,7 +218,7 @@ class MPICommunicator:
         return self._p2p
 
     def wait(self, request, what: str, nbytes: int = 0):
-        """_wait for callers outside this class (anything with Test() and Wait())."""
+        """_wait for callers outside this class (anything with Test())."""
         self._wait(request, what, nbytes)
 
     def _wait(self, request, what: str, nbytes: int = 0):

@@ -16,11 +16,11 @@ later client's training, so the order changes no result (tests/federation/test_p
 from __future__ import annotations
 
 import time
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from feddm_hpc.federation.client import LocalResult, LocalTrainer
+from feddm_hpc.federation.client import LocalTrainer
 from feddm_hpc.federation.client_groups import GroupTrainer, Member, form_groups, place_groups
 from feddm_hpc.federation.placement import round_placement
 from feddm_hpc.federation.setup import RunSetup, fixed_hosts
@@ -97,11 +97,6 @@ class RankTraining:
         members = [Member(c, parts[c], self.terms_of(c), self.poison_of(c)) for c in group]
         trained = self.group_trainer.train_group(start, members, round_index)
         return lambda: trained
-
-    def train(self, group: Sequence[int], start: np.ndarray,
-              round_index: int) -> List[Tuple[np.ndarray, LocalResult]]:
-        """The group trained and finished (launch, then wait)."""
-        return self.launch(group, start, round_index)()
 
     def run(self, plan, start: np.ndarray, round_index: int, deliver: Callable, phases) -> None:
         """Trains this rank's groups of the round and calls deliver(local, result, train_s) for
