@@ -106,6 +106,12 @@ class Compressor(ABC):
             buf = self._scratch[name] = np.empty(n, dtype=dtype)
         return buf[:n]
 
+    def input_slot(self, n: int) -> np.ndarray | None:
+        """Where the next encode's input of n float32 values may be written so that encoding it
+        copies nothing, or None. Only a codec whose payload body is the input itself offers one
+        (IdentityCompressor encoding into a send buffer)."""
+        return None
+
     def _new_payload(self, header: Header, body_size: int) -> np.ndarray:
         """A payload for _encode to fill: header written, body uninitialised."""
         return new_payload(header, body_size, self.payload_allocator)

@@ -30,6 +30,8 @@ __all__ = ["Outgoing", "Uplink", "build_uplink"]
 class Uplink:
     def __init__(self, plan: UplinkPlan, stages: List[Stage]):
         self.plan, self.stages = plan, stages
+        for stage, following in zip(stages, stages[1:]):
+            stage.output_slot = following.input_slot
         self.guarantees = plan.facts_after()   # what holds of every payload's vector
 
     @property

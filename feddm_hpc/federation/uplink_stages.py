@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Type
+from typing import Callable, Dict, Optional, Sequence, Type
 
 import numpy as np
 
@@ -52,6 +52,9 @@ class Stage:
 
     def __init__(self, spec: StageSpec, cfg, compressor=None, num_params: Optional[int] = None):
         self.spec = spec
+        # The next stage's input_slot (set by the Uplink): where this stage may write its
+        # result so that the next one copies nothing.
+        self.output_slot: Optional[Callable[[int], Optional[np.ndarray]]] = None
 
     @property
     def name(self) -> str:
@@ -67,6 +70,10 @@ class Stage:
 
     def apply(self, out: Outgoing) -> None:
         raise NotImplementedError
+
+    def input_slot(self, n: int) -> Optional[np.ndarray]:
+        """Where the previous stage may write this stage's input of n values, or None."""
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -87,16 +94,20 @@ class InjectNonFinite(Stage):
 
 
 class Delta(Stage):
-    """The update local - start, in a buffer reused client by client."""
+    """The update local - start: where the next stage takes it (an identity encode into the
+    send buffer), else in a buffer reused client by client."""
 
     def __init__(self, spec, cfg, compressor=None, num_params=None):
         super().__init__(spec, cfg)
         self._buffer: Optional[np.ndarray] = None
 
     def apply(self, out):
-        if self._buffer is None or self._buffer.shape != out.local.shape:
-            self._buffer = np.empty_like(out.local)
-        out.vector = np.subtract(out.local, out.start, out=self._buffer)
+        dest = self.output_slot(out.local.size) if self.output_slot else None
+        if dest is None or dest.dtype != out.local.dtype or out.local.ndim != 1:
+            if self._buffer is None or self._buffer.shape != out.local.shape:
+                self._buffer = np.empty_like(out.local)
+            dest = self._buffer
+        out.vector = np.subtract(out.local, out.start, out=dest)
 
 
 class Attack(Stage):
@@ -158,6 +169,9 @@ class Encode(Stage):
         rng = seeding.numpy_rng(self.seed, seeding.ENCODE, out.round_index, out.client_id)
         _encoding(out, lambda v: self.compressor.encode(v, out.client_id, rng,
                                                         norm_bound=self.norm_bound))
+
+    def input_slot(self, n):
+        return self.compressor.input_slot(n)
 
 
 class Mask(Stage):

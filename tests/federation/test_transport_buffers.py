@@ -20,7 +20,7 @@ from feddm_hpc.federation.aggregation import DPMean, Robust, UniformMean, Weight
 from feddm_hpc.federation.transports import AllreduceTransport, GatherTransport
 from feddm_hpc.rundir import checkpoint as ckpt
 
-from conftest import ROOT, mpiexec_path
+from conftest import ROOT, TINY, mpiexec_path
 
 N = 1000
 CODECS = {"none": dict(uplink="none"), "q8": dict(uplink="quant", bits=8),
@@ -102,6 +102,37 @@ def test_an_attached_codec_encodes_into_the_outbox_and_make_report_copies_nothin
         assert same_bits(rep.update, exp) and rep.update_bytes == exp.size
     assert same_bits(box.contents(), wire.pack(reps, 0)[1])   # the wire's blob, already staged
     assert box.stage(reps) == sum(e.size for e in expected)
+
+
+@pytest.mark.parametrize("sets", [["compression.uplink=none"],
+                                  ["compression.uplink=none", "privacy.clip_norm=0.5"],
+                                  ["compression.uplink=quant", "compression.bits=8"]])
+def test_the_update_is_written_once_into_the_outbox_when_the_identity_codec_follows(sets):
+    """delta -> encode with float32 updates: local - start goes straight into the send buffer's
+    next payload and the encode writes only the header; the bytes equal the plain path's.
+    With a stage between them (DP's clip) or a codec that transforms it, the update is
+    computed in the delta stage's own buffer and encoded as before."""
+    from feddm_hpc.config import load_config
+    from feddm_hpc.federation.uplink import build_uplink
+
+    cfg = load_config(TINY, sets)
+    plain_codec, boxed_codec = (make_compressor(cfg.compression) for _ in range(2))
+    plain, boxed = build_uplink(cfg, plain_codec), build_uplink(cfg, boxed_codec)
+    box = wire.Outbox()
+    box.attach(boxed_codec)
+    direct = sets == ["compression.uplink=none"]
+    for round_index in range(2):   # the second round reuses the buffer from its start
+        box.clear()
+        for c in (3, 0, 5):
+            start, local = update(100 + round_index), update(c + 10 * round_index)
+            expected = plain.send(c, round_index, [0, 3, 5], start, local).payload
+            out = boxed.send(c, round_index, [0, 3, 5], start, local)
+            assert box.buffer.holds(out.payload, box.used)
+            assert np.shares_memory(out.vector, box.buffer.array) == direct
+            rep = wire.make_report(c, 1, 0.1, 0.0, out.payload, (), 0, outbox=box)
+            assert same_bits(rep.update, expected)
+    if direct:   # the delta stage never needed a buffer of its own
+        assert boxed.stages[0]._buffer is None
 
 
 def test_growth_rebinds_every_report_and_extras_follow_their_update():
