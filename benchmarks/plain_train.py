@@ -20,9 +20,9 @@ from feddm_hpc.data import load_dataset, select_batch
 from feddm_hpc.diffusion.loss import make_loss
 from feddm_hpc.diffusion.schedule import make_schedule
 from feddm_hpc.diffusion.unet import build_unet
-from feddm_hpc.federation.client import make_optimizer
 from feddm_hpc.federation.cuda_env import apply_determinism, image_store, synchronize
 from feddm_hpc.federation.placement import bind_device, select_device, threads_per_rank
+from feddm_hpc.optimizers import make_optimizer
 
 
 def main():

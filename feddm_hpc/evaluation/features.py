@@ -35,6 +35,7 @@ from torch import nn
 
 from feddm_hpc.evaluation import colour_net
 from feddm_hpc.evaluation.quality import feature_stats
+from feddm_hpc.optimizers import build_optimizer
 
 ARCH = "lenet5"
 # Bump when the network or the training loop changes, so old cache files are not reused.
@@ -167,7 +168,7 @@ def _train(settings: dict, train_images, train_labels) -> nn.Module:
     torch.manual_seed(settings["seed"])
     gen = torch.Generator().manual_seed(settings["seed"])
     model = LeNet(settings["in_channels"], settings["image_size"], settings["num_classes"])
-    opt = torch.optim.Adam(model.parameters(), lr=settings["lr"])
+    opt = build_optimizer("adam", model.parameters(), settings["lr"])
     labels = torch.from_numpy(np.array(train_labels, dtype=np.int64))  # copy: may be read-only
     n, bs = labels.shape[0], settings["batch_size"]
     model.train()

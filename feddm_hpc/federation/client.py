@@ -1,8 +1,8 @@
 """Local training of one client: (global params, shard, seeds) -> local params. No MPI, no disk.
 
 A rank holds one model instance however many clients it hosts: each client starts by loading the
-global vector into it and an optimizer in a new one's state (clients are stateless across rounds,
-as in FedAvg). What a client costs besides its steps is kept to copies: the vector goes in and
+global vector into it and an optimizer in a new one's state (feddm_hpc/optimizers.py; clients
+are stateless across rounds, as in FedAvg). What a client costs besides its steps is kept to copies: the vector goes in and
 out of the parameters in one call each (params.ParamViews), the optimizer is reset rather than
 rebuilt, and only the generator that dropout draws from is reseeded. The steps themselves are
 the one local loop (local_steps.py), which a group of clients (client_groups.py) runs too.
@@ -27,6 +27,7 @@ from feddm_hpc.federation.local_steps import run_local_steps
 from feddm_hpc.federation.precision import forward_precision
 from feddm_hpc.federation.readback import make_readback
 from feddm_hpc.lr_schedule import round_lr
+from feddm_hpc.optimizers import make_optimizer
 from feddm_hpc.params import ParamViews, flatten_into, unflatten_into
 
 
@@ -42,40 +43,6 @@ def local_steps_for(client_cfg, num_samples: int) -> int:
     if client_cfg.local_steps is not None:
         return client_cfg.local_steps
     return max(1, math.ceil(client_cfg.local_epochs * num_samples / client_cfg.batch_size))
-
-
-def make_optimizer(client_cfg, params, lr: float | None = None):
-    name = client_cfg.optimizer
-    lr = client_cfg.lr if lr is None else lr
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=client_cfg.weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=client_cfg.weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=client_cfg.momentum,
-                               weight_decay=client_cfg.weight_decay)
-    raise ValueError(f"client.optimizer: unknown {name!r}")
-
-
-# Adam's and AdamW's per-parameter state: a new optimizer's first step creates each of these as
-# zeros (`step` a zero scalar), so zeroing them in place restarts exactly where a new one starts.
-_ZERO_STARTED_STATE = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
-
-
-def reset_optimizer(optimizer, lr: float) -> None:
-    """Make `optimizer` behave as make_optimizer(..., lr) freshly built over the same parameters,
-    keeping its state tensors: building Adam and allocating its state cost a 1-step client ~3 ms
-    of its ~50 (issue 23's many-small shape). State that does not start from zeros (SGD's
-    momentum buffer starts as a copy of the first gradient) is dropped and made anew."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    for param in list(optimizer.state):
-        state = optimizer.state[param]
-        if state and state.keys() <= _ZERO_STARTED_STATE:
-            for value in state.values():
-                value.zero_()
-        else:
-            del optimizer.state[param]
 
 
 class BatchStream:
@@ -171,7 +138,7 @@ class LocalTrainer:
         # The trained vectors' way back to the host (readback.py): reused host vectors, on a
         # GPU copied on a side stream; `pipeline()` keeps two for a pipelined round.
         self.readback = make_readback(self, pipelined=False)
-        self._optimizer = None    # one per rank, reset per client (reset_optimizer)
+        self._optimizer = None    # one per rank, reset per client (its reset)
 
     def pipeline(self) -> None:
         """Prepare for rounds whose next client starts training before this one is encoded
@@ -210,7 +177,7 @@ class LocalTrainer:
         if self._optimizer is None:
             self._optimizer = make_optimizer(self.cfg, self.params, lr)
         else:
-            reset_optimizer(self._optimizer, lr)
+            self._optimizer.reset(lr)
         return self._optimizer
 
     def client_inputs(self, client_id: int, indices: np.ndarray, round_index: int, steps: int,

@@ -30,13 +30,13 @@ from feddm_hpc.diffusion.loss import noised_inputs, score_outputs
 from feddm_hpc.federation.client import (
     LocalResult,
     local_steps_for,
-    make_optimizer,
     round_lr,
     training_batch,
 )
 from feddm_hpc.federation.local_steps import run_local_steps
 from feddm_hpc.federation.placement import balance
 from feddm_hpc.federation.precision import forward_precision
+from feddm_hpc.optimizers import make_optimizer
 from feddm_hpc.params import unflatten_into
 
 

@@ -47,7 +47,7 @@ def _cpu_reads(tiny, monkeypatch, optimizer: str, steps: int) -> int:
     trainer = LocalTrainer(model, schedule, cfg, images, "cpu", seed=3)
     with DeviceRecorder() as rec:
         trainer.train(w0, client_id=1, indices=np.arange(32), round_index=0)
-    counters = {id(state["step"]) for state in made[0].state.values() if "step" in state}
+    counters = {id(step) for step in made[0].step_counters()}
     return sum(1 for _, tensor in rec.reads if id(tensor) not in counters)
 
 
@@ -142,7 +142,7 @@ def _group_reads(tiny, monkeypatch, steps: int, unequal: bool) -> int:
         start = (start + size) % 16
     with DeviceRecorder() as rec:
         group.train_group(w0, members, 0)
-    counters = {id(state["step"]) for state in made[0].state.values() if "step" in state}
+    counters = {id(step) for step in made[0].step_counters()}
     return sum(1 for _, tensor in rec.reads if id(tensor) not in counters)
 
 

@@ -7,8 +7,9 @@ import torch
 from feddm_hpc.config import ClientConfig, ModelConfig
 from feddm_hpc.diffusion.schedule import make_schedule
 from feddm_hpc.diffusion.unet import build_unet
-from feddm_hpc.federation.client import LocalTrainer, make_optimizer, reset_optimizer
+from feddm_hpc.federation.client import LocalTrainer
 from feddm_hpc.federation.shared_space import PrivateParts, SharedSpace
+from feddm_hpc.optimizers import FunctionalOptimizer, TorchOptimizer
 from feddm_hpc.params import ParamSpec, ParamViews, flatten, unflatten_into
 
 
@@ -63,14 +64,17 @@ def test_param_views_refuse_models_they_cannot_serve():
     assert ParamViews.bind(torch.nn.ReLU()) is None          # no parameters
 
 
+@pytest.mark.parametrize("cls", [FunctionalOptimizer, TorchOptimizer])
 @pytest.mark.parametrize("name, extra", [("adam", {}), ("adamw", {"weight_decay": 0.01}),
                                          ("sgd", {"momentum": 0.9})])
-def test_a_reset_optimizer_steps_exactly_like_a_new_one(name, extra):
+def test_a_reset_optimizer_steps_exactly_like_a_new_one(name, extra, cls):
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(5))]
     start = [p.detach().clone() for p in params]
     grads = [[torch.randn_like(p) for p in params] for _ in range(3)]
-    cfg = ClientConfig(optimizer=name, lr=0.1, **extra)
+
+    def make(lr):
+        return cls(name, params, lr, **extra)
 
     def steps(optimizer):
         with torch.no_grad():
@@ -82,11 +86,11 @@ def test_a_reset_optimizer_steps_exactly_like_a_new_one(name, extra):
             optimizer.step()
         return [p.detach().clone() for p in params]
 
-    reused = make_optimizer(cfg, params, 0.3)
+    reused = make(0.3)
     steps(reused)                               # leaves state behind (Adam's moments, momentum)
-    reset_optimizer(reused, 0.05)
+    reused.reset(0.05)
     again = steps(reused)
-    fresh = steps(make_optimizer(cfg, params, 0.05))
+    fresh = steps(make(0.05))
     assert all(torch.equal(a, b) for a, b in zip(again, fresh))
     assert not all(torch.equal(a, s) for a, s in zip(again, start))   # it did step
 
