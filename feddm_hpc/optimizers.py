@@ -4,7 +4,7 @@ Adam, AdamW and SGD arithmetic, over state kept here.
 torch.optim's classes call functional forms (torch.optim.adam.adam, torch.optim.sgd.sgd) with
 their parameters' gradients and state. This module calls the same functions with the same
 arguments and state, so a client's steps are bit-identical to torch.optim.Adam / AdamW / SGD
-(tests/federation/test_optimizers.py steps both side by side), without the classes' wrappers:
+(tests/test_optimizers.py steps both side by side), without the classes' wrappers:
 building a torch.optim.Optimizer (add_param_group) and every step() go through wrappers for
 the compiler that import torch._dynamo, 1.3-2.7 CPU-s in every process that trains (every
 rank of every run; about a quarter of a tiny run's CPU time, and of the test suite's).
@@ -86,7 +86,7 @@ class FunctionalOptimizer:
                                  torch.zeros_like(p, memory_format=torch.preserve_format),
                                  torch.zeros_like(p, memory_format=torch.preserve_format))
         states = [self._adam[i] for i in live]
-        _functional("adam", "adam")(
+        _ADAM(
             params, grads, [s[1] for s in states], [s[2] for s in states], [],
             [s[0] for s in states], foreach=None, capturable=False, differentiable=False,
             fused=None, grad_scale=None, found_inf=None,
@@ -96,7 +96,7 @@ class FunctionalOptimizer:
 
     def _sgd(self, live, params, grads) -> None:
         buffers = [self._momentum[i] for i in live] if self.momentum != 0 else []
-        _functional("sgd", "sgd")(
+        _SGD(
             params, grads, buffers, has_sparse_grad=False, foreach=None, fused=None,
             grad_scale=None, found_inf=None, weight_decay=self.weight_decay,
             momentum=self.momentum, lr=self.lr, dampening=0.0, nesterov=False, maximize=False)
@@ -148,7 +148,7 @@ class TorchOptimizer:
 
 
 def _functional(module: str, name: str):
-    """torch.optim.<module>.<name> (looked up at each call, so a test can replace it), or None."""
+    """torch.optim.<module>.<name>, or None."""
     try:
         return getattr(importlib.import_module(f"torch.optim.{module}"), name, None)
     except ImportError:   # pragma: no cover - a torch without that module
@@ -172,6 +172,7 @@ def functional_forms_usable() -> bool:
 
 
 _FUNCTIONAL = functional_forms_usable()
+_ADAM, _SGD = _functional("adam", "adam"), _functional("sgd", "sgd")
 
 
 def build_optimizer(kind: str, params, lr: float, weight_decay: float = 0.0,

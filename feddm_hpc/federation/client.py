@@ -2,10 +2,11 @@
 
 A rank holds one model instance however many clients it hosts: each client starts by loading the
 global vector into it and an optimizer in a new one's state (feddm_hpc/optimizers.py; clients
-are stateless across rounds, as in FedAvg). What a client costs besides its steps is kept to copies: the vector goes in and
-out of the parameters in one call each (params.ParamViews), the optimizer is reset rather than
-rebuilt, and only the generator that dropout draws from is reseeded. The steps themselves are
-the one local loop (local_steps.py), which a group of clients (client_groups.py) runs too.
+are stateless across rounds, as in FedAvg). What a client costs besides its steps is kept to
+copies: the vector goes in and out of the parameters in one call each (params.ParamViews), the
+optimizer is reset rather than rebuilt, and only the generator that dropout draws from is
+reseeded. The steps themselves are the one local loop (local_steps.py), which a group of
+clients (client_groups.py) runs too.
 
 On a GPU no step waits for the host: all of a client's batch indices are drawn before its first
 step and cross to the device in one copy, the noise is drawn on the model's device
