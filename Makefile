@@ -32,9 +32,13 @@ run: setup
 
 # The whole suite. Unmarked tests over FEDDM_TEST_SLOW_LIMIT_S seconds fail (tests/conftest.py):
 # 5 s in the fast loop (`pytest -m "not slow"`); here 15 s, so that a noisy machine cannot fail CI
-# on a test that takes 3 s when the machine is idle.
+# on a test that takes 3 s when the machine is idle. TEST_WORKERS pytest-xdist workers share the
+# cores: many tests wait (mpiexec start-up, Slurm, timeouts), so 2 workers fill 2 cores; a test
+# file (or all of Slurm's tests) stays on one worker, costliest first (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: setup
-	FEDDM_TEST_SLOW_LIMIT_S=$${FEDDM_TEST_SLOW_LIMIT_S:-15} PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests
+	FEDDM_TEST_SLOW_LIMIT_S=$${FEDDM_TEST_SLOW_LIMIT_S:-15} PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests \
+		-n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 bench: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python benchmarks/overhead.py --config configs/tiny.yaml --np 2

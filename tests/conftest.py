@@ -182,12 +182,16 @@ def tiny_config():
 
 # -- what the session shares ---------------------------------------------------------------------
 @pytest.fixture(scope="session", autouse=True)
-def shared_feature_cache(tmp_path_factory):
+def shared_feature_cache(tmp_path_factory, request):
     """One FEDDM_HPC_CACHE for the whole session (never the user's ~/.cache): a LeNet feature
     extractor is trained once per settings key and every later evaluation of the session, in this
     process or in a subprocess (the variable is inherited), loads it. Tests of the cache itself
     pass their own cache_dir or FEDDM_HPC_CACHE."""
-    path = tmp_path_factory.mktemp("feddm_cache")
+    if hasattr(request.config, "workerinput"):   # xdist workers share one (files land by rename)
+        path = tmp_path_factory.getbasetemp().parent / "feddm_cache"
+        path.mkdir(exist_ok=True)
+    else:
+        path = tmp_path_factory.mktemp("feddm_cache")
     before = os.environ.get("FEDDM_HPC_CACHE")
     os.environ["FEDDM_HPC_CACHE"] = str(path)
     yield path
@@ -284,6 +288,34 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("slow") is None and (
                 item.get_closest_marker("mpi") is not None or item.get_closest_marker("slurm") is not None):
             item.add_marker(pytest.mark.slow)
+        item.add_marker(pytest.mark.xdist_group(_worker_group(item)))
+    if hasattr(config, "workerinput"):   # an xdist worker: the controller deals groups in this order
+        items.sort(key=_group_cost_order(items))
+
+
+# Under `pytest -n N --dist loadgroup` (make test) a group runs on one worker: a file's tests share
+# its module fixtures (trained runs), so a file is a group, and every test of the one-node Slurm
+# cluster is one group, so that one worker starts one cluster.
+def _worker_group(item) -> str:
+    return "slurm" if item.get_closest_marker("slurm") is not None else item.nodeid.split("::")[0]
+
+
+def _group_cost_order(items):
+    """Sort key that deals the costliest groups first (longest-first keeps one worker from
+    finishing a big group alone at the end): a rough cost from the markers, in seconds on the
+    2-core VM (a slurm test waits on the cluster, an mpi one starts 2-3 ranks)."""
+    def cost(item):
+        for marker, seconds in (("slurm", 20.0), ("mpi", 10.0), ("slow", 5.0)):
+            if item.get_closest_marker(marker) is not None:
+                return seconds
+        return 0.1
+    totals = {}
+    for item in items:
+        totals[_worker_group(item)] = totals.get(_worker_group(item), 0.0) + cost(item)
+    first = {}
+    for index, item in enumerate(items):
+        first.setdefault(_worker_group(item), index)
+    return lambda item: (-totals[_worker_group(item)], first[_worker_group(item)])
 
 
 _current = {}
