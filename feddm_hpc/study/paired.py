@@ -6,7 +6,8 @@ difference value(cell, seed) - value(baseline, seed) over the seeds both have re
 with a two-sided 95% Student-t interval (n - 1 degrees of freedom) says whether the cell changed
 the value beyond that spread. With 3 seeds the interval is wide (t = 4.30): only large, consistent
 effects are resolved, and "not resolved" means not resolved, not "equal". Pairs with fewer than 2
-common seeds are left out.
+common seeds are left out. The ratio column is the mean of the per-seed ratios value / baseline,
+with the same interval (a claim such as "at most 1.75x worse FID" is a ratio).
 """
 from __future__ import annotations
 
@@ -18,18 +19,29 @@ T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
         9: 2.262, 10: 2.228}
 
 
+def _mean_std_ci95(xs: List[float]):
+    n = len(xs)
+    mean = sum(xs) / n
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = T975.get(n - 1, 1.96) * std / math.sqrt(n)
+    return mean, std, [mean - half, mean + half]
+
+
 def paired_delta(values: Dict[int, float], baseline: Dict[int, float]) -> Optional[dict]:
+    """The per-seed differences (and, where the baseline is positive on every seed, the per-seed
+    ratios value / baseline: "1.75x worse FID" is a ratio) with their means and 95% intervals."""
     seeds = sorted(set(values) & set(baseline))
     if len(seeds) < 2:
         return None
     d = [values[s] - baseline[s] for s in seeds]
-    n = len(d)
-    mean = sum(d) / n
-    std = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
-    half = T975.get(n - 1, 1.96) * std / math.sqrt(n)
-    verdict = "worse" if mean - half > 0 else "better" if mean + half < 0 else "not resolved"
-    return {"seeds": seeds, "deltas": d, "mean": mean, "std": std, "ci95": [mean - half, mean + half],
-            "verdict": verdict}
+    mean, std, ci95 = _mean_std_ci95(d)
+    verdict = "worse" if ci95[0] > 0 else "better" if ci95[1] < 0 else "not resolved"
+    out = {"seeds": seeds, "deltas": d, "mean": mean, "std": std, "ci95": ci95, "verdict": verdict}
+    if all(baseline[s] > 0 for s in seeds):
+        ratios = [values[s] / baseline[s] for s in seeds]
+        ratio_mean, _, ratio_ci95 = _mean_std_ci95(ratios)
+        out.update(ratios=ratios, ratio_mean=ratio_mean, ratio_ci95=ratio_ci95)
+    return out
 
 
 def by_seed(summary: dict, metric: str) -> Dict[int, float]:
@@ -54,11 +66,16 @@ def markdown(paired, rows: List[dict]) -> List[str]:
         return []
     label = paired.metric.upper() if paired.metric in ("fd", "kid") else paired.metric
     lines = ["", f"## {paired.title}", "", paired.text, "",
-             f"| cell | vs | seeds | Δ{label} mean ± std | 95% interval | per seed | verdict |",
-             "|---|---|---|---|---|---|---|"]
+             f"| cell | vs | seeds | Δ{label} mean ± std | 95% interval | per seed | verdict "
+             f"| ratio (95% interval) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         per_seed = ", ".join(f"{x:+.1f}" for x in r["deltas"])
         lo, hi = r["ci95"]
+        ratio = "-"
+        if "ratio_mean" in r:
+            ratio = f"{r['ratio_mean']:.2f}x [{r['ratio_ci95'][0]:.2f}, {r['ratio_ci95'][1]:.2f}]"
         lines.append(f"| {r['cell']} | {r['baseline']} | {len(r['seeds'])} | {r['mean']:+.1f} ± "
-                     f"{r['std']:.1f} | [{lo:+.1f}, {hi:+.1f}] | {per_seed} | {r['verdict']} |")
+                     f"{r['std']:.1f} | [{lo:+.1f}, {hi:+.1f}] | {per_seed} | {r['verdict']} "
+                     f"| {ratio} |")
     return lines

@@ -1,6 +1,7 @@
 """`feddm-hpc study SPEC --collect` on synthetic run directories with known numbers: the table,
 paired differences with their 95% intervals, notes, plots and summary.json come from the spec."""
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -142,6 +143,11 @@ def test_paired_delta_math():
     d = paired_delta({0: 10.0, 1: 12.0, 2: 14.0, 5: 0.0}, {0: 0.0, 1: 0.0, 2: 0.0})
     assert d["seeds"] == [0, 1, 2] and d["mean"] == 12.0 and d["std"] == 2.0
     assert d["verdict"] == "worse" and d["ci95"][0] > 0
+    assert "ratios" not in d                                      # a zero baseline has no ratio
+    r = paired_delta({0: 12.0, 1: 15.0, 2: 24.0}, {0: 10.0, 1: 10.0, 2: 20.0})
+    assert r["ratios"] == [1.2, 1.5, 1.2] and r["ratio_mean"] == pytest.approx(1.3)
+    half = 4.303 * math.sqrt(0.03) / math.sqrt(3)                  # sample std of the ratios: 0.1732
+    assert r["ratio_ci95"] == pytest.approx([1.3 - half, 1.3 + half])
 
 
 def test_collect_without_runs_is_exit_2(tmp_path, capsys):
