@@ -33,8 +33,9 @@ run: setup
 # The whole suite. Unmarked tests over FEDDM_TEST_SLOW_LIMIT_S seconds fail (tests/conftest.py):
 # 5 s in the fast loop (`pytest -m "not slow"`); here 15 s, so that a noisy machine cannot fail CI
 # on a test that takes 3 s when the machine is idle. TEST_WORKERS pytest-xdist workers share the
-# cores: many tests wait (mpiexec start-up, Slurm, timeouts), so 2 workers fill 2 cores; a test
-# file (or all of Slurm's tests) stays on one worker, costliest first (tests/conftest.py).
+# cores: one process kept 1.4 of 2 cores busy (tests wait on Slurm, timeouts, a rank's start), two
+# keep 1.8 (idle: 488 s instead of ~720); a test file (or all of Slurm's tests) stays on one
+# worker, costliest first (tests/conftest.py).
 TEST_WORKERS ?= 2
 test: setup
 	FEDDM_TEST_SLOW_LIMIT_S=$${FEDDM_TEST_SLOW_LIMIT_S:-15} PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q tests \

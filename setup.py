@@ -25,8 +25,8 @@ setup(
         # pillow, tensorboard, diffusers, safetensors: the tests of the images, tensorboard and
         # diffusers extras (diffusers and its dependencies: about 95 MB, 25 s of make setup).
         # pytest-xdist: make test runs the suite on two workers (tests/conftest.py groups them).
-        "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.5", "setuptools>=61", "wheel", "pillow", "tensorboard",
-                 "diffusers", "safetensors"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "ruff>=0.5", "setuptools>=61", "wheel", "pillow",
+                 "tensorboard", "diffusers", "safetensors"],
         # data.dataset=image_folder decodes JPEG/PNG files with Pillow.
         "images": ["pillow"],
         # logging.tensorboard=true writes event files through torch.utils.tensorboard.
