@@ -6,8 +6,9 @@ difference value(cell, seed) - value(baseline, seed) over the seeds both have re
 with a two-sided 95% Student-t interval (n - 1 degrees of freedom) says whether the cell changed
 the value beyond that spread. With 3 seeds the interval is wide (t = 4.30): only large, consistent
 effects are resolved, and "not resolved" means not resolved, not "equal". Pairs with fewer than 2
-common seeds are left out. The ratio column is the mean of the per-seed ratios value / baseline,
-with the same interval (a claim such as "at most 1.75x worse FID" is a ratio).
+common seeds are left out. The ratio column is the geometric mean of the per-seed ratios
+value / baseline with the same kind of interval on their logarithms (a claim such as "at most
+1.75x worse FID" is a ratio).
 """
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ def _mean_std_ci95(xs: List[float]):
 
 
 def paired_delta(values: Dict[int, float], baseline: Dict[int, float]) -> Optional[dict]:
-    """The per-seed differences (and, where the baseline is positive on every seed, the per-seed
-    ratios value / baseline: "1.75x worse FID" is a ratio) with their means and 95% intervals."""
+    """The per-seed differences with their mean and 95% interval, and where both values are
+    positive on every seed the per-seed ratios value / baseline ("1.75x worse FID" is a ratio)
+    with their geometric mean and 95% interval."""
     seeds = sorted(set(values) & set(baseline))
     if len(seeds) < 2:
         return None
@@ -37,10 +39,12 @@ def paired_delta(values: Dict[int, float], baseline: Dict[int, float]) -> Option
     mean, std, ci95 = _mean_std_ci95(d)
     verdict = "worse" if ci95[0] > 0 else "better" if ci95[1] < 0 else "not resolved"
     out = {"seeds": seeds, "deltas": d, "mean": mean, "std": std, "ci95": ci95, "verdict": verdict}
-    if all(baseline[s] > 0 for s in seeds):
+    if all(baseline[s] > 0 and values[s] > 0 for s in seeds):
+        # On the logarithms: a ratio's interval stays positive and 2x and 0.5x are equally far from 1.
         ratios = [values[s] / baseline[s] for s in seeds]
-        ratio_mean, _, ratio_ci95 = _mean_std_ci95(ratios)
-        out.update(ratios=ratios, ratio_mean=ratio_mean, ratio_ci95=ratio_ci95)
+        log_mean, _, log_ci95 = _mean_std_ci95([math.log(r) for r in ratios])
+        out.update(ratios=ratios, ratio_mean=math.exp(log_mean),
+                   ratio_ci95=[math.exp(log_ci95[0]), math.exp(log_ci95[1])])
     return out
 
 

@@ -145,9 +145,13 @@ def test_paired_delta_math():
     assert d["verdict"] == "worse" and d["ci95"][0] > 0
     assert "ratios" not in d                                      # a zero baseline has no ratio
     r = paired_delta({0: 12.0, 1: 15.0, 2: 24.0}, {0: 10.0, 1: 10.0, 2: 20.0})
-    assert r["ratios"] == [1.2, 1.5, 1.2] and r["ratio_mean"] == pytest.approx(1.3)
-    half = 4.303 * math.sqrt(0.03) / math.sqrt(3)                  # sample std of the ratios: 0.1732
-    assert r["ratio_ci95"] == pytest.approx([1.3 - half, 1.3 + half])
+    assert r["ratios"] == [1.2, 1.5, 1.2]
+    logs = [math.log(1.2), math.log(1.5), math.log(1.2)]          # geometric: on the logarithms
+    mean = sum(logs) / 3
+    half = 4.303 * math.sqrt(sum((x - mean) ** 2 for x in logs) / 2) / math.sqrt(3)
+    assert r["ratio_mean"] == pytest.approx((1.2 * 1.5 * 1.2) ** (1 / 3))
+    assert r["ratio_ci95"] == pytest.approx([math.exp(mean - half), math.exp(mean + half)])
+    assert r["ratio_ci95"][0] > 1.0 / 1.5                         # positive, unlike mean ± t sd
 
 
 def test_collect_without_runs_is_exit_2(tmp_path, capsys):
