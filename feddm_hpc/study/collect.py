@@ -44,19 +44,30 @@ def load_cells(spec: Spec, out: Path):
 
 
 def sweep_note(note, summaries: Dict[str, dict], runs: Dict[str, list]) -> tuple:
-    """(the note's text, its numbers): mean final FD per value of the swept key; lowest wins."""
+    """(the note's text, its numbers): mean final FD per value of the swept key; lowest wins.
+    Where the cells have different seeds, a mean over more seeds is not comparable with one over
+    fewer (one seed's spread can exceed the sweep's effect): the means are taken over the seeds
+    every value has, and the note names them."""
     title, cells, key, label = note.sweep
-    means = {}
-    for cell in cells:
-        if runs[cell] and summaries[cell]["fd"]["mean"] is not None:
-            means[runs[cell][0].get(key)] = summaries[cell]["fd"]["mean"]
-    if not means:
+    fds = {cell: P.by_seed(summaries[cell], "fd") for cell in cells if runs[cell]}
+    fds = {cell: v for cell, v in fds.items() if v}
+    if not fds:
         return None, None
+    seed_sets = [set(v) for v in fds.values()]
+    common = sorted(set.intersection(*seed_sets))
+    uneven = any(s != seed_sets[0] for s in seed_sets)
+    if uneven and not common:
+        return (f"{title}: no seed common to every {label} value: no best value named", None)
+    means = {}
+    for cell, by in fds.items():
+        use = common if uneven else sorted(by)
+        means[runs[cell][0].get(key)] = sum(by[s] for s in use) / len(use)
     best = min(sorted(means), key=lambda v: means[v])   # ties: the smaller value
-    fds = ", ".join(f"{label}={k}: {num(v)}" for k, v in sorted(means.items()))
-    return (f"{title}: mean final FD {fds}; best {label}={best}",
-            {"title": title, "key": key, "mean_final_fd": {str(k): v for k, v in
-                                                           sorted(means.items())}, "best": best})
+    text = ", ".join(f"{label}={k}: {num(v)}" for k, v in sorted(means.items()))
+    over = f" (seeds every value has: {', '.join(map(str, common))})" if uneven else ""
+    return (f"{title}: mean final FD{over} {text}; best {label}={best}",
+            {"title": title, "key": key, "seeds": common if uneven else None,
+             "mean_final_fd": {str(k): v for k, v in sorted(means.items())}, "best": best})
 
 
 def notes(spec: Spec, summaries: Dict[str, dict], runs: Dict[str, list], left_out: List[str]):

@@ -15,6 +15,7 @@ be a cell of the spec; the package itself names none.
         - auto: comparability                # (KIND: comparability, final_eval, seed_counts), or
         - mean ± sample std over seeds       # {sweep: {title, cells, key, label}}: the sweep's
                                              # mean final FD per value of `key`, and the best one
+                                             # (over the seeds every value has, if they differ)
       paired:                                # paired differences with 95% Student-t intervals
         metric: fd                           # a per-run value (tables.RUN_VALUES)
         title: Paired differences (final FD, same seeds)

@@ -89,7 +89,9 @@ def test_collect_writes_table_paired_differences_and_notes(study, capsys):
     assert rows["pair"] == "| pair | 0, 1, 2 | 110 ± 10 | 1.1e+02 ± 11 |"
     assert "| what | seeds | a: FD | b: FD |" in table
     assert "- cells have different numbers of seeds ([2, 3]): the study is incomplete" in table
-    assert "- a literal note\n- lr sweep: mean final FD lr=0.001: 110, lr=0.01: 156; best lr=0.001" in table
+    # base has seeds 0-2 (100, 110, 120), big 0-1: the sweep compares them on seeds 0 and 1 only
+    assert ("- a literal note\n- lr sweep: mean final FD (seeds every value has: 0, 1) lr=0.001: 105, "
+            "lr=0.01: 156; best lr=0.001") in table
     assert "- 1 run(s) not complete, left out: late/seed0 (evaluate)" in table
     # Paired: q8 - base = +3, +1, +5 -> mean 3, std 2, t(2) 4.303 x 2 / sqrt 3 = 4.97.
     assert "| q8 | base | 3 | +3.0 ± 2.0 | [-2.0, +8.0] | +3.0, +1.0, +5.0 | not resolved |" in table
@@ -110,7 +112,7 @@ def test_collect_writes_table_paired_differences_and_notes(study, capsys):
     q8 = summary["paired"][0]
     assert (q8["cell"], q8["baseline"], q8["deltas"]) == ("q8", "base", [3.0, 1.0, 5.0])
     assert q8["ci95"] == pytest.approx([3 - 4.303 * 2 / 3 ** 0.5, 3 + 4.303 * 2 / 3 ** 0.5])
-    assert summary["sweeps"][0]["best"] == 0.001
+    assert summary["sweeps"][0]["best"] == 0.001 and summary["sweeps"][0]["seeds"] == [0, 1]
     assert summary["left_out"] == ["late/seed0 (evaluate)"]
 
 
@@ -162,7 +164,9 @@ def test_collect_without_runs_is_exit_2(tmp_path, capsys):
 
 @pytest.mark.slow   # copies ~6 MB of runs and draws three plots: ~5-10 s
 @pytest.mark.parametrize("spec_path,results", [("configs/privacy/study.yaml", "results/privacy"),
-                                               ("configs/study/sgd.yaml", "results/feddm_study_sgd")])
+                                               ("configs/study/sgd.yaml", "results/feddm_study_sgd"),
+                                               ("configs/frontier/lr_probe.yaml",
+                                                "results/frontier_lr_probe")])
 def test_committed_studies_regenerate_identically(tmp_path, spec_path, results):
     """The committed table.md, plots and summary.json come out of --collect unchanged."""
     src = ROOT / results
@@ -198,3 +202,24 @@ def test_curves_against_training_cpu_seconds(tmp_path):
     assert [(p["train_cpu_s"], p["fd_mean"]) for p in pts] == [(3.0, 9.0), (6.0, 5.0)]
     assert "train_cpu_s" not in curve([load_run(d)])[0]   # summary.json's curves keep their keys
     assert collect(spec, out) == 0 and (out / "cpu.png").stat().st_size > 1000
+
+
+def test_sweep_compares_values_on_their_common_seeds():
+    """A one-seed value against a two-seed mean is no comparison: seed 0 of `a` (200) loses to
+    seed 0 of `b` (190), though b's mean over seeds 0 and 1 (245) is higher."""
+    from types import SimpleNamespace
+
+    from feddm_hpc.study.collect import sweep_note
+
+    def cell(lr, fds):
+        runs = [{"client.lr": lr}] * len(fds)
+        return runs, {"runs": [{"seed": s, "fd": v} for s, v in fds.items()]}
+    (ra, sa), (rb, sb), (rc, sc) = cell(0.1, {0: 200.0}), cell(0.2, {0: 190.0, 1: 300.0}), \
+        cell(0.3, {1: 150.0})
+    note = SimpleNamespace(sweep=("lr", ["a", "b"], "client.lr", "lr"))
+    text, info = sweep_note(note, {"a": sa, "b": sb}, {"a": ra, "b": rb})
+    assert text == "lr: mean final FD (seeds every value has: 0) lr=0.1: 200, lr=0.2: 190; best lr=0.2"
+    assert info["seeds"] == [0] and info["best"] == 0.2
+    note = SimpleNamespace(sweep=("lr", ["a", "c"], "client.lr", "lr"))
+    text, info = sweep_note(note, {"a": sa, "c": sc}, {"a": ra, "c": rc})
+    assert text == "lr: no seed common to every lr value: no best value named" and info is None

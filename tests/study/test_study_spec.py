@@ -12,7 +12,8 @@ from feddm_hpc.study.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ["configs/study/study.yaml", "configs/study/sgd.yaml", "configs/table/study.yaml",
-             "configs/privacy/study.yaml", "configs/recipe/study.yaml"]
+             "configs/privacy/study.yaml", "configs/recipe/study.yaml", "configs/frontier/study.yaml",
+             "configs/frontier/lr_probe.yaml"]
 
 
 @pytest.mark.parametrize("path", COMMITTED)
