@@ -86,9 +86,8 @@ def notes(spec: Spec, summaries: Dict[str, dict], runs: Dict[str, list], left_ou
                          f" the study is incomplete")
         elif note.sweep is not None:
             text, info = sweep_note(note, summaries, runs)
-            if text:
-                texts.append(text)
-                sweeps.append(info)
+            texts += [text] if text else []
+            sweeps += [info] if info else []
     if left_out:
         texts.append(f"{len(left_out)} run(s) not complete, left out: " + ", ".join(left_out))
     return texts, sweeps
