@@ -13,7 +13,8 @@ __all__ = ["COLUMNS", "DEFAULT_COLUMNS", "RUN_VALUES", "markdown_table", "num", 
 # name -> default header
 COLUMNS = {
     "cell": "cell", "label": "label", "setting": "setting", "partition": "partition",
-    "seeds": "seeds", "seed_list": "seeds", "fd": "final FD", "kid": "KID",
+    "seeds": "seeds", "seed_list": "seeds", "fd": "final FD",
+    "fd_own_data": "clients' FD on own data", "kid": "KID",
     "precision": "precision", "recall": "recall", "coverage": "coverage",
     "uplink_ratio": "uplink / float32", "uplink_dense_ratio": "uplink / dense float32",
     "uplink_bytes": "uplink total",
@@ -25,7 +26,7 @@ COLUMNS = {
 DEFAULT_COLUMNS = ("cell", "setting", "partition", "seeds", "fd", "kid", "recall", "coverage",
                    "uplink_ratio", "uplink_bytes", "eval_round", "eval_n")
 # mean ± std columns: the summary key and the significant digits of the mean
-STATS = {"fd": ("fd", 4), "kid": ("kid", 4), "precision": ("precision", 3),
+STATS = {"fd": ("fd", 4), "fd_own_data": ("fd_own_data", 4), "kid": ("kid", 4), "precision": ("precision", 3),
          "recall": ("recall", 3), "coverage": ("coverage", 3),
          "near_copy_pixel": ("near_copy_pixel", 3), "near_copy_feature": ("near_copy_feature", 3),
          "nearest_over_test_pixel": ("nearest_over_test_pixel", 3),

@@ -8,7 +8,8 @@ from typing import Dict, List, Optional, Sequence
 from feddm_hpc.evaluation.report import Run, describe_algorithm, describe_codec, describe_partition, row
 
 # Numbers averaged over a cell's seeds (mean ± sample std in the tables).
-NUMERIC = ("fd", "kid", "precision", "recall", "coverage", "uplink_ratio", "uplink_dense_ratio",
+NUMERIC = ("fd", "fd_own_data", "kid", "precision", "recall", "coverage", "uplink_ratio",
+           "uplink_dense_ratio",
            "uplink_bytes",
            "final_train_loss", "wall_s", "near_copy_pixel", "near_copy_feature",
            "nearest_over_test_pixel", "clipped_fraction_mean")
@@ -38,6 +39,10 @@ def run_values(run: Run) -> dict:
     last = run.metrics[-1] if run.metrics else {}
     final = run.evals[max(run.evals)] if run.evals else {}
     mem = final.get("memorization") or {}
+    # Partial sharing: each client's own model scored against its own data, mean over clients
+    # (feddm_hpc/evaluation/mixture.py). The mixture's FD ("fd") gains from clients that
+    # specialise in their classes; this says how good each client's model is where it is used.
+    own = (final.get("mixture") or {}).get("fd_own_data_mean")
     near = mem.get("near_copy_fraction") or {}
     dist = mem.get("median_nearest_distance") or {}
     ref = (mem.get("reference") or {}).get("median_nearest_distance") or {}
@@ -48,6 +53,7 @@ def run_values(run: Run) -> dict:
         **{k: base[k] for k in ("run", "algorithm", "clients", "partition", "codec", "rounds")},
         **{k: base[k] for k in ("fd", "kid", "precision", "recall", "coverage", "uplink_ratio",
                                 "uplink_bytes", "final_train_loss", "wall_s", "eval_round", "N")},
+        "fd_own_data": own,
         "epsilon": math.inf if (clip is not None and eps is None) else eps,
         "noise_multiplier": run.get("privacy.noise_multiplier"), "clip_norm": clip,
         "delta": run.get("privacy.delta"),

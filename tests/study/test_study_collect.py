@@ -223,3 +223,37 @@ def test_sweep_compares_values_on_their_common_seeds():
     note = SimpleNamespace(sweep=("lr", ["a", "c"], "client.lr", "lr"))
     text, info = sweep_note(note, {"a": sa, "c": sc}, {"a": ra, "c": rc})
     assert text == "lr: no seed common to every lr value: no best value named" and info is None
+
+
+def test_partial_sharing_reports_the_clients_own_data_fd(tmp_path):
+    """A partially shared run's final evaluation carries the mixture's per-client FDs; the
+    `fd_own_data` column gives their mean over clients, mean ± std over seeds, and '–' for a
+    global model's cell, which has none."""
+    spec = load(write_spec(tmp_path, """\
+name: own
+seeds: [0, 1]
+set: {federation.rounds: 2}
+cells:
+  dense: {}
+  part: {federation.shared_parts: [encoder]}
+evaluate: {at: final, num_samples: 64}
+report:
+  tables:
+    - {title: T, columns: [cell, seeds, fd, fd_own_data]}
+"""))
+    out = tmp_path / "out"
+    for cell in ("dense", "part"):
+        for seed, own in enumerate(([60.0, 80.0], [70.0, 110.0])):
+            d = make_run(spec, out, cell, seed, ckpts=[1], evals={1: 50.0 + seed})
+            if cell == "part":
+                path = d / "eval" / "round-000001.json"
+                record = json.loads(path.read_text())
+                record["mixture"] = {"fd_own_data": own, "fd_own_data_mean": sum(own) / 2}
+                path.write_text(json.dumps(record))
+    assert collect(spec, out) == 0
+    rows = _rows((out / "table.md").read_text())
+    assert rows["dense"] == "| dense | 2 (0, 1) | 50.5 ± 0.71 | – |"
+    assert rows["part"] == "| part | 2 (0, 1) | 50.5 ± 0.71 | 80 ± 14 |"     # means 70 and 90
+    cells = {c["cell"]: c for c in json.loads((out / "summary.json").read_text())["cells"]}
+    assert cells["part"]["fd_own_data"]["mean"] == pytest.approx(80.0)
+    assert cells["dense"]["fd_own_data"]["n"] == 0
