@@ -49,10 +49,13 @@ def ensure_installed(timeout: float = 600) -> None:
         raise SlurmUnavailable(f"Slurm commands {missing} are missing and there is no apt-get to "
                                f"install {' '.join(PACKAGES)}")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    cmd = ["apt-get", "install", "-y", "-q", *PACKAGES]
+    # wait for dpkg's lock rather than fail at once: on a freshly booted VM apt's daily timer
+    # or another installer may hold it for a while
+    lock = ["-o", f"DPkg::Lock::Timeout={int(timeout / 2)}"]
+    cmd = ["apt-get", *lock, "install", "-y", "-q", *PACKAGES]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0:  # a stale package index is the usual cause: refresh once and retry
-        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=timeout)
+        subprocess.run(["apt-get", *lock, "update", "-q"], capture_output=True, env=env, timeout=timeout)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     still = [c for c in COMMANDS if _which(c) is None]
     if proc.returncode != 0 or still:
