@@ -28,8 +28,8 @@ setup(
         # pytest < 9.2: from 9.2 a node id is structured and xdist 3.8's --dist loadgroup, which
         # appends "@group" to _nodeid, silently stops grouping (pytest-dev/pytest-xdist#1386):
         # Slurm's tests would start two clusters and race on apt-get. conftest.py checks it.
-        "test": ["pytest>=7,<9.2", "pytest-xdist>=3", "ruff>=0.5", "setuptools>=61", "wheel", "pillow",
-                 "tensorboard", "diffusers", "safetensors"],
+        "test": ["pytest>=7,<9.2", "pytest-xdist>=3", "ruff>=0.5", "setuptools>=61", "wheel",
+                 "pillow", "tensorboard", "diffusers", "safetensors"],
         # data.dataset=image_folder decodes JPEG/PNG files with Pillow.
         "images": ["pillow"],
         # logging.tensorboard=true writes event files through torch.utils.tensorboard.

@@ -55,7 +55,8 @@ def ensure_installed(timeout: float = 600) -> None:
     cmd = ["apt-get", *lock, "install", "-y", "-q", *PACKAGES]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0:  # a stale package index is the usual cause: refresh once and retry
-        subprocess.run(["apt-get", *lock, "update", "-q"], capture_output=True, env=env, timeout=timeout)
+        subprocess.run(["apt-get", *lock, "update", "-q"], capture_output=True, env=env,
+                       timeout=timeout)
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     still = [c for c in COMMANDS if _which(c) is None]
     if proc.returncode != 0 or still:

@@ -26,8 +26,8 @@ COLUMNS = {
 DEFAULT_COLUMNS = ("cell", "setting", "partition", "seeds", "fd", "kid", "recall", "coverage",
                    "uplink_ratio", "uplink_bytes", "eval_round", "eval_n")
 # mean ± std columns: the summary key and the significant digits of the mean
-STATS = {"fd": ("fd", 4), "fd_own_data": ("fd_own_data", 4), "kid": ("kid", 4), "precision": ("precision", 3),
-         "recall": ("recall", 3), "coverage": ("coverage", 3),
+STATS = {"fd": ("fd", 4), "fd_own_data": ("fd_own_data", 4), "kid": ("kid", 4),
+         "precision": ("precision", 3), "recall": ("recall", 3), "coverage": ("coverage", 3),
          "near_copy_pixel": ("near_copy_pixel", 3), "near_copy_feature": ("near_copy_feature", 3),
          "nearest_over_test_pixel": ("nearest_over_test_pixel", 3),
          "clipped_fraction": ("clipped_fraction_mean", 3),

@@ -9,10 +9,8 @@ from feddm_hpc.evaluation.report import Run, describe_algorithm, describe_codec,
 
 # Numbers averaged over a cell's seeds (mean ± sample std in the tables).
 NUMERIC = ("fd", "fd_own_data", "kid", "precision", "recall", "coverage", "uplink_ratio",
-           "uplink_dense_ratio",
-           "uplink_bytes",
-           "final_train_loss", "wall_s", "near_copy_pixel", "near_copy_feature",
-           "nearest_over_test_pixel", "clipped_fraction_mean")
+           "uplink_dense_ratio", "uplink_bytes", "final_train_loss", "wall_s", "near_copy_pixel",
+           "near_copy_feature", "nearest_over_test_pixel", "clipped_fraction_mean")
 # Every per-run value a paired difference or a plot may use.
 RUN_VALUES = NUMERIC + ("epsilon", "noise_multiplier", "clip_norm", "delta", "eval_round")
 
@@ -39,14 +37,14 @@ def run_values(run: Run) -> dict:
     last = run.metrics[-1] if run.metrics else {}
     final = run.evals[max(run.evals)] if run.evals else {}
     mem = final.get("memorization") or {}
-    # Partial sharing: each client's own model scored against its own data, mean over clients
-    # (feddm_hpc/evaluation/mixture.py). The mixture's FD ("fd") gains from clients that
-    # specialise in their classes; this says how good each client's model is where it is used.
-    own = (final.get("mixture") or {}).get("fd_own_data_mean")
     near = mem.get("near_copy_fraction") or {}
     dist = mem.get("median_nearest_distance") or {}
     ref = (mem.get("reference") or {}).get("median_nearest_distance") or {}
     rel = dist["pixel"] / ref["pixel"] if dist.get("pixel") is not None and ref.get("pixel") else None
+    # Partial sharing: each client's own model scored against its own data, mean over clients
+    # (feddm_hpc/evaluation/mixture.py). The mixture's FD ("fd") gains from clients that
+    # specialise in their classes; this says how good each client's model is where it is used.
+    own = (final.get("mixture") or {}).get("fd_own_data_mean")
     eps = last.get("epsilon")
     clip = run.get("privacy.clip_norm")
     return {
