@@ -73,8 +73,10 @@ def _value(name: str, s: Optional[dict], digits: Optional[int]) -> str:
         return f"{s['n']} ({', '.join(str(x) for x in s['seeds'])})"
     if name in ("uplink_ratio", "uplink_dense_ratio"):
         r = s[name]
-        return "–" if r["mean"] is None else (
-            f"{r['mean']:.3f}" if not r["std"] else f"{r['mean']:.3f} ± {r['std']:.2g}")
+        if r["mean"] is None:
+            return "–"
+        equal = not r["std"] or r["std"] <= 1e-9 * abs(r["mean"])   # equal but for float rounding
+        return f"{r['mean']:.3f}" if equal else f"{r['mean']:.3f} ± {r['std']:.2g}"
     if name == "uplink_bytes":
         return _bytes(s["uplink_bytes"]["mean"])
     if name == "eval_round":

@@ -257,3 +257,13 @@ report:
     cells = {c["cell"]: c for c in json.loads((out / "summary.json").read_text())["cells"]}
     assert cells["part"]["fd_own_data"]["mean"] == pytest.approx(80.0)
     assert cells["dense"]["fd_own_data"]["n"] == 0
+
+
+def test_ratio_columns_hide_a_spread_of_float_rounding():
+    """Seeds with the same bytes give ratios equal but for the last bit (the hypernetwork's
+    0.091 ± 1.7e-17 in the frontier table): no spread is shown for them, a real one is."""
+    from feddm_hpc.study.tables import _value
+    s = {"n": 3, "uplink_dense_ratio": {"mean": 0.091, "std": 1.7e-17}}
+    assert _value("uplink_dense_ratio", s, None) == "0.091"
+    s = {"n": 3, "uplink_dense_ratio": {"mean": 0.091, "std": 0.004}}
+    assert _value("uplink_dense_ratio", s, None) == "0.091 ± 0.004"
