@@ -38,14 +38,17 @@ def num(v, digits: int = 4) -> str:
     return "–" if v is None else f"{v:.{digits}g}"
 
 
+def _rounding_only(stat: dict) -> bool:
+    """No spread, or one of float rounding only (seeds with equal values but for the last bit)."""
+    return not stat["std"] or stat["std"] <= 1e-9 * abs(stat["mean"])
+
+
 def pm(stat: dict, digits: int = 4) -> str:
     if stat["mean"] is None:
         return "–"
     if stat["std"] is None:
         return num(stat["mean"], digits)
-    std = stat["std"]
-    if std <= 1e-9 * abs(stat["mean"]):   # equal values but for float rounding
-        std = 0.0
+    std = 0.0 if _rounding_only(stat) else stat["std"]
     return f"{num(stat['mean'], digits)} ± {num(std, 2)}"
 
 
@@ -75,8 +78,7 @@ def _value(name: str, s: Optional[dict], digits: Optional[int]) -> str:
         r = s[name]
         if r["mean"] is None:
             return "–"
-        equal = not r["std"] or r["std"] <= 1e-9 * abs(r["mean"])   # equal but for float rounding
-        return f"{r['mean']:.3f}" if equal else f"{r['mean']:.3f} ± {r['std']:.2g}"
+        return f"{r['mean']:.3f}" if _rounding_only(r) else f"{r['mean']:.3f} ± {r['std']:.2g}"
     if name == "uplink_bytes":
         return _bytes(s["uplink_bytes"]["mean"])
     if name == "eval_round":
