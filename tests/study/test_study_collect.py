@@ -162,11 +162,12 @@ def test_collect_without_runs_is_exit_2(tmp_path, capsys):
     assert "no complete run of the study to report yet" in capsys.readouterr().err
 
 
-@pytest.mark.slow   # copies ~6 MB of runs and draws three plots: ~5-10 s
+@pytest.mark.slow   # copies up to ~9 MB of runs and draws three plots: ~5-10 s
 @pytest.mark.parametrize("spec_path,results", [("configs/privacy/study.yaml", "results/privacy"),
                                                ("configs/study/sgd.yaml", "results/feddm_study_sgd"),
                                                ("configs/frontier/lr_probe.yaml",
-                                                "results/frontier_lr_probe")])
+                                                "results/frontier_lr_probe"),
+                                               ("configs/frontier/study.yaml", "results/frontier")])
 def test_committed_studies_regenerate_identically(tmp_path, spec_path, results):
     """The committed table.md, plots and summary.json come out of --collect unchanged."""
     src = ROOT / results
